@@ -1,0 +1,1 @@
+//! Generic plumbing shared by both services.
