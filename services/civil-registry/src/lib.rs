@@ -1,0 +1,1 @@
+//! The civil-registry service.
