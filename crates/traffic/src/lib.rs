@@ -1,0 +1,8 @@
+//! The traffic tool: generates registration traffic for the pilot and national profiles,
+//! replays it against a civil registry, verifies both services afterwards, and runs the
+//! whole pilot end to end with both services as child processes.
+
+pub mod catalog;
+pub mod generate;
+pub mod profile;
+pub mod record;
