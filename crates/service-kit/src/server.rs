@@ -1,0 +1,203 @@
+//! The gRPC server every service runs: binds first (so port 0 works and the address is
+//! known before serving), adds grpc.health.v1 and server reflection (v1 and v1alpha),
+//! TLS/mTLS per config, per-call tracing and metrics ([`crate::layer`]), limits, and a
+//! bounded graceful shutdown.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{config::ServerConfig, layer::RpcLayer};
+
+/// Health service name that stands for the whole server (what `grpc_health_probe` and
+/// Kubernetes gRPC probes ask for by default).
+const OVERALL: &str = "";
+
+/// A bound, not yet serving gRPC server. See the module docs.
+#[derive(Debug)]
+pub struct GrpcServer {
+    config: ServerConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    routes: Routes,
+    health_reporter: HealthReporter,
+    service_names: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// Reads the TLS material and binds `cfg.listen_addr`. `file_descriptor_set` is the
+    /// encoded descriptor set of the services that will be added, for reflection.
+    pub async fn bind(
+        cfg: &ServerConfig,
+        file_descriptor_set: &'static [u8],
+    ) -> anyhow::Result<Self> {
+        let tls = crate::tls::server_tls(&cfg.tls)?;
+        let listener = TcpListener::bind(cfg.listen_addr)
+            .await
+            .with_context(|| format!("server.listen_addr: cannot bind {}", cfg.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // The health service starts NOT_SERVING for the whole server until serve() runs.
+        health_reporter
+            .set_service_status(OVERALL, ServingStatus::NotServing)
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(file_descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("invalid file descriptor set for reflection")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(file_descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("invalid file descriptor set for reflection")?;
+        let routes = Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        Ok(Self {
+            config: cfg.clone(),
+            listener,
+            local_addr,
+            tls,
+            routes,
+            health_reporter,
+            service_names: Vec::new(),
+        })
+    }
+
+    /// The bound address (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The health reporter, for services that flip their own status (database down =>
+    /// NOT_SERVING). Every added service is set SERVING when [`GrpcServer::serve`] starts.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health_reporter.clone()
+    }
+
+    /// The configured request size limit. The kit enforces it for every call; a generated
+    /// tonic server also has its own decoding limit (4 MiB by default), so a service that
+    /// raises `max_message_bytes` above that passes this value to
+    /// `FooServer::new(svc).max_decoding_message_size(..)` too.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
+    /// Adds a tonic service (a generated `FooServiceServer::new(impl)`).
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(svc);
+        self.service_names.push(S::NAME);
+        self
+    }
+
+    /// Serves until `shutdown` resolves; then every service (and the server as a whole)
+    /// turns NOT_SERVING, the listener closes, in-flight calls drain for at most
+    /// `drain_timeout_ms`, and this returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            tls,
+            routes,
+            health_reporter,
+            service_names,
+        } = self;
+
+        let mut health_names: Vec<&'static str> = service_names.clone();
+        health_names.push(OVERALL);
+        for name in &health_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let mut known_services: Vec<String> =
+            service_names.iter().map(|name| name.to_string()).collect();
+        known_services.extend(
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ]
+            .map(String::from),
+        );
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .context("invalid server TLS configuration")?;
+        }
+        let router = builder
+            .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
+            .timeout(request_timeout)
+            .layer(RpcLayer::new(
+                known_services,
+                config.max_message_bytes,
+                request_timeout,
+            ))
+            .add_routes(routes);
+
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+            for name in &health_names {
+                health_reporter
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            let _ = draining_tx.send(());
+        };
+
+        tracing::info!(%local_addr, services = ?service_names, "gRPC server serving");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+        let drain_deadline = async move {
+            match draining_rx.await {
+                Ok(()) => tokio::time::sleep(drain_timeout).await,
+                // The signal future was dropped: serve() has already returned.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = serve => {
+                result.context("gRPC server failed")?;
+                tracing::info!("gRPC server stopped: all calls drained");
+            }
+            () = drain_deadline => {
+                tracing::warn!(
+                    drain_timeout_ms = config.drain_timeout_ms,
+                    "gRPC server stopped with calls still in flight: drain timeout reached"
+                );
+            }
+        }
+        Ok(())
+    }
+}

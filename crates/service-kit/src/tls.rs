@@ -1,0 +1,174 @@
+//! TLS and mutual TLS (rustls with the ring provider): server configuration, client
+//! channels, and the verified client identity handlers use for authorization.
+
+use std::{path::Path, sync::Once, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tonic::transport::{Certificate, Channel, Endpoint, Identity};
+use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+use crate::config::{ClientTlsConfig, ServerTlsConfig};
+
+/// Installs rustls' ring crypto provider as the process default, once. Every TLS set-up
+/// in the kit calls it; services that use rustls elsewhere (e.g. sqlx) may call it too.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already the default, which serves just as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Who the verified client certificate says the caller is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate subject as an RFC 4514 string, e.g. `CN=civil-registry,O=MoJ`.
+    pub subject: String,
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// URI subject alternative names (e.g. SPIFFE ids).
+    pub uris: Vec<String>,
+}
+
+impl ClientIdentity {
+    /// True when the common name, a DNS SAN or a URI SAN equals `allowed` exactly.
+    pub fn matches(&self, allowed: &str) -> bool {
+        self.common_name.as_deref() == Some(allowed)
+            || self.dns_names.iter().any(|name| name == allowed)
+            || self.uris.iter().any(|uri| uri == allowed)
+    }
+
+    /// Parses a DER-encoded X.509 certificate.
+    pub fn from_der(der: &[u8]) -> anyhow::Result<Self> {
+        let (_, certificate) =
+            X509Certificate::from_der(der).map_err(|e| anyhow::anyhow!("bad certificate: {e}"))?;
+        let subject = certificate.subject();
+        let common_name = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
+        let mut dns_names = Vec::new();
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = certificate.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => dns_names.push((*dns).to_string()),
+                    GeneralName::URI(uri) => uris.push((*uri).to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self {
+            subject: subject.to_string(),
+            common_name,
+            dns_names,
+            uris,
+        })
+    }
+}
+
+/// The verified client certificate's identity: `None` over plaintext, without a client
+/// certificate, or when the certificate cannot be parsed. rustls has already verified the
+/// chain against the configured client CA before a request reaches a handler.
+pub fn client_identity<T>(req: &tonic::Request<T>) -> Option<ClientIdentity> {
+    let certificates = req.peer_certs()?;
+    let leaf = certificates.first()?;
+    ClientIdentity::from_der(leaf.as_ref()).ok()
+}
+
+/// A channel to `uri`: `https://host:port` with TLS (CA from `tls.ca_file`, client
+/// certificate for mTLS when `cert_file` and `key_file` are set), `http://` only with
+/// `tls.insecure_plaintext`. Connects lazily, so it can be built before the peer is up;
+/// `connect_timeout` bounds each connection attempt; HTTP/2 keepalive detects dead peers.
+pub fn client_channel(
+    uri: &str,
+    tls: &ClientTlsConfig,
+    connect_timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(uri.to_string())
+        .with_context(|| format!("invalid URI {uri:?}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_string();
+    let endpoint = match (scheme.as_str(), tls.insecure_plaintext) {
+        ("http", true) => {
+            tracing::warn!(
+                uri,
+                "TLS is off for this client: plaintext gRPC (insecure_plaintext)"
+            );
+            endpoint
+        }
+        ("http", false) => {
+            bail!("{uri}: plaintext http:// needs tls.insecure_plaintext = true; use https://")
+        }
+        ("https", true) => bail!("{uri}: https:// contradicts tls.insecure_plaintext = true"),
+        ("https", false) => endpoint.tls_config(client_tls(tls)?)?,
+        (other, _) => bail!("{uri}: unsupported scheme {other:?} (use https:// or http://)"),
+    };
+    Ok(endpoint.connect_lazy())
+}
+
+fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    install_crypto_provider();
+    let ca_file = tls
+        .ca_file
+        .as_deref()
+        .context("tls.ca_file is required for https:// (the CA that signed the server)")?;
+    let mut config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca_file, "tls.ca_file")?));
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read(cert, "tls.cert_file")?,
+                read(key, "tls.key_file")?,
+            ));
+        }
+        (None, None) => {}
+        _ => bail!("tls.cert_file and tls.key_file must be set together"),
+    }
+    if let Some(server_name) = &tls.server_name {
+        config = config.domain_name(server_name.clone());
+    }
+    Ok(config)
+}
+
+/// The tonic server TLS configuration for `tls`, or `None` for plaintext (logged as a
+/// warning). mTLS with a required client certificate when `client_ca_file` is set.
+pub(crate) fn server_tls(
+    tls: &ServerTlsConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    if tls.insecure_plaintext {
+        tracing::warn!("TLS is off: serving plaintext gRPC (server.tls.insecure_plaintext)");
+        return Ok(None);
+    }
+    install_crypto_provider();
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        bail!(
+            "server.tls.cert_file and server.tls.key_file are required \
+             (or set server.tls.insecure_plaintext = true for local runs)"
+        );
+    };
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "server.tls.cert_file")?,
+        read(key, "server.tls.key_file")?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(
+                ca,
+                "server.tls.client_ca_file",
+            )?))
+            .client_auth_optional(false);
+    }
+    Ok(Some(config))
+}
+
+fn read(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: cannot read {}", path.display()))
+}
