@@ -320,6 +320,9 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     check((pod_sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", f"{name}: pod seccomp RuntimeDefault")
     check(pod.get("automountServiceAccountToken") is False, f"{name}: no service account token mounted")
     check(not pod.get("hostNetwork") and not pod.get("hostPID"), f"{name}: no host namespaces")
+    # Service-link variables ({PREFIX}SERVICE_HOST, {PREFIX}PORT, ...) share the config
+    # prefix and would be rejected as unknown config keys.
+    check(pod.get("enableServiceLinks") is False, f"{name}: enableServiceLinks false (no {prefix}* link variables)")
     containers = pod.get("containers") or []
     inits = pod.get("initContainers") or []
     for c in containers + inits:
