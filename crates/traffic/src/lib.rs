@@ -3,6 +3,9 @@
 //! whole pilot end to end with both services as child processes.
 
 pub mod catalog;
+pub mod client;
 pub mod generate;
 pub mod profile;
 pub mod record;
+pub mod replay;
+pub mod verify;

@@ -1,0 +1,528 @@
+//! `traffic replay`: sends a traffic file's registrations to a civil registry, open loop at
+//! a fixed rate or closed loop at a fixed concurrency, and measures latency and throughput.
+//!
+//! Design for not being the bottleneck: the file is parsed on a blocking thread into a
+//! bounded queue; each request is one spawned task holding a semaphore permit; requests go
+//! round robin over a few HTTP/2 connections; completions flow to one collector task that
+//! owns the histograms and the progress bar (no shared locks on the hot path).
+//! Open-loop latency is measured from each request's scheduled start, so a stalled
+//! server shows up in the percentiles (no coordinated omission).
+
+use crate::client::{Tokens, authorized};
+use crate::record::TrafficLine;
+use anyhow::{Context as _, bail};
+use contracts::moj::civilstatus::v1 as pb;
+use contracts::moj::civilstatus::v1::birth_registration_service_client::BirthRegistrationServiceClient;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// Open or closed loop.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Start `R` registrations per second whatever the answers (open loop).
+    Rate(f64),
+    /// Keep `C` registrations in flight (closed loop).
+    Concurrency(usize),
+}
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub mode: Mode,
+    /// In open loop, the most requests in flight before the schedule slips.
+    pub max_in_flight: usize,
+    /// Show a progress bar (on stderr).
+    pub progress: bool,
+    /// Give up waiting for a PENDING registration's number after this long.
+    pub number_timeout: Duration,
+    /// Retries of a RegisterBirth answered UNAVAILABLE (same request_id, so safe).
+    pub retries: u32,
+    /// Only replay the first N lines.
+    pub limit: Option<u64>,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Concurrency(256),
+            max_in_flight: 20_000,
+            progress: false,
+            number_timeout: Duration::from_secs(120),
+            retries: 5,
+            limit: None,
+        }
+    }
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub request_id: String,
+    pub unit_code: String,
+    /// `birthRegistrations/{id}`; empty when the call failed.
+    pub registration: String,
+    /// Final personal-id status name, or `ERROR:<code>`.
+    pub status: String,
+    pub personal_id: String,
+}
+
+/// The replay's figures.
+#[derive(Debug, Serialize)]
+pub struct ReplayReport {
+    pub registrations: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub retried: u64,
+    /// Seconds from the first request to the last answer of RegisterBirth.
+    pub register_seconds: f64,
+    /// Seconds from the first request until every number arrived.
+    pub seconds: f64,
+    /// Registrations answered per second.
+    pub registrations_per_s: f64,
+    /// Registrations fully numbered (or decided not eligible) per second.
+    pub births_per_s: f64,
+    /// Final status name -> count.
+    pub by_status: BTreeMap<String, u64>,
+    /// Status answered by RegisterBirth itself (ISSUED in the response vs PENDING).
+    pub first_answer: BTreeMap<String, u64>,
+    /// gRPC code -> count of failed registrations.
+    pub errors: BTreeMap<String, u64>,
+    pub register_ms: Percentiles,
+    pub time_to_number_ms: Percentiles,
+    #[serde(skip)]
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+            self.count, self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+struct Item {
+    request: pb::RegisterBirthRequest,
+    auth: MetadataValue<Ascii>,
+    unit_code: String,
+}
+
+enum Event {
+    Registered {
+        latency_us: u64,
+        pending: bool,
+        retried: u32,
+    },
+    Done {
+        outcome: Outcome,
+        number_us: Option<u64>,
+        at: Instant,
+    },
+}
+
+/// Counts the lines of a traffic file (for the progress bar).
+pub fn count_lines(path: &Path) -> anyhow::Result<u64> {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut n = 0;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        n += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        let len = buf.len();
+        r.consume(len);
+    }
+    Ok(n)
+}
+
+/// Replays a traffic file through `channels` (round robin) with the officials' tokens.
+pub async fn replay(
+    file: &Path,
+    channels: Vec<Channel>,
+    tokens: Arc<Tokens>,
+    opts: &ReplayOptions,
+) -> anyhow::Result<ReplayReport> {
+    if channels.is_empty() {
+        bail!("no channels");
+    }
+    let total = match opts.limit {
+        Some(l) => count_lines(file)?.min(l),
+        None => count_lines(file)?,
+    };
+    let (tx, mut rx) = mpsc::channel::<Item>(8192);
+    let path = file.to_owned();
+    let limit = opts.limit;
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        for (i, line) in r.lines().enumerate() {
+            if limit.is_some_and(|l| i as u64 >= l) {
+                break;
+            }
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: TrafficLine = serde_json::from_str(&line)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            let auth = tokens
+                .get(&parsed.official_id)
+                .with_context(|| format!("no token for official {}", parsed.official_id))?
+                .clone();
+            let request = pb::RegisterBirthRequest::try_from(&parsed.request)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            let item = Item {
+                request,
+                auth,
+                unit_code: parsed.unit_code,
+            };
+            if tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
+    let progress = opts.progress;
+    let collector = tokio::spawn(collect(ev_rx, total, progress));
+
+    let permits = match opts.mode {
+        Mode::Concurrency(c) => c.max(1),
+        Mode::Rate(_) => opts.max_in_flight.max(1),
+    };
+    let sem = Arc::new(Semaphore::new(permits));
+    let clients: Vec<_> = channels
+        .into_iter()
+        .map(|c| BirthRegistrationServiceClient::new(c).max_decoding_message_size(16 << 20))
+        .collect();
+    let start = Instant::now();
+    let mut i: u64 = 0;
+    while let Some(item) = rx.recv().await {
+        let scheduled = match opts.mode {
+            Mode::Rate(r) => {
+                let at = start + Duration::from_secs_f64(i as f64 / r);
+                tokio::time::sleep_until(at).await;
+                at
+            }
+            Mode::Concurrency(_) => Instant::now(),
+        };
+        let permit = Arc::clone(&sem)
+            .acquire_owned()
+            .await
+            .context("semaphore closed")?;
+        let scheduled = match opts.mode {
+            Mode::Rate(_) => scheduled,
+            Mode::Concurrency(_) => Instant::now(),
+        };
+        let client = clients[(i as usize) % clients.len()].clone();
+        let ev_tx = ev_tx.clone();
+        let retries = opts.retries;
+        let number_timeout = opts.number_timeout;
+        tokio::spawn(async move {
+            one(
+                client,
+                item,
+                scheduled,
+                retries,
+                number_timeout,
+                permit,
+                ev_tx,
+            )
+            .await;
+        });
+        i += 1;
+    }
+    drop(ev_tx);
+    reader.await.context("reader panicked")??;
+    let (mut report, last) = collector.await.context("collector panicked")?;
+    report.seconds = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
+    report.births_per_s = if report.seconds > 0.0 {
+        report.registrations as f64 / report.seconds
+    } else {
+        0.0
+    };
+    report.registrations_per_s = if report.register_seconds > 0.0 {
+        report.registrations as f64 / report.register_seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+fn status_name(s: i32) -> String {
+    pb::PersonalIdStatus::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("PERSONAL_ID_STATUS_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| format!("UNKNOWN({s})"))
+}
+
+async fn one(
+    mut client: BirthRegistrationServiceClient<Channel>,
+    item: Item,
+    scheduled: Instant,
+    retries: u32,
+    number_timeout: Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ev: mpsc::UnboundedSender<Event>,
+) {
+    let request_id = item.request.request_id.clone();
+    let mut attempt = 0;
+    let answer = loop {
+        let req = authorized(item.request.clone(), &item.auth);
+        match client.register_birth(req).await {
+            Ok(resp) => break Ok(resp.into_inner()),
+            Err(s)
+                if attempt < retries
+                    && matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+            }
+            Err(s) => break Err(s),
+        }
+    };
+    let latency_us = scheduled.elapsed().as_micros() as u64;
+    drop(permit);
+    let fail = |code: tonic::Code| Outcome {
+        request_id: request_id.clone(),
+        unit_code: item.unit_code.clone(),
+        registration: String::new(),
+        status: format!("ERROR:{code:?}"),
+        personal_id: String::new(),
+    };
+    let reg = match answer {
+        Ok(pb::RegisterBirthResponse {
+            registration: Some(reg),
+        }) => reg,
+        Ok(_) => {
+            let _ = ev.send(Event::Done {
+                outcome: fail(tonic::Code::Internal),
+                number_us: None,
+                at: Instant::now(),
+            });
+            return;
+        }
+        Err(status) => {
+            let _ = ev.send(Event::Done {
+                outcome: fail(status.code()),
+                number_us: None,
+                at: Instant::now(),
+            });
+            return;
+        }
+    };
+    let pending = reg.personal_id_status == pb::PersonalIdStatus::Pending as i32;
+    let _ = ev.send(Event::Registered {
+        latency_us,
+        pending,
+        retried: attempt,
+    });
+    let mut reg = reg;
+    let mut number_us =
+        (reg.personal_id_status == pb::PersonalIdStatus::Issued as i32).then_some(latency_us);
+    if pending {
+        // Poll until the number arrives: the registry answers PENDING when the number did
+        // not come within its wait, and keeps obtaining it in the background.
+        let deadline = Instant::now() + number_timeout;
+        let mut wait = Duration::from_millis(20);
+        while reg.personal_id_status == pb::PersonalIdStatus::Pending as i32
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+            let req = authorized(
+                pb::GetBirthRegistrationRequest {
+                    name: reg.name.clone(),
+                },
+                &item.auth,
+            );
+            if let Ok(resp) = client.get_birth_registration(req).await
+                && let Some(r) = resp.into_inner().registration
+            {
+                reg = r;
+            }
+        }
+        if reg.personal_id_status == pb::PersonalIdStatus::Issued as i32 {
+            number_us = Some(scheduled.elapsed().as_micros() as u64);
+        }
+    }
+    let _ = ev.send(Event::Done {
+        outcome: Outcome {
+            request_id,
+            unit_code: item.unit_code,
+            registration: reg.name,
+            status: status_name(reg.personal_id_status),
+            personal_id: reg.personal_id,
+        },
+        number_us,
+        at: Instant::now(),
+    });
+}
+
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    total: u64,
+    progress: bool,
+) -> (ReplayReport, Option<Instant>) {
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let new_hist = || {
+        // 1 µs .. 1 h at 3 significant digits: constant, valid bounds.
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+    };
+    let mut register = new_hist();
+    let mut number = new_hist();
+    let mut report = ReplayReport {
+        registrations: 0,
+        succeeded: 0,
+        failed: 0,
+        retried: 0,
+        register_seconds: 0.0,
+        seconds: 0.0,
+        registrations_per_s: 0.0,
+        births_per_s: 0.0,
+        by_status: BTreeMap::new(),
+        first_answer: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        register_ms: Percentiles::default(),
+        time_to_number_ms: Percentiles::default(),
+        outcomes: Vec::with_capacity(total as usize),
+    };
+    let first = Instant::now();
+    let mut last_registered: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Registered {
+                latency_us,
+                pending,
+                retried,
+            } => {
+                let _ = register.record(latency_us.max(1));
+                *report
+                    .first_answer
+                    .entry(if pending { "PENDING" } else { "ANSWERED" }.to_owned())
+                    .or_default() += 1;
+                report.retried += u64::from(retried);
+                last_registered = Some(Instant::now());
+            }
+            Event::Done {
+                outcome,
+                number_us,
+                at,
+            } => {
+                report.registrations += 1;
+                if let Some(code) = outcome.status.strip_prefix("ERROR:") {
+                    report.failed += 1;
+                    *report.errors.entry(code.to_owned()).or_default() += 1;
+                    last_registered = Some(at);
+                } else {
+                    report.succeeded += 1;
+                }
+                if let Some(us) = number_us {
+                    let _ = number.record(us.max(1));
+                }
+                *report.by_status.entry(outcome.status.clone()).or_default() += 1;
+                report.outcomes.push(outcome);
+                last = Some(at);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    report.register_seconds =
+        last_registered.map_or(0.0, |l| l.duration_since(first).as_secs_f64());
+    report.register_ms = Percentiles::of(&register);
+    report.time_to_number_ms = Percentiles::of(&number);
+    (report, last)
+}
+
+impl ReplayReport {
+    /// Human-readable summary lines.
+    pub fn print(&self) {
+        println!(
+            "replayed {} registrations: {} ok, {} failed ({} retries)",
+            self.registrations, self.succeeded, self.failed, self.retried
+        );
+        println!(
+            "throughput: {:.0} registrations/s answered, {:.0} births/s fully numbered ({:.2} s)",
+            self.registrations_per_s, self.births_per_s, self.seconds
+        );
+        println!("RegisterBirth latency: {}", self.register_ms);
+        println!("time to number:        {}", self.time_to_number_ms);
+        let statuses: Vec<String> = self
+            .by_status
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("by status: {}", statuses.join(" "));
+        let first: Vec<String> = self
+            .first_answer
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("first answer: {}", first.join(" "));
+        if !self.errors.is_empty() {
+            let errs: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("errors by code: {}", errs.join(" "));
+        }
+    }
+}
