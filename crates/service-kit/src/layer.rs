@@ -39,8 +39,8 @@ pub struct RpcLayer {
 
 impl RpcLayer {
     /// `known_services`: full service names (e.g. `kit.echo.v1.EchoService`) used as metric
-    /// labels; other paths are labelled `unknown`. `request_timeout` must be the server's
-    /// timeout, so that a call cut short by it is counted as `DEADLINE_EXCEEDED`.
+    /// labels; other paths are labelled `unknown`. Calls running longer than
+    /// `request_timeout` are cut off with `DEADLINE_EXCEEDED`.
     pub fn new(
         known_services: impl IntoIterator<Item = String>,
         max_message_bytes: usize,
@@ -72,12 +72,14 @@ pub struct RpcService<S> {
     layer: RpcLayer,
 }
 
-impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for RpcService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for RpcService<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
-    ResBody: Body,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
 {
-    type Response = http::Response<ObservedBody<ResBody>>;
+    type Response = http::Response<ObservedBody<tonic::body::Body>>;
     type Error = S::Error;
     type Future = RpcFuture<S::Future>;
 
@@ -108,9 +110,12 @@ where
         // An invalid or absent traceparent leaves the span as a new root: fine either way.
         let _ = span.set_parent(crate::telemetry::extract_trace_context(request.headers()));
 
-        let timeout = client_timeout(request.headers()).map_or(self.layer.request_timeout, |t| {
-            t.min(self.layer.request_timeout)
-        });
+        // tonic itself enforces the client's grpc-timeout (answering CANCELLED, and
+        // dropping our future); the server's own limit is enforced here so that the client
+        // gets the correct DEADLINE_EXCEEDED.
+        let server_deadline = start + self.layer.request_timeout;
+        let deadline = client_timeout(request.headers())
+            .map_or(server_deadline, |t| server_deadline.min(start + t));
         let max = self.layer.max_message_bytes;
         let request = request.map(|body| tonic::body::Body::new(LimitedBody::new(body, max)));
 
@@ -118,12 +123,14 @@ where
             service,
             method,
             start,
-            deadline: start + timeout,
+            deadline,
             span: span.clone(),
             done: false,
         };
         RpcFuture {
             inner: self.inner.call(request).instrument(span),
+            timeout: tokio::time::sleep_until(server_deadline.into()),
+            request_timeout: self.layer.request_timeout,
             record: Some(record),
         }
     }
@@ -135,19 +142,32 @@ pin_project! {
     pub struct RpcFuture<F> {
         #[pin]
         inner: Instrumented<F>,
+        #[pin]
+        timeout: tokio::time::Sleep,
+        request_timeout: Duration,
         record: Option<CallRecord>,
     }
 }
 
-impl<F, ResBody, E> Future for RpcFuture<F>
+impl<F, E> Future for RpcFuture<F>
 where
-    F: Future<Output = Result<http::Response<ResBody>, E>>,
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
 {
-    type Output = Result<http::Response<ObservedBody<ResBody>>, E>;
+    type Output = Result<http::Response<ObservedBody<tonic::body::Body>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                ready!(this.timeout.poll(cx));
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "the server's request timeout of {} ms expired",
+                    this.request_timeout.as_millis()
+                ));
+                Ok(status.into_http())
+            }
+        };
         let mut record = this.record.take();
         Poll::Ready(match result {
             Ok(response) => {
@@ -234,8 +254,8 @@ struct CallRecord {
     done: bool,
 }
 
-/// tonic's own timeout starts a moment before this layer sees the request, so a call it
-/// cuts off is dropped slightly before our computed deadline.
+/// tonic's client-deadline timer starts a moment before this layer sees the request, so a
+/// call it cuts off is dropped slightly before our computed deadline.
 const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
 impl CallRecord {

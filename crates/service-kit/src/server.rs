@@ -155,7 +155,6 @@ impl GrpcServer {
         }
         let router = builder
             .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
-            .timeout(request_timeout)
             .layer(RpcLayer::new(
                 known_services,
                 config.max_message_bytes,

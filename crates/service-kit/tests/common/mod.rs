@@ -1,0 +1,170 @@
+//! Shared arrangements for the kit's tests: a plaintext or TLS Echo server on
+//! 127.0.0.1:0 with a shutdown trigger, clients, and a throwaway PKI made with rcgen.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use service_kit::{
+    GrpcServer, ServerConfig, ServerTlsConfig,
+    echo::{EchoServer, EchoServiceClient},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A server config on 127.0.0.1:0, plaintext, short drain.
+pub fn plaintext_config() -> ServerConfig {
+    ServerConfig {
+        listen_addr: "127.0.0.1:0".parse().expect("address"),
+        drain_timeout_ms: 5_000,
+        tls: ServerTlsConfig {
+            insecure_plaintext: true,
+            ..ServerTlsConfig::default()
+        },
+        ..ServerConfig::default()
+    }
+}
+
+/// A running Echo server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub health: tonic_health::server::HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: &ServerConfig) -> Self {
+        let server = GrpcServer::bind(config, service_kit::echo::FILE_DESCRIPTOR_SET)
+            .await
+            .expect("bind")
+            .add_service(EchoServer::service());
+        let addr = server.local_addr();
+        let health = server.health_reporter();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            health,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub fn http_uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends the shutdown signal (what SIGTERM does in a binary).
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Triggers shutdown and waits for serve() to return (at most 10 s).
+    pub async fn stop(mut self) {
+        self.trigger_shutdown();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("serve returns Ok");
+    }
+}
+
+pub async fn plaintext_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub async fn echo_client(addr: SocketAddr) -> EchoServiceClient<Channel> {
+    EchoServiceClient::new(plaintext_channel(addr).await)
+}
+
+/// A certificate authority that can issue server and client certificates, all written as
+/// PEM files in a temporary directory.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+}
+
+pub struct IssuedCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, cert.pem()).expect("write CA");
+        Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            dir,
+            ca_file,
+        }
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub fn server_cert(&self) -> IssuedCert {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue("server", params)
+    }
+
+    /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
+    /// `spiffe://test/{name}`.
+    pub fn client_cert(&self, name: &str) -> IssuedCert {
+        let mut params =
+            CertificateParams::new(vec![format!("{name}.test")]).expect("client params");
+        params.subject_alt_names.push(SanType::URI(
+            format!("spiffe://test/{name}").try_into().expect("uri"),
+        ));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Kit Tests");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(name, params)
+    }
+
+    fn issue(&self, name: &str, params: CertificateParams) -> IssuedCert {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let cert_file = self.dir.path().join(format!("{name}.pem"));
+        let key_file = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        IssuedCert {
+            cert_file,
+            key_file,
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! GrpcServer over real TCP on 127.0.0.1:0: health, graceful and bounded shutdown,
+//! reflection (v1, v1alpha, grpcurl), limits and the healthcheck helper.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, echo_client, plaintext_channel, plaintext_config};
+use service_kit::echo::EchoRequest;
+use tokio_stream::StreamExt as _;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const ECHO_SERVICE: &str = "kit.echo.v1.EchoService";
+
+#[tokio::test]
+async fn health_turns_not_serving_on_shutdown_while_an_in_flight_call_still_completes() {
+    // Arrange: a served Echo, a health watch on it, and a slow call in flight.
+    let mut server = TestServer::start(&plaintext_config()).await;
+    let channel = plaintext_channel(server.addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: ECHO_SERVICE.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("first status").expect("status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(overall.status(), ServingStatus::Serving);
+
+    let mut echo = echo_client(server.addr).await;
+    let slow_call = tokio::spawn(async move {
+        echo.echo(EchoRequest {
+            message: "slow".into(),
+            delay_ms: 600,
+            ..EchoRequest::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Act: the shutdown signal arrives while the slow call runs.
+    let signalled = Instant::now();
+    server.trigger_shutdown();
+
+    // Assert: health flips to NOT_SERVING, the slow call still succeeds, serve() returns
+    // once drained (well before the 5 s drain timeout).
+    let next = tokio::time::timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("health update in time")
+        .expect("second status")
+        .expect("status");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    drop(watch);
+
+    let reply = slow_call
+        .await
+        .expect("task")
+        .expect("the in-flight call completes");
+    assert_eq!(reply.into_inner().message, "slow");
+
+    tokio::time::timeout(Duration::from_secs(4), &mut server.task)
+        .await
+        .expect("server drained before the drain timeout")
+        .expect("task")
+        .expect("serve returns Ok");
+    assert!(signalled.elapsed() < Duration::from_secs(4));
+
+    // And nobody new gets in: the listener is closed.
+    let refused = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .connect()
+        .await;
+    assert!(
+        refused.is_err(),
+        "the listener must be closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_by_the_drain_timeout_when_a_call_does_not_finish() {
+    // Arrange: drain timeout 300 ms, a call that would take 10 s.
+    let config = service_kit::ServerConfig {
+        drain_timeout_ms: 300,
+        ..plaintext_config()
+    };
+    let mut server = TestServer::start(&config).await;
+    let mut echo = echo_client(server.addr).await;
+    let _stuck = tokio::spawn(async move {
+        echo.echo(EchoRequest {
+            delay_ms: 10_000,
+            ..EchoRequest::default()
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Act
+    let signalled = Instant::now();
+    server.trigger_shutdown();
+    let result = tokio::time::timeout(Duration::from_secs(3), &mut server.task).await;
+
+    // Assert
+    result
+        .expect("serve returns soon after the drain timeout")
+        .expect("task")
+        .expect("serve returns Ok");
+    let elapsed = signalled.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "returned before the drain timeout: {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_longer_than_the_request_timeout_fails_with_deadline_exceeded() {
+    let config = service_kit::ServerConfig {
+        request_timeout_ms: 200,
+        ..plaintext_config()
+    };
+    let server = TestServer::start(&config).await;
+    let mut echo = echo_client(server.addr).await;
+
+    let status = echo
+        .echo(EchoRequest {
+            delay_ms: 3_000,
+            ..EchoRequest::default()
+        })
+        .await
+        .expect_err("the server cuts the call off");
+
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_message_over_the_size_limit_is_rejected_with_resource_exhausted() {
+    let config = service_kit::ServerConfig {
+        max_message_bytes: 1024,
+        ..plaintext_config()
+    };
+    let server = TestServer::start(&config).await;
+    let mut echo = echo_client(server.addr).await;
+
+    let small = echo
+        .echo(EchoRequest {
+            payload: vec![7; 512],
+            ..EchoRequest::default()
+        })
+        .await;
+    let large = echo
+        .echo(EchoRequest {
+            payload: vec![7; 4096],
+            ..EchoRequest::default()
+        })
+        .await;
+
+    assert_eq!(
+        small
+            .expect("small message passes")
+            .into_inner()
+            .payload
+            .len(),
+        512
+    );
+    assert_eq!(
+        large.expect_err("large message is refused").code(),
+        tonic::Code::ResourceExhausted
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_to_start_without_tls_material_unless_plaintext_is_explicit() {
+    let config = service_kit::ServerConfig {
+        tls: service_kit::ServerTlsConfig::default(),
+        ..plaintext_config()
+    };
+
+    let error = service_kit::GrpcServer::bind(&config, service_kit::echo::FILE_DESCRIPTOR_SET)
+        .await
+        .expect_err("no certificate and no insecure_plaintext");
+
+    assert!(
+        error.to_string().contains("server.tls.cert_file"),
+        "error names the missing key: {error}"
+    );
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_the_service_health_and_reflection() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = TestServer::start(&plaintext_config()).await;
+    let mut client = ServerReflectionClient::new(plaintext_channel(server.addr).await);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!(
+            "expected a service list, got {:?}",
+            response.message_response
+        );
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        ECHO_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_service_for_older_clients() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = TestServer::start(&plaintext_config()).await;
+    let mut client = ServerReflectionClient::new(plaintext_channel(server.addr).await);
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    let response = responses.next().await.expect("a response").expect("ok");
+
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!(
+            "expected a service list, got {:?}",
+            response.message_response
+        );
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == ECHO_SERVICE),
+        "{ECHO_SERVICE} missing from {:?}",
+        list.service
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpcurl_lists_the_service_over_reflection() {
+    if std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: grpcurl not installed");
+        return;
+    }
+    let server = TestServer::start(&plaintext_config()).await;
+    let addr = server.addr.to_string();
+
+    let output = tokio::process::Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "10", &addr, "list"])
+        .output()
+        .await
+        .expect("run grpcurl");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "grpcurl failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == ECHO_SERVICE),
+        "grpcurl list: {stdout}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthcheck_reports_serving_then_fails_once_the_server_is_gone() {
+    let server = TestServer::start(&plaintext_config()).await;
+    let uri = server.http_uri();
+    let tls = service_kit::ClientTlsConfig {
+        insecure_plaintext: true,
+        ..Default::default()
+    };
+
+    let serving = service_kit::healthcheck::check(&uri, &tls, ECHO_SERVICE).await;
+    let overall = service_kit::healthcheck::check(&uri, &tls, "").await;
+    server
+        .health
+        .set_not_serving::<service_kit::echo::EchoServiceServer<service_kit::echo::EchoServer>>()
+        .await;
+    let flipped = service_kit::healthcheck::check(&uri, &tls, ECHO_SERVICE).await;
+    server.stop().await;
+    let gone = service_kit::healthcheck::check(&uri, &tls, "").await;
+
+    assert!(serving.expect("check"), "echo is SERVING");
+    assert!(overall.expect("check"), "the server as a whole is SERVING");
+    assert!(
+        !flipped.expect("check"),
+        "echo was set NOT_SERVING by the service"
+    );
+    assert!(gone.is_err(), "a stopped server cannot be checked");
+}
+
+#[tokio::test]
+async fn a_plaintext_client_channel_needs_explicit_consent() {
+    let tls = service_kit::ClientTlsConfig::default();
+
+    let error =
+        service_kit::tls::client_channel("http://127.0.0.1:1", &tls, Duration::from_secs(1))
+            .expect_err("plaintext without insecure_plaintext");
+
+    assert!(error.to_string().contains("insecure_plaintext"), "{error}");
+}
