@@ -1,0 +1,99 @@
+//! `/metrics` over HTTP counts served calls by service, method and status code.
+//! One test per binary section: the Prometheus recorder is process-global.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{TestServer, echo_client, plaintext_config};
+use service_kit::{MetricsConfig, echo::EchoRequest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    (head.to_string(), body.to_string())
+}
+
+/// The value of the sample of `metric` whose labels include every `label="value"` pair.
+fn sample(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_each_call_by_method_and_status_code_with_latency() {
+    // Arrange
+    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
+        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("install")
+    .expect("an address when listen_addr is set");
+    let again = service_kit::metrics::install(&MetricsConfig::default()).await;
+    assert!(again.expect("installing twice is fine").is_none());
+    let server = TestServer::start(&plaintext_config()).await;
+    let mut echo = echo_client(server.addr).await;
+
+    // Act: two OK calls and one NOT_FOUND (a trailers-only response).
+    for _ in 0..2 {
+        echo.echo(EchoRequest::default()).await.expect("ok call");
+    }
+    let failed = echo
+        .echo(EchoRequest {
+            fail_with_code: tonic::Code::NotFound as i32,
+            ..EchoRequest::default()
+        })
+        .await;
+    assert_eq!(failed.expect_err("fails").code(), tonic::Code::NotFound);
+    let (head, body) = scrape(metrics_addr, "/metrics").await;
+    let (not_found_head, _) = scrape(metrics_addr, "/other").await;
+
+    // Assert
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        not_found_head.starts_with("HTTP/1.1 404"),
+        "{not_found_head}"
+    );
+    let ok = [
+        ("grpc_service", "kit.echo.v1.EchoService"),
+        ("grpc_method", "Echo"),
+        ("grpc_code", "OK"),
+    ];
+    let not_found = [
+        ("grpc_service", "kit.echo.v1.EchoService"),
+        ("grpc_method", "Echo"),
+        ("grpc_code", "NOT_FOUND"),
+    ];
+    assert_eq!(
+        sample(&body, "grpc_server_handled_total", &ok),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "grpc_server_handled_total", &not_found),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "grpc_server_handling_seconds_count", &ok),
+        Some(2.0),
+        "latency histogram: {body}"
+    );
+    assert!(
+        body.contains("grpc_server_handling_seconds_bucket{"),
+        "latency is a real histogram with buckets: {body}"
+    );
+    server.stop().await;
+}
