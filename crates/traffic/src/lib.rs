@@ -5,7 +5,9 @@
 pub mod catalog;
 pub mod client;
 pub mod generate;
+pub mod pilot;
 pub mod profile;
 pub mod record;
 pub mod replay;
+pub mod stack;
 pub mod verify;

@@ -686,9 +686,9 @@ fn date(y: i32, m: u32, d: u32) -> anyhow::Result<NaiveDate> {
 fn day_weight(d: NaiveDate) -> f64 {
     let md = (d.month(), d.day());
     let holiday = match d.year() {
-        2016 => (md >= (2, 6) && md <= (2, 14)) || md == (4, 18) || md == (5, 2) || md == (9, 2),
+        2016 => ((2, 6)..=(2, 14)).contains(&md) || md == (4, 18) || md == (5, 2) || md == (9, 2),
         2017 => {
-            (md >= (1, 26) && md <= (2, 1))
+            ((1, 26)..=(2, 1)).contains(&md)
                 || md == (4, 6)
                 || md == (5, 1)
                 || md == (5, 2)

@@ -64,7 +64,7 @@ impl Default for ReplayOptions {
 }
 
 /// What became of one request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub request_id: String,
     pub unit_code: String,

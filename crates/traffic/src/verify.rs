@@ -418,15 +418,15 @@ pub async fn verify(
         if !pop_numbers.insert(&i.personal_id) {
             violation(&mut v, &mut counts, "minted-twice", i.personal_id.clone());
         }
-        if i.status == pop::CitizenStatus::Active as i32 {
-            if let Some(prev) = pop_active.insert(&i.request_id, &i.personal_id) {
-                violation(
-                    &mut v,
-                    &mut counts,
-                    "two-active-numbers",
-                    format!("request {}: {} and {}", i.request_id, prev, i.personal_id),
-                );
-            }
+        if i.status == pop::CitizenStatus::Active as i32
+            && let Some(prev) = pop_active.insert(&i.request_id, &i.personal_id)
+        {
+            violation(
+                &mut v,
+                &mut counts,
+                "two-active-numbers",
+                format!("request {}: {} and {}", i.request_id, prev, i.personal_id),
+            );
         }
     }
     report.population_active = pop_active.len() as u64;
