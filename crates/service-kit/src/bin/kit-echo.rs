@@ -47,6 +47,8 @@ enum Command {
 enum ConfigCommand {
     /// Print every key as `key<TAB>ENV_VAR<TAB>default-json`.
     Keys,
+    /// Print the effective configuration (defaults < file < env) as JSON.
+    Show,
 }
 
 #[tokio::main]
@@ -62,6 +64,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config: Config = config::load_or_exit(ENV_PREFIX, cli.config.as_deref());
+    if let Some(Command::Config {
+        command: ConfigCommand::Show,
+    }) = cli.command
+    {
+        // kit-echo's config holds no secrets, so it can be shown whole.
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
     let mut telemetry = service_kit::telemetry::init("kit-echo", &config.telemetry)?;
     let metrics_addr = service_kit::metrics::install(&config.metrics).await?;
     let server = GrpcServer::bind(&config.server, service_kit::echo::FILE_DESCRIPTOR_SET)
