@@ -5,7 +5,12 @@
 //! `grpc_service`, `grpc_method` and `grpc_code` (the code's name, e.g. `OK`,
 //! `INVALID_ARGUMENT`). Labels never carry personal data.
 
-use std::{convert::Infallible, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Mutex, OnceLock, PoisonError},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -46,40 +51,35 @@ pub async fn install(cfg: &MetricsConfig) -> anyhow::Result<Option<SocketAddr>> 
 /// The installed recorder's handle (installing the recorder if needed), e.g. to render the
 /// metrics in tests without HTTP.
 pub fn handle() -> anyhow::Result<PrometheusHandle> {
+    // Serialises first installs: a second caller must wait for the first one's handle
+    // rather than fail to install its own recorder.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    // Two racing first calls: the loser's recorder fails to install and it reuses the
-    // winner's handle below.
-    let installed = PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(GRPC_SERVER_HANDLING_SECONDS.to_string()),
             LATENCY_BUCKETS,
         )
         .context("invalid latency buckets")?
-        .install_recorder();
-    match installed {
-        Ok(handle) => {
-            if HANDLE.set(handle.clone()).is_ok() {
-                // Histograms keep their samples until upkeep drains them.
-                let upkeep = handle.clone();
-                std::thread::Builder::new()
-                    .name("metrics-upkeep".into())
-                    .spawn(move || {
-                        loop {
-                            std::thread::sleep(Duration::from_secs(5));
-                            upkeep.run_upkeep();
-                        }
-                    })
-                    .context("cannot start the metrics upkeep thread")?;
+        .install_recorder()
+        .context(
+            "cannot install the Prometheus recorder (another metrics recorder is installed)",
+        )?;
+    // Histograms keep their samples until upkeep drains them.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
             }
-            Ok(HANDLE.get().cloned().unwrap_or(handle))
-        }
-        Err(error) => HANDLE
-            .get()
-            .cloned()
-            .with_context(|| format!("cannot install the Prometheus recorder: {error}")),
-    }
+        })
+        .context("cannot start the metrics upkeep thread")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {

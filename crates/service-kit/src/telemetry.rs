@@ -14,7 +14,8 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    EnvFilter, Layer as _, filter::LevelFilter, layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
 };
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -58,9 +59,12 @@ pub fn init(service_name: &'static str, cfg: &TelemetryConfig) -> anyhow::Result
     let filter = EnvFilter::try_new(&cfg.log_filter)
         .with_context(|| format!("telemetry.log_filter: invalid filter {:?}", cfg.log_filter))?;
 
+    // The log filter applies to log output only: a quiet log level must not switch off
+    // the per-call spans that traces are made of.
     let fmt_layer = match cfg.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -68,6 +72,7 @@ pub fn init(service_name: &'static str, cfg: &TelemetryConfig) -> anyhow::Result
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed(),
     };
 
@@ -89,12 +94,13 @@ pub fn init(service_name: &'static str, cfg: &TelemetryConfig) -> anyhow::Result
         }
         None => None,
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_filter(LevelFilter::INFO)
+    });
 
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()

@@ -97,3 +97,58 @@ async fn metrics_count_each_call_by_method_and_status_code_with_latency() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn calls_to_unknown_services_and_methods_do_not_create_new_metric_labels() {
+    // Arrange
+    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
+        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("install")
+    .expect("address");
+    let server = TestServer::start(&plaintext_config()).await;
+    let mut grpc = tonic::client::Grpc::new(common::plaintext_channel(server.addr).await);
+
+    // Act: a random service and a random method of a known service.
+    for path in [
+        "/attacker.chosen.v1.Service/Anything",
+        "/kit.echo.v1.EchoService/NoSuchMethod",
+    ] {
+        grpc.ready().await.expect("ready");
+        let result: Result<tonic::Response<service_kit::echo::EchoResponse>, tonic::Status> = grpc
+            .unary(
+                tonic::Request::new(EchoRequest::default()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert_eq!(result.expect_err(path).code(), tonic::Code::Unimplemented);
+    }
+    let (_, body) = scrape(metrics_addr, "/metrics").await;
+
+    // Assert
+    assert!(!body.contains("attacker"), "{body}");
+    assert!(!body.contains("NoSuchMethod"), "{body}");
+    let unknown_service = [
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+        ("grpc_code", "UNIMPLEMENTED"),
+    ];
+    let unknown_method = [
+        ("grpc_service", "kit.echo.v1.EchoService"),
+        ("grpc_method", "unknown"),
+        ("grpc_code", "UNIMPLEMENTED"),
+    ];
+    assert_eq!(
+        sample(&body, "grpc_server_handled_total", &unknown_service),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "grpc_server_handled_total", &unknown_method),
+        Some(1.0),
+        "{body}"
+    );
+    server.stop().await;
+}
