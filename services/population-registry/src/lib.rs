@@ -3,4 +3,6 @@
 //! citizen record and a hash-chained audit log, and serves
 //! `mps.population.v1.PopulationRegistryService`.
 
+pub mod config;
 pub mod domain;
+pub mod store;

@@ -1,0 +1,500 @@
+//! All SQL of the service: the pool (SQLite or PostgreSQL through sqlx's
+//! `any` driver), embedded migrations, the single writer task that groups
+//! concurrent issuances into one durable transaction, reads, and the audit
+//! chain.
+
+mod audit;
+mod rows;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor as _, Row as _, SqlSafeStr as _};
+use tokio::sync::{mpsc, oneshot};
+
+pub use audit::AuditReport;
+
+use crate::config::DatabaseConfig;
+use crate::domain::birth::RequestId;
+use crate::domain::citizen::{
+    Citizen, DateRange, IdState, IssuancePage, IssueRequest, Issued, ProvinceStats,
+    RegistrationQuery, ReissueRequest, Reissued,
+};
+use crate::domain::errors::{IssueError, ReissueError, StoreError};
+use crate::domain::minting::BucketPolicy;
+use crate::domain::personal_id::{PersonalId, ProvinceCode};
+
+/// Which SQL dialect the pool speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (WAL, synchronous=FULL).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!("database.url: must start with sqlite: or postgres:")
+        }
+    }
+}
+
+const SQLITE_INIT: &str = include_str!("../../migrations/sqlite/0001_init.sql");
+const POSTGRES_INIT: &str = include_str!("../../migrations/postgres/0001_init.sql");
+
+fn migrator(backend: Backend) -> Migrator {
+    let sql = match backend {
+        Backend::Sqlite => SQLITE_INIT,
+        Backend::Postgres => POSTGRES_INIT,
+    };
+    Migrator {
+        migrations: vec![Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )]
+        .into(),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// Maps a driver error to "retry later" or "bug".
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite busy/locked; PostgreSQL connection exceptions (08xxx),
+            // shutdown/cannot-connect-now (57P0x), missing database (3D000).
+            if matches!(code.as_ref(), "5" | "6" | "517" | "3D000")
+                || code.starts_with("08")
+                || code.starts_with("57P")
+            {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                StoreError::Unexpected(anyhow::Error::new(e))
+            }
+        }
+        _ => StoreError::Unexpected(anyhow::Error::new(e)),
+    }
+}
+
+/// Runs `fut` under the operation timeout: a stalled database answers
+/// UNAVAILABLE instead of hanging the caller.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(
+            "database operation timed out".into(),
+        )),
+    }
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    available: AtomicBool,
+    writer: mpsc::Sender<writer::WriteCmd>,
+    timeout: Duration,
+}
+
+/// Handle to the database: cheap to clone, shared by every handler.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a pool for `cfg.url` without starting the writer (for admin commands).
+pub async fn connect_pool(cfg: &DatabaseConfig) -> anyhow::Result<(AnyPool, Backend)> {
+    install_default_drivers();
+    let backend = Backend::of_url(&cfg.url)?;
+    if backend == Backend::Sqlite {
+        create_sqlite_dir(&cfg.url)?;
+    }
+    let busy = cfg.sqlite_busy_timeout_ms;
+    let pool = AnyPoolOptions::new()
+        .max_connections(cfg.max_connections.max(2))
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // Durability is never traded for speed: every commit is fsynced.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {busy}")))
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&cfg.url)
+        .await
+        .context("database.url: cannot connect")?;
+    Ok((pool, backend))
+}
+
+fn create_sqlite_dir(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("database.url: cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Applies the embedded migrations of the pool's backend.
+pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
+    migrator(backend)
+        .run(pool)
+        .await
+        .context("running migrations")?;
+    Ok(())
+}
+
+/// Recomputes the audit chain and reports the first broken link.
+pub async fn verify_audit(pool: &AnyPool) -> anyhow::Result<AuditReport> {
+    audit::verify(pool).await
+}
+
+impl Store {
+    /// Wraps a migrated pool and starts the writer task.
+    pub fn start(
+        pool: AnyPool,
+        backend: Backend,
+        cfg: &DatabaseConfig,
+        policy: BucketPolicy,
+        max_group_items: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        let timeout = Duration::from_millis(cfg.operation_timeout_ms);
+        let ctx = writer::Writer::new(pool.clone(), backend, policy, max_group_items, timeout);
+        tokio::spawn(ctx.run(rx));
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                available: AtomicBool::new(true),
+                writer: tx,
+                timeout,
+            }),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The pool (admin tasks and tests).
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Closes the pool: pending and later calls fail UNAVAILABLE.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// Last probe result; handlers refuse at once while it is false.
+    pub fn is_available(&self) -> bool {
+        self.inner.available.load(Ordering::Relaxed)
+    }
+
+    fn check_available(&self) -> Result<(), StoreError> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("database unreachable".into()))
+        }
+    }
+
+    /// One round trip to the database; records the result for `is_available`.
+    pub async fn probe(&self) -> bool {
+        let ok = bounded(self.inner.timeout, async {
+            sqlx::query("SELECT 1")
+                .execute(&self.inner.pool)
+                .await
+                .map_err(classify)
+        })
+        .await
+        .is_ok();
+        self.inner.available.store(ok, Ordering::Relaxed);
+        ok
+    }
+
+    /// Issues numbers for `items`, one outcome per item in order; committed
+    /// durably before this returns.
+    pub async fn issue(
+        &self,
+        items: Vec<IssueRequest>,
+    ) -> Result<Vec<Result<Issued, IssueError>>, StoreError> {
+        self.check_available()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::WriteCmd::Issue { items, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    /// Cancels a number and issues its successor in one transaction.
+    pub async fn reissue(&self, req: ReissueRequest) -> Result<Reissued, ReissueError> {
+        self.check_available()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::WriteCmd::Reissue { req, reply })
+            .await
+            .map_err(|_| ReissueError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| ReissueError::Unavailable("writer stopped".into()))?
+    }
+
+    /// The citizen holding `id`, if any.
+    pub async fn citizen(&self, id: PersonalId) -> Result<Option<Citizen>, StoreError> {
+        self.check_available()?;
+        bounded(self.inner.timeout, async {
+            let sql = format!(
+                "SELECT {} FROM citizens WHERE personal_id = $1",
+                rows::CITIZEN_COLUMNS
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(rows::id_i64(id))
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(classify)?;
+            row.as_ref().map(rows::citizen).transpose()
+        })
+        .await
+    }
+
+    /// Whether `id` was issued, and its successor when cancelled.
+    pub async fn state(&self, id: PersonalId) -> Result<IdState, StoreError> {
+        self.check_available()?;
+        bounded(self.inner.timeout, async {
+            let row =
+                sqlx::query("SELECT status, replaced_by FROM citizens WHERE personal_id = $1")
+                    .bind(rows::id_i64(id))
+                    .fetch_optional(&self.inner.pool)
+                    .await
+                    .map_err(classify)?;
+            match row {
+                None => Ok(IdState::NotIssued),
+                Some(row) => {
+                    let status: i64 = row.try_get(0).map_err(classify)?;
+                    let replaced_by: Option<i64> = row.try_get(1).map_err(classify)?;
+                    if status == rows::STATUS_ACTIVE {
+                        Ok(IdState::Active)
+                    } else {
+                        Ok(IdState::Cancelled(
+                            replaced_by.map(rows::id_from_i64).transpose()?,
+                        ))
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Every number issued for one registration, oldest first.
+    pub async fn find_by_registration(
+        &self,
+        query: &RegistrationQuery,
+    ) -> Result<Vec<Citizen>, StoreError> {
+        self.check_available()?;
+        bounded(self.inner.timeout, async {
+            let pool = &self.inner.pool;
+            match query {
+                RegistrationQuery::Entry {
+                    unit_code,
+                    book_number,
+                    registration_number,
+                } => {
+                    let sql = format!(
+                        "SELECT {} FROM citizens WHERE unit_code = $1 AND book_number = $2 \
+                         AND registration_number = $3 ORDER BY issue_time, personal_id",
+                        rows::CITIZEN_COLUMNS
+                    );
+                    let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(unit_code.as_str().to_owned())
+                        .bind(book_number.as_str().to_owned())
+                        .bind(*registration_number)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(classify)?;
+                    found.iter().map(rows::citizen).collect()
+                }
+                RegistrationQuery::RequestId(request_id) => self.chain_of(request_id).await,
+            }
+        })
+        .await
+    }
+
+    /// The issue made under `request_id` and every re-issue linked to it.
+    async fn chain_of(&self, request_id: &RequestId) -> Result<Vec<Citizen>, StoreError> {
+        let pool = &self.inner.pool;
+        let sql = format!(
+            "SELECT {} FROM citizens WHERE request_id = $1",
+            rows::CITIZEN_COLUMNS
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(request_id.as_str().to_owned())
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(Vec::new());
+        };
+        let first = rows::citizen(&row)?;
+        let mut chain = vec![first];
+        // Walk back to the first issue, then forward to the active number.
+        while let Some(prev) = chain.first().and_then(|c| c.replaces) {
+            match self.citizen_in(pool, prev).await? {
+                Some(c) if chain.len() < 1000 => chain.insert(0, c),
+                _ => break,
+            }
+        }
+        while let Some(next) = chain.last().and_then(|c| c.replaced_by) {
+            match self.citizen_in(pool, next).await? {
+                Some(c) if chain.len() < 1000 => chain.push(c),
+                _ => break,
+            }
+        }
+        Ok(chain)
+    }
+
+    async fn citizen_in(
+        &self,
+        pool: &AnyPool,
+        id: PersonalId,
+    ) -> Result<Option<Citizen>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM citizens WHERE personal_id = $1",
+            rows::CITIZEN_COLUMNS
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rows::id_i64(id))
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(rows::citizen).transpose()
+    }
+
+    /// Issued and cancelled counts per registration province within `range`.
+    pub async fn statistics(
+        &self,
+        range: DateRange,
+        provinces: &[ProvinceCode],
+    ) -> Result<Vec<ProvinceStats>, StoreError> {
+        self.check_available()?;
+        bounded(self.inner.timeout, async {
+            let found = sqlx::query(
+                "SELECT registration_province, COUNT(*), \
+                 COUNT(CASE WHEN status = 2 THEN 1 END) \
+                 FROM citizens WHERE registration_date >= $1 AND registration_date <= $2 \
+                 GROUP BY registration_province ORDER BY registration_province",
+            )
+            .bind(range.from.to_string())
+            .bind(range.to.to_string())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(classify)?;
+            let mut out = Vec::with_capacity(found.len());
+            for row in found {
+                let code: String = row.try_get(0).map_err(classify)?;
+                let code = ProvinceCode::parse(&code).map_err(rows::corrupt)?;
+                if !provinces.is_empty() && !provinces.contains(&code) {
+                    continue;
+                }
+                out.push(ProvinceStats {
+                    code,
+                    issued: row.try_get(1).map_err(classify)?,
+                    cancelled: row.try_get(2).map_err(classify)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One page of issuances registered within `range`, by number, after `after`.
+    pub async fn issuances(
+        &self,
+        range: DateRange,
+        after: Option<PersonalId>,
+        limit: u32,
+    ) -> Result<IssuancePage, StoreError> {
+        self.check_available()?;
+        bounded(self.inner.timeout, async {
+            let found = sqlx::query(
+                "SELECT personal_id, request_id, status, replaced_by, issue_time, unit_code, \
+                 registration_number, book_number, registration_date FROM citizens \
+                 WHERE registration_date >= $1 AND registration_date <= $2 AND personal_id > $3 \
+                 ORDER BY personal_id LIMIT $4",
+            )
+            .bind(range.from.to_string())
+            .bind(range.to.to_string())
+            .bind(after.map_or(-1, rows::id_i64))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(classify)?;
+            let mut issuances = found
+                .iter()
+                .map(rows::issuance)
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = issuances.len() > limit as usize;
+            issuances.truncate(limit as usize);
+            let next_after = if more {
+                issuances.last().map(|i| i.personal_id)
+            } else {
+                None
+            };
+            Ok(IssuancePage {
+                issuances,
+                next_after,
+            })
+        })
+        .await
+    }
+}
