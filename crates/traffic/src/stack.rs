@@ -341,7 +341,7 @@ fn population_env(dir: &Path, certs: &Certs) -> Vec<(String, String)> {
         ),
         s("METRICS__LISTEN_ADDR", "127.0.0.1:0"),
         s(
-            "AUTH__MINT_ALLOWED",
+            "AUTH__MINTING_ALLOWED",
             &format!("[\"{CIVIL_CLIENT_IDENTITY}\"]"),
         ),
         s(
@@ -366,15 +366,21 @@ fn civil_env(
         p("SERVER__TLS__KEY_FILE", &certs.server_key),
         s("DATABASE__URL", &sqlite_url(&dir.join("civil-registry.db"))),
         s("METRICS__LISTEN_ADDR", "127.0.0.1:0"),
-        p("POPULATION__TLS__CA_FILE", &certs.ca),
-        p("POPULATION__TLS__CERT_FILE", &certs.civil_client_cert),
-        p("POPULATION__TLS__KEY_FILE", &certs.civil_client_key),
-        s("POPULATION__TLS__SERVER_NAME", "localhost"),
+        p("POPULATION_REGISTRY__TLS__CA_FILE", &certs.ca),
+        p(
+            "POPULATION_REGISTRY__TLS__CERT_FILE",
+            &certs.civil_client_cert,
+        ),
+        p(
+            "POPULATION_REGISTRY__TLS__KEY_FILE",
+            &certs.civil_client_key,
+        ),
+        s("POPULATION_REGISTRY__TLS__SERVER_NAME", "localhost"),
         s("TELEMETRY__LOG_FORMAT", "json"),
         s("TELEMETRY__LOG_FILTER", "warn"),
     ];
     if let Some(pop) = population {
-        env.push(s("POPULATION__ENDPOINT", &pop.uri()));
+        env.push(s("POPULATION_REGISTRY__URI", &pop.uri()));
     }
     env
 }
