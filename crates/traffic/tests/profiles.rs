@@ -133,7 +133,8 @@ fn births_with_a_foreign_element_go_to_districts_and_the_others_to_communes() {
 fn the_pilot_has_twins_late_registrations_and_names_with_diacritics() {
     let (_, lines) = pilot_lines(2016, 0.2);
 
-    let mut siblings: HashMap<(String, String, (i32, i32, i32)), usize> = HashMap::new();
+    // (mother, unit, date of birth) -> children
+    let mut siblings: HashMap<(String, String, traffic::record::DateJson), usize> = HashMap::new();
     let mut late = 0;
     let mut diacritics = 0;
     for l in &lines {
