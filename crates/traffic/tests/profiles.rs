@@ -142,7 +142,7 @@ fn the_pilot_has_twins_late_registrations_and_names_with_diacritics() {
         let dob = child.date_of_birth.unwrap();
         let mother = l.request.mother.as_ref().unwrap().full_name.clone();
         *siblings
-            .entry((mother, l.unit_code.clone(), (dob.year, dob.month, dob.day)))
+            .entry((mother, l.unit_code.clone(), dob))
             .or_default() += 1;
         if dob.year < 2015 {
             late += 1;
