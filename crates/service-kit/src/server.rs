@@ -114,6 +114,9 @@ impl GrpcServer {
     /// Serves until `shutdown` resolves; then every service (and the server as a whole)
     /// turns NOT_SERVING, the listener closes, in-flight calls drain for at most
     /// `drain_timeout_ms`, and this returns.
+    ///
+    /// Open streams count as in flight: a client that keeps a health `Watch` open holds the
+    /// drain until the timeout (Kubernetes probes use `Check`, which does not).
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
