@@ -1,0 +1,237 @@
+//! The replayer against an in-process fake civil registry: tokens are sent, PENDING answers
+//! are polled until the number arrives, failures are counted by code.
+
+use contracts::moj::civilstatus::v1 as pb;
+use contracts::moj::civilstatus::v1::birth_registration_service_server::{
+    BirthRegistrationService, BirthRegistrationServiceServer,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use traffic::client::{ClientTls, Tokens, connect_channels};
+use traffic::generate::{Outputs, generate_files};
+use traffic::profile::ProfileName;
+use traffic::replay::{Mode, ReplayOptions, replay};
+
+/// Answers PENDING for every third eligible birth and issues its number on the next read;
+/// refuses official `CB000001`'s token.
+#[derive(Default, Clone)]
+struct FakeRegistry {
+    regs: Arc<Mutex<HashMap<String, pb::BirthRegistration>>>,
+}
+
+fn status_for(req: &pb::RegisterBirthRequest) -> (pb::PersonalIdStatus, Vec<i32>) {
+    let child = req.child.as_ref().expect("child");
+    let mut reasons = Vec::new();
+    if child.nationality != "VN" {
+        reasons.push(pb::IneligibilityReason::ForeignNationality as i32);
+    }
+    if req.kind == pb::RegistrationKind::ReRegistration as i32 {
+        reasons.push(pb::IneligibilityReason::ReRegistration as i32);
+    }
+    if reasons.is_empty() {
+        (pb::PersonalIdStatus::Issued, reasons)
+    } else {
+        (pb::PersonalIdStatus::NotEligible, reasons)
+    }
+}
+
+#[tonic::async_trait]
+impl BirthRegistrationService for FakeRegistry {
+    async fn register_birth(
+        &self,
+        request: Request<pb::RegisterBirthRequest>,
+    ) -> Result<Response<pb::RegisterBirthResponse>, Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !auth.starts_with("Bearer tok-") || auth == "Bearer tok-CB000001" {
+            return Err(Status::unauthenticated("bad token"));
+        }
+        let req = request.into_inner();
+        let (mut status, reasons) = status_for(&req);
+        let mut regs = self.regs.lock().unwrap();
+        let n = regs.len();
+        if status == pb::PersonalIdStatus::Issued && n % 3 == 0 {
+            status = pb::PersonalIdStatus::Pending;
+        }
+        let name = format!("birthRegistrations/{n}");
+        let reg = pb::BirthRegistration {
+            name: name.clone(),
+            id: n.to_string(),
+            personal_id_status: status as i32,
+            personal_id: if status == pb::PersonalIdStatus::Issued {
+                format!("001216{n:06}")
+            } else {
+                String::new()
+            },
+            ineligibility_reasons: reasons,
+            ..Default::default()
+        };
+        regs.insert(name, reg.clone());
+        Ok(Response::new(pb::RegisterBirthResponse {
+            registration: Some(reg),
+        }))
+    }
+
+    async fn get_birth_registration(
+        &self,
+        request: Request<pb::GetBirthRegistrationRequest>,
+    ) -> Result<Response<pb::GetBirthRegistrationResponse>, Status> {
+        let name = request.into_inner().name;
+        let mut regs = self.regs.lock().unwrap();
+        let reg = regs
+            .get_mut(&name)
+            .ok_or_else(|| Status::not_found("no such registration"))?;
+        if reg.personal_id_status == pb::PersonalIdStatus::Pending as i32 {
+            reg.personal_id_status = pb::PersonalIdStatus::Issued as i32;
+            reg.personal_id = format!("001216{:06}", reg.id.parse::<u32>().unwrap_or(0));
+        }
+        Ok(Response::new(pb::GetBirthRegistrationResponse {
+            registration: Some(reg.clone()),
+        }))
+    }
+
+    async fn list_birth_registrations(
+        &self,
+        _: Request<pb::ListBirthRegistrationsRequest>,
+    ) -> Result<Response<pb::ListBirthRegistrationsResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    async fn correct_birth_registration(
+        &self,
+        _: Request<pb::CorrectBirthRegistrationRequest>,
+    ) -> Result<Response<pb::CorrectBirthRegistrationResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+
+    async fn get_registration_statistics(
+        &self,
+        _: Request<pb::GetRegistrationStatisticsRequest>,
+    ) -> Result<Response<pb::GetRegistrationStatisticsResponse>, Status> {
+        Err(Status::unimplemented("not part of the fake"))
+    }
+}
+
+async fn start_fake() -> std::net::SocketAddr {
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_polls_pending_registrations_until_numbered_and_counts_errors_by_code() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
+    let (plan, summary) = generate_files(ProfileName::Pilot2016, 3, 0.004, &outputs).unwrap();
+    let mut tokens = Tokens::default();
+    for o in &plan.officials {
+        tokens.insert(&o.id, &format!("tok-{}", o.id)).unwrap();
+    }
+    let text = std::fs::read_to_string(&outputs.traffic).unwrap();
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("\"official_id\":\"CB000001\""))
+        .count() as u64;
+    let addr = start_fake().await;
+    let tls = ClientTls {
+        insecure: true,
+        ..ClientTls::default()
+    };
+    let channels = connect_channels(&addr.to_string(), &tls, 2).await.unwrap();
+
+    // Act
+    let report = replay(
+        &outputs.traffic,
+        channels,
+        Arc::new(tokens),
+        &ReplayOptions {
+            mode: Mode::Concurrency(16),
+            number_timeout: Duration::from_secs(10),
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Assert
+    let not_eligible = summary.re_registrations + summary.foreign_nationality;
+    assert_eq!(report.registrations, summary.registrations);
+    assert_eq!(report.failed, refused);
+    assert_eq!(
+        report.errors.get("Unauthenticated").copied().unwrap_or(0),
+        refused
+    );
+    assert_eq!(
+        report.by_status.get("PENDING"),
+        None,
+        "every PENDING was polled to ISSUED"
+    );
+    assert_eq!(
+        report.by_status.get("ISSUED").copied().unwrap_or(0)
+            + report.by_status.get("NOT_ELIGIBLE").copied().unwrap_or(0),
+        summary.registrations - refused
+    );
+    assert!(report.by_status.get("NOT_ELIGIBLE").copied().unwrap_or(0) <= not_eligible);
+    assert!(report.first_answer.get("PENDING").copied().unwrap_or(0) > 0);
+    assert_eq!(report.time_to_number_ms.count, report.by_status["ISSUED"]);
+    assert_eq!(report.outcomes.len() as u64, summary.registrations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_replay_keeps_to_the_rate() {
+    // Arrange: 50 registrations at 500/s take about 0.1 s.
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
+    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
+    let mut tokens = Tokens::default();
+    for o in &plan.officials {
+        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
+    }
+    let addr = start_fake().await;
+    let tls = ClientTls {
+        insecure: true,
+        ..ClientTls::default()
+    };
+    let channels = connect_channels(&addr.to_string(), &tls, 1).await.unwrap();
+
+    // Act
+    let report = replay(
+        &outputs.traffic,
+        channels,
+        Arc::new(tokens),
+        &ReplayOptions {
+            mode: Mode::Rate(500.0),
+            limit: Some(50),
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Assert
+    assert_eq!(report.registrations, 50);
+    assert_eq!(report.failed, 0);
+    assert!(
+        report.register_seconds >= 0.09,
+        "took {} s",
+        report.register_seconds
+    );
+    assert!(
+        report.register_seconds < 2.0,
+        "took {} s",
+        report.register_seconds
+    );
+}
