@@ -1,1 +1,32 @@
-fn main() {}
+//! The `civil-registry` binary: parse the command line, load the configuration (exit 64
+//! when invalid), start telemetry, run the command, flush telemetry.
+
+use clap::Parser;
+
+use civil_registry::cli::{Cli, run};
+use civil_registry::config::{Config, ENV_PREFIX};
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let cfg: Config = service_kit::config::load_or_exit(ENV_PREFIX, cli.config.as_deref());
+    let mut telemetry = match service_kit::telemetry::init("civil-registry", &cfg.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("invalid configuration: telemetry: {e:#}");
+            std::process::exit(service_kit::config::EXIT_CONFIG);
+        }
+    };
+    let code = match run(cli, cfg).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "civil-registry failed");
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
+    std::process::exit(code);
+}

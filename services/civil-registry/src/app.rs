@@ -1,0 +1,194 @@
+//! Assembles the service: database (migrated), the gRPC server from the service kit, the
+//! grouped writer, the relay, the database health watch and the metrics sampler; runs them
+//! until shutdown and stops them in order (server drains, relay finishes its in-flight
+//! batches, writer flushes, pool closes).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use contracts::moj::civilstatus::v1::birth_registration_service_server::{
+    BirthRegistrationServiceServer, SERVICE_NAME,
+};
+use service_kit::GrpcServer;
+use tokio::sync::{Notify, watch};
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::grpc::BirthRegistrationApi;
+use crate::registry::Registry;
+use crate::relay::client::GrpcPopulationRegistry;
+use crate::relay::{Relay, Waiters};
+use crate::store::{Store, now_ms};
+
+/// A built, bound, not yet serving civil registry.
+#[derive(Debug)]
+pub struct App {
+    cfg: Config,
+    server: GrpcServer,
+    metrics_addr: Option<SocketAddr>,
+    store: Store,
+    registry: Registry,
+    writer: tokio::task::JoinHandle<()>,
+    relay: Option<Relay<GrpcPopulationRegistry>>,
+}
+
+impl App {
+    /// Connects and migrates the database, binds the gRPC server and the metrics endpoint.
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(&cfg.database).await?;
+        store.migrate().await?;
+        let metrics_addr = service_kit::metrics::install(&cfg.metrics).await?;
+        let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET).await?;
+        let waiters = Arc::new(Waiters::default());
+        let wake = Arc::new(Notify::new());
+        let (registry, writer) = Registry::start(
+            store.clone(),
+            &cfg.registration,
+            waiters.clone(),
+            wake.clone(),
+        );
+        let relay = if cfg.relay.enabled {
+            let client = GrpcPopulationRegistry::new(&cfg.population_registry)?;
+            Some(Relay::new(
+                store.clone(),
+                Arc::new(client),
+                cfg.relay.clone(),
+                waiters,
+                wake,
+            ))
+        } else {
+            None
+        };
+        let api = BirthRegistrationServiceServer::new(BirthRegistrationApi::new(registry.clone()))
+            .max_decoding_message_size(server.max_message_bytes());
+        let server = server.add_service(api);
+        Ok(Self {
+            cfg,
+            server,
+            metrics_addr,
+            store,
+            registry,
+            writer,
+            relay,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The bound metrics address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops everything in order.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            cfg,
+            server,
+            store,
+            registry,
+            writer,
+            relay,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let relay_task = relay.map(|relay| tokio::spawn(relay.run(stop_rx.clone())));
+        let health = server.health_reporter();
+        let health_task = tokio::spawn(watch_database(
+            store.clone(),
+            health,
+            Duration::from_millis(cfg.database.health_check_interval_ms.max(10)),
+            stop_rx.clone(),
+        ));
+        let metrics_task = tokio::spawn(sample_metrics(store.clone(), stop_rx));
+        let result = server
+            .serve(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        if let Some(task) = relay_task {
+            let bound = Duration::from_millis(cfg.population_registry.call_timeout_ms + 1_000);
+            if tokio::time::timeout(bound, task).await.is_err() {
+                tracing::warn!(
+                    "relay did not stop in time; its leased rows will be retried after the lease expires"
+                );
+            }
+        }
+        health_task.abort();
+        metrics_task.abort();
+        drop(registry);
+        let _ = writer.await;
+        store.close().await;
+        result
+    }
+}
+
+/// NOT_SERVING while the database does not answer (the population registry's state does
+/// not matter: registrations go on and numbers arrive later).
+async fn watch_database(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let ok = tokio::time::timeout(every.max(Duration::from_secs(1)), store.ping())
+            .await
+            .unwrap_or(false);
+        if *stop.borrow() {
+            return;
+        }
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if ok {
+                tracing::info!("database reachable again: SERVING");
+            } else {
+                tracing::error!("database unreachable: NOT_SERVING");
+            }
+            health.set_service_status(SERVICE_NAME, status).await;
+            health.set_service_status("", status).await;
+        }
+    }
+}
+
+async fn sample_metrics(store: Store, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Ok((depth, oldest)) = store.outbox_depth().await {
+            metrics::gauge!("civil_registry_outbox_depth").set(depth as f64);
+            let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+            metrics::gauge!("civil_registry_outbox_oldest_pending_age_seconds").set(age);
+        }
+        if let Ok(counts) = store.status_counts().await {
+            for status in ["ISSUED", "PENDING", "NOT_ELIGIBLE", "REJECTED"] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!("civil_registry_registrations", "status" => status).set(n as f64);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

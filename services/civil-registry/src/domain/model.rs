@@ -1,0 +1,664 @@
+//! Validated values of a birth registration. Parse, don't validate: every type here has a
+//! fallible constructor, so a value that exists is valid. Types that hold personal data
+//! redact themselves in `Debug` so that they can never leak into logs by accident.
+
+use chrono::{Datelike, FixedOffset, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+/// Registration dates are civil dates in Asia/Ho_Chi_Minh, which has had no daylight saving
+/// since 1975: a fixed +07:00 offset is exact and avoids a time-zone database dependency.
+pub fn today_in_vietnam() -> NaiveDate {
+    let offset = FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset");
+    Utc::now().with_timezone(&offset).date_naive()
+}
+
+/// A description of why a raw value was refused (for `google.rpc.BadRequest`).
+pub type Invalid = String;
+
+fn clean_text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
+    let text: String = raw.trim().nfc().collect();
+    let len = text.chars().count();
+    if len < min {
+        return Err(if min == 1 {
+            "is required".into()
+        } else {
+            format!("must have at least {min} characters")
+        });
+    }
+    if len > max {
+        return Err(format!("must have at most {max} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(text)
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, redact = $redact:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Trims, normalises to NFC and checks length and characters.
+            pub fn parse(raw: &str) -> Result<Self, Invalid> {
+                clean_text(raw, $min, $max).map(Self)
+            }
+            /// The normalised text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = Invalid;
+            fn try_from(raw: String) -> Result<Self, Invalid> {
+                Self::parse(&raw)
+            }
+        }
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                if $redact {
+                    write!(f, concat!(stringify!($name), "(<redacted>)"))
+                } else {
+                    write!(f, concat!(stringify!($name), "({:?})"), self.0)
+                }
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// A person's full name, 1 to 100 characters, NFC.
+    PersonName, 1, 100, redact = true);
+text_newtype!(
+    /// Free text of up to 200 characters (place of birth, home town), at least one.
+    PlaceText, 1, 200, redact = true);
+text_newtype!(
+    /// An ethnic group, 1 to 50 characters.
+    Ethnicity, 1, 50, redact = true);
+text_newtype!(
+    /// A parent's residence, 1 to 200 characters.
+    Residence, 1, 200, redact = true);
+text_newtype!(
+    /// Why a correction was made, 1 to 500 characters.
+    CorrectionReason, 1, 500, redact = true);
+
+/// A client idempotency key: 1 to 64 characters of `[A-Za-z0-9-_.:]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Checks length and alphabet; no normalisation (keys compare byte for byte).
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return Err("is required".into());
+        }
+        if raw.len() > 64 {
+            return Err("must have at most 64 characters".into());
+        }
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err("must contain only A-Z, a-z, 0-9, '-', '_', '.' and ':'".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for RequestId {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+impl From<RequestId> for String {
+    fn from(value: RequestId) -> String {
+        value.0
+    }
+}
+
+/// A unit code: 1 to 32 characters of `[A-Za-z0-9-_.]` (what the population contract accepts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UnitCode(String);
+
+impl UnitCode {
+    /// Checks length and alphabet.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return Err("is required".into());
+        }
+        if raw.len() > 32
+            || !raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err("must be 1 to 32 characters of A-Z, a-z, 0-9, '-', '_', '.'".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for UnitCode {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+impl From<UnitCode> for String {
+    fn from(value: UnitCode) -> String {
+        value.0
+    }
+}
+impl std::fmt::Display for UnitCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A three-digit province code ("001").
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProvinceCode(String);
+
+impl ProvinceCode {
+    /// Exactly three ASCII digits.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("must be a three-digit province code".into())
+        }
+    }
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for ProvinceCode {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+impl From<ProvinceCode> for String {
+    fn from(value: ProvinceCode) -> String {
+        value.0
+    }
+}
+
+/// An ISO 3166-1 alpha-2 code in upper case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Nationality(String);
+
+impl Nationality {
+    /// Two upper-case ASCII letters.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("must be an ISO 3166-1 alpha-2 code in upper case".into())
+        }
+    }
+    /// Whether this is Vietnamese nationality.
+    pub fn is_vietnamese(&self) -> bool {
+        self.0 == "VN"
+    }
+    /// The code.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for Nationality {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+impl From<Nationality> for String {
+    fn from(value: Nationality) -> String {
+        value.0
+    }
+}
+
+/// A parent's 12-digit personal identification number, opaque to this service.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KnownPersonalId(String);
+
+impl KnownPersonalId {
+    /// Exactly twelve ASCII digits.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.len() == 12 && raw.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("must be exactly 12 digits".into())
+        }
+    }
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for KnownPersonalId {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(&raw)
+    }
+}
+impl From<KnownPersonalId> for String {
+    fn from(value: KnownPersonalId) -> String {
+        value.0
+    }
+}
+impl std::fmt::Debug for KnownPersonalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KnownPersonalId(<redacted>)")
+    }
+}
+
+/// Sex as recorded at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sex {
+    /// Male.
+    Male,
+    /// Female.
+    Female,
+    /// Not yet determined: registered, but no number.
+    Undetermined,
+}
+
+/// First registration or re-registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RegistrationKind {
+    /// Never registered before (late registrations included).
+    FirstTime,
+    /// Re-registration of a birth registered before.
+    ReRegistration,
+}
+
+impl RegistrationKind {
+    /// Stable storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FirstTime => "FIRST_TIME",
+            Self::ReRegistration => "RE_REGISTRATION",
+        }
+    }
+}
+
+/// The requester's relationship to the child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Relationship {
+    /// Father.
+    Father,
+    /// Mother.
+    Mother,
+    /// Grandparent.
+    Grandparent,
+    /// Another relative.
+    OtherRelative,
+    /// Guardian or head of a care institution.
+    Guardian,
+}
+
+/// A date of birth: a real date in 1900-2399 (what a number can encode).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BirthDate(NaiveDate);
+
+impl BirthDate {
+    /// Checks the century range and that the date is not after `today`.
+    pub fn parse(date: NaiveDate, today: NaiveDate) -> Result<Self, Invalid> {
+        if !(1900..=2399).contains(&date.year()) {
+            return Err("must be in the years 1900 to 2399".into());
+        }
+        if date > today {
+            return Err("must not be in the future".into());
+        }
+        Ok(Self(date))
+    }
+    /// The date.
+    pub fn date(self) -> NaiveDate {
+        self.0
+    }
+}
+impl std::fmt::Debug for BirthDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BirthDate(<redacted>)")
+    }
+}
+
+/// Where the child was born.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PlaceOfBirth {
+    /// Free text as on the certificate.
+    pub description: PlaceText,
+    /// Province of the place of birth; `None` when born abroad.
+    pub province_code: Option<ProvinceCode>,
+}
+
+/// The child.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Child {
+    /// Full name.
+    pub full_name: PersonName,
+    /// Sex.
+    pub sex: Sex,
+    /// Date of birth.
+    pub date_of_birth: BirthDate,
+    /// Place of birth.
+    pub place_of_birth: PlaceOfBirth,
+    /// Home town.
+    pub home_town: PlaceText,
+    /// Ethnic group.
+    pub ethnicity: Ethnicity,
+    /// Nationality.
+    pub nationality: Nationality,
+}
+
+/// A parent; every field but the name may be unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Parent {
+    /// Full name.
+    pub full_name: PersonName,
+    /// Year of birth, when known.
+    pub year_of_birth: Option<i32>,
+    /// Ethnic group, when known.
+    pub ethnicity: Option<Ethnicity>,
+    /// Nationality, when known.
+    pub nationality: Option<Nationality>,
+    /// Residence, when known.
+    pub residence: Option<Residence>,
+    /// The parent's own number, when known.
+    pub personal_id: Option<KnownPersonalId>,
+}
+
+/// Who asked for the registration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Requester {
+    /// Full name.
+    pub full_name: PersonName,
+    /// Relationship to the child.
+    pub relationship: Relationship,
+}
+
+/// What the register holds about the birth itself (the part corrections replace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BirthRecord {
+    /// First time or re-registration.
+    pub kind: RegistrationKind,
+    /// A foreign parent or born abroad.
+    pub has_foreign_element: bool,
+    /// The child.
+    pub child: Child,
+    /// Father, when recorded.
+    pub father: Option<Parent>,
+    /// Mother, when recorded.
+    pub mother: Option<Parent>,
+    /// Who asked.
+    pub requester: Requester,
+}
+
+/// A validated RegisterBirth request.
+#[derive(Clone, Debug)]
+pub struct NewBirth {
+    /// Client idempotency key.
+    pub request_id: RequestId,
+    /// The record.
+    pub record: BirthRecord,
+    /// Registration date, resolved to today when the client sent none.
+    pub registered_on: NaiveDate,
+    /// Whether the client gave the date (part of the idempotent content).
+    pub registered_on_given: bool,
+}
+
+impl NewBirth {
+    /// A digest of the request's content: a retry with the same key must carry the same one.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let given = self.registered_on_given.then_some(self.registered_on);
+        let json = serde_json::to_vec(&(&self.record, given)).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+}
+
+/// A validated correction.
+#[derive(Clone, Debug)]
+pub struct Correction {
+    /// Idempotency key of the correction.
+    pub request_id: RequestId,
+    /// The registration.
+    pub registration_id: uuid::Uuid,
+    /// The corrected child.
+    pub child: Child,
+    /// The corrected father.
+    pub father: Option<Parent>,
+    /// The corrected mother.
+    pub mother: Option<Parent>,
+    /// A new registering unit, when the place of registration was wrong.
+    pub unit_code: Option<UnitCode>,
+    /// Why.
+    pub reason: CorrectionReason,
+}
+
+impl Correction {
+    /// Digest of the correction's content, for idempotent retries.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(&(
+            &self.child,
+            &self.father,
+            &self.mother,
+            &self.unit_code,
+            &self.reason,
+        ))
+        .unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+}
+
+/// Where a registration's number stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PersonalIdStatus {
+    /// Number issued.
+    Issued,
+    /// Being obtained.
+    Pending,
+    /// Not eligible.
+    NotEligible,
+    /// Refused by the population registry.
+    Rejected,
+}
+
+impl PersonalIdStatus {
+    /// Stable storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "ISSUED",
+            Self::Pending => "PENDING",
+            Self::NotEligible => "NOT_ELIGIBLE",
+            Self::Rejected => "REJECTED",
+        }
+    }
+    /// Inverse of [`Self::as_str`].
+    pub fn from_str_opt(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "ISSUED" => Self::Issued,
+            "PENDING" => Self::Pending,
+            "NOT_ELIGIBLE" => Self::NotEligible,
+            "REJECTED" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// Level of an administrative unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UnitLevel {
+    /// Commune People's Committee.
+    Commune,
+    /// District Justice Office.
+    District,
+    /// Province Department of Justice.
+    Province,
+    /// The Ministry.
+    Ministry,
+}
+
+impl UnitLevel {
+    /// Parses the CSV / storage name.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        Ok(match raw {
+            "commune" => Self::Commune,
+            "district" => Self::District,
+            "province" => Self::Province,
+            "ministry" => Self::Ministry,
+            _ => return Err("must be commune, district, province or ministry".into()),
+        })
+    }
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Commune => "commune",
+            Self::District => "district",
+            Self::Province => "province",
+            Self::Ministry => "ministry",
+        }
+    }
+}
+
+/// An official's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Registers and corrects in the own unit; reads within the jurisdiction.
+    Registrar,
+    /// Reads only.
+    Supervisor,
+    /// Reads only.
+    Auditor,
+    /// Reads only through the API; administration happens through the CLI.
+    Admin,
+}
+
+impl Role {
+    /// Parses the CLI / storage name.
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        Ok(match raw {
+            "registrar" => Self::Registrar,
+            "supervisor" => Self::Supervisor,
+            "auditor" => Self::Auditor,
+            "admin" => Self::Admin,
+            _ => return Err("must be registrar, supervisor, auditor or admin".into()),
+        })
+    }
+    /// Storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registrar => "registrar",
+            Self::Supervisor => "supervisor",
+            Self::Auditor => "auditor",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// An administrative unit as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// Code.
+    pub code: UnitCode,
+    /// Name.
+    pub name: String,
+    /// Level.
+    pub level: UnitLevel,
+    /// Legacy three-digit province code, what the number encodes.
+    pub province_code: ProvinceCode,
+    /// Parent unit, `None` at the top.
+    pub parent_code: Option<UnitCode>,
+    /// Whether the unit is active.
+    pub active: bool,
+    /// Materialised path from the top (`/MOJ/P01/D001/`), for jurisdiction checks and
+    /// filters: a unit is within another's jurisdiction when its path starts with it.
+    pub path: String,
+}
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Official id.
+    pub official_id: String,
+    /// Role.
+    pub role: Role,
+    /// Whether the account is active (not revoked).
+    pub active: bool,
+    /// The official's unit.
+    pub unit: Unit,
+}
+
+/// A stored registration.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// Id (UUID v7).
+    pub id: uuid::Uuid,
+    /// Client idempotency key.
+    pub request_id: String,
+    /// Registering unit (after corrections).
+    pub unit_code: UnitCode,
+    /// Registering official.
+    pub official_id: String,
+    /// Number in the unit's register for the year.
+    pub registration_number: i64,
+    /// Book as printed, `NN/YYYY`.
+    pub book_number: String,
+    /// Date of registration.
+    pub registered_on: NaiveDate,
+    /// The birth.
+    pub record: BirthRecord,
+    /// Status of the number.
+    pub status: PersonalIdStatus,
+    /// The current number (also kept while a re-issue is pending or refused).
+    pub personal_id: Option<String>,
+    /// Ineligibility reasons.
+    pub reasons: Vec<crate::domain::eligibility::IneligibilityReason>,
+    /// Rule version that decided.
+    pub rule_version: String,
+    /// Why the population registry refused, when REJECTED.
+    pub rejection_reason: Option<String>,
+    /// Numbers cancelled by corrections, oldest first.
+    pub cancelled_personal_ids: Vec<String>,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Last change, ms since the epoch.
+    pub updated_at_ms: i64,
+    /// When the current number arrived.
+    pub issued_at_ms: Option<i64>,
+}
+
+/// Registers hold this many entries per book; the book number follows from the entry number.
+pub const ENTRIES_PER_BOOK: i64 = 1000;
+
+/// The book number printed on the certificate for an entry of a year.
+pub fn book_number(registration_number: i64, year: i32) -> String {
+    format!(
+        "{:02}/{}",
+        (registration_number - 1) / ENTRIES_PER_BOOK + 1,
+        year
+    )
+}

@@ -1,0 +1,107 @@
+//! Pure decisions of the use cases that are more than a policy check: what a correction
+//! does to the registration and to its number.
+
+use chrono::Datelike;
+
+use super::eligibility::{Decision, decide};
+use super::error::RegistryError;
+use super::model::{BirthRecord, Correction, PersonalIdStatus, Registration, Unit};
+
+/// What a correction asks of the population registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorrectionAction {
+    /// Nothing: the number (if any) stays.
+    None,
+    /// A first issue under a new key (after a refusal, or a record that became eligible).
+    Issue {
+        /// Idempotency key.
+        key: String,
+    },
+    /// Cancel the number and issue a new one.
+    Reissue {
+        /// Idempotency key of the re-issue.
+        key: String,
+        /// The active number to cancel.
+        old_personal_id: String,
+    },
+}
+
+/// The corrected registration and what to ask for.
+#[derive(Clone, Debug)]
+pub struct CorrectionPlan {
+    /// The corrected record.
+    pub record: BirthRecord,
+    /// New status.
+    pub status: PersonalIdStatus,
+    /// Eligibility of the corrected record.
+    pub decision: Decision,
+    /// Request to queue.
+    pub action: CorrectionAction,
+}
+
+/// Plans a correction of `registration` (currently in `current_unit`). `generation` counts
+/// the keys minted for the registration so far (the first key is the registration id).
+pub fn plan_correction(
+    registration: &Registration,
+    current_unit: &Unit,
+    correction: &Correction,
+    new_unit: Option<&Unit>,
+    generation: i64,
+) -> Result<CorrectionPlan, RegistryError> {
+    if registration.status == PersonalIdStatus::Pending {
+        // The stored request must go out unchanged until answered; a correction now would
+        // race it. The official corrects once the number (or a refusal) has arrived.
+        return Err(RegistryError::NotCorrectable(
+            "a number is being obtained for this registration".into(),
+        ));
+    }
+    let mut record = registration.record.clone();
+    record.child = correction.child.clone();
+    record.father = correction.father.clone();
+    record.mother = correction.mother.clone();
+    let target = new_unit.unwrap_or(current_unit);
+    if record == registration.record && target.code == current_unit.code {
+        return Err(RegistryError::NothingToCorrect);
+    }
+    let decision = decide(&record, registration.registered_on);
+    let next_key = |prefix: char| format!("{}:{}{}", registration.id, prefix, generation + 1);
+    let (status, action) = match (registration.status, registration.personal_id.clone()) {
+        (PersonalIdStatus::Issued, Some(old)) | (PersonalIdStatus::Rejected, Some(old)) => {
+            if !decision.is_eligible() {
+                return Err(RegistryError::NotCorrectable(
+                    "the correction would make a numbered registration ineligible".into(),
+                ));
+            }
+            let before = &registration.record.child;
+            let encoded_changed = before.sex != record.child.sex
+                || before.date_of_birth.date().year() != record.child.date_of_birth.date().year()
+                || target.province_code != current_unit.province_code;
+            if encoded_changed || registration.status == PersonalIdStatus::Rejected {
+                (
+                    PersonalIdStatus::Pending,
+                    CorrectionAction::Reissue {
+                        key: next_key('r'),
+                        old_personal_id: old,
+                    },
+                )
+            } else {
+                (PersonalIdStatus::Issued, CorrectionAction::None)
+            }
+        }
+        _ if decision.is_eligible() => {
+            let key = if generation == 0 && registration.status == PersonalIdStatus::NotEligible {
+                registration.id.to_string()
+            } else {
+                next_key('i')
+            };
+            (PersonalIdStatus::Pending, CorrectionAction::Issue { key })
+        }
+        _ => (PersonalIdStatus::NotEligible, CorrectionAction::None),
+    };
+    Ok(CorrectionPlan {
+        record,
+        status,
+        decision,
+        action,
+    })
+}

@@ -1,0 +1,136 @@
+//! The `moj.civilstatus.v1.BirthRegistrationService` handlers: authenticate, convert,
+//! one registry call, convert back.
+
+pub mod convert;
+pub mod status;
+
+use contracts::moj::civilstatus::v1 as pb;
+use pb::birth_registration_service_server::BirthRegistrationService;
+use tonic::{Request, Response, Status};
+
+use crate::domain::model::Caller;
+use crate::registry::Registry;
+use status::to_status;
+
+/// The gRPC face of the [`Registry`].
+#[derive(Clone, Debug)]
+pub struct BirthRegistrationApi {
+    registry: Registry,
+}
+
+impl BirthRegistrationApi {
+    /// Wraps the registry.
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let caller = self.registry.authenticate(token).await.map_err(to_status)?;
+        tracing::Span::current().record("official_id", caller.official_id.as_str());
+        Ok(caller)
+    }
+}
+
+#[tonic::async_trait]
+impl BirthRegistrationService for BirthRegistrationApi {
+    #[tracing::instrument(skip_all, fields(official_id))]
+    async fn register_birth(
+        &self,
+        request: Request<pb::RegisterBirthRequest>,
+    ) -> Result<Response<pb::RegisterBirthResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let birth = convert::new_birth(request.get_ref()).map_err(to_status)?;
+        let registration = self
+            .registry
+            .register(&caller, birth)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(registration_id = %registration.id, status = registration.status.as_str(), "birth registered");
+        Ok(Response::new(pb::RegisterBirthResponse {
+            registration: Some(convert::registration_to(registration)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(official_id))]
+    async fn get_birth_registration(
+        &self,
+        request: Request<pb::GetBirthRegistrationRequest>,
+    ) -> Result<Response<pb::GetBirthRegistrationResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let id = convert::registration_id("name", &request.get_ref().name).map_err(to_status)?;
+        let registration = self.registry.get(&caller, id).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetBirthRegistrationResponse {
+            registration: Some(convert::registration_to(registration)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(official_id))]
+    async fn list_birth_registrations(
+        &self,
+        request: Request<pb::ListBirthRegistrationsRequest>,
+    ) -> Result<Response<pb::ListBirthRegistrationsResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let query = convert::list_query(request.get_ref()).map_err(to_status)?;
+        let (registrations, next) = self
+            .registry
+            .list(&caller, query)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListBirthRegistrationsResponse {
+            registrations: registrations
+                .into_iter()
+                .map(convert::registration_to)
+                .collect(),
+            next_page_token: next.as_ref().map(convert::page_token).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(official_id))]
+    async fn correct_birth_registration(
+        &self,
+        request: Request<pb::CorrectBirthRegistrationRequest>,
+    ) -> Result<Response<pb::CorrectBirthRegistrationResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let correction = convert::correction(request.get_ref()).map_err(to_status)?;
+        let (registration, reissued) = self
+            .registry
+            .correct(&caller, correction)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::CorrectBirthRegistrationResponse {
+            registration: Some(convert::registration_to(registration)),
+            personal_id_reissued: reissued,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(official_id))]
+    async fn get_registration_statistics(
+        &self,
+        request: Request<pb::GetRegistrationStatisticsRequest>,
+    ) -> Result<Response<pb::GetRegistrationStatisticsResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let (from, to, grouping, province) =
+            convert::statistics_query(request.get_ref()).map_err(to_status)?;
+        let (rows, total) = self
+            .registry
+            .statistics(&caller, from, to, grouping, province)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetRegistrationStatisticsResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| convert::stats_row_to(r.row.group.clone(), r.name, &r.row))
+                .collect(),
+            total: Some(convert::stats_row_to(String::new(), String::new(), &total)),
+        }))
+    }
+}

@@ -1,0 +1,432 @@
+//! The use cases behind the RPCs: authentication, policy, the grouped writer of
+//! RegisterBirth, waiting for numbers, reads, corrections and statistics. Handlers call one
+//! method each; SQL stays in `store`, rules in `domain`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::config::RegistrationConfig;
+use crate::domain::eligibility::decide;
+use crate::domain::error::{AuthFailure, Denied, RegistryError};
+use crate::domain::model::{
+    Caller, Correction, NewBirth, PersonalIdStatus, Registration, UnitLevel,
+};
+use crate::domain::policy;
+use crate::relay::Waiters;
+use crate::store::{
+    InsertOutcome, ListFilter, NewRow, PageCursor, StatsGrouping, StatsRow, Store, is_unavailable,
+};
+
+/// Log target of security-relevant refusals (ids only).
+pub const SECURITY_TARGET: &str = "security";
+
+/// SHA-256 of a bearer token, hex: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh bearer token: 32 random bytes from the OS-seeded CSPRNG, hex.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn db_error(e: sqlx::Error) -> RegistryError {
+    if is_unavailable(&e) {
+        RegistryError::Unavailable(e.into())
+    } else {
+        RegistryError::Unexpected(e.into())
+    }
+}
+
+struct WriteJob {
+    row: NewRow,
+    reply: oneshot::Sender<Result<InsertOutcome, RegistryError>>,
+}
+
+/// Filters of a list call, validated.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Page size, 1..=1000.
+    pub page_size: i64,
+    /// Where the previous page ended.
+    pub after: Option<PageCursor>,
+    /// Only this unit.
+    pub unit_code: Option<String>,
+    /// Only this province.
+    pub province_code: Option<String>,
+    /// From (inclusive).
+    pub from: Option<NaiveDate>,
+    /// To (inclusive).
+    pub to: Option<NaiveDate>,
+    /// Only this status.
+    pub status: Option<PersonalIdStatus>,
+}
+
+/// A statistics row with its group's name.
+#[derive(Clone, Debug, Default)]
+pub struct NamedStatsRow {
+    /// Name of the province or unit.
+    pub name: String,
+    /// Counts.
+    pub row: StatsRow,
+}
+
+/// The birth register's use cases.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    store: Store,
+    writer: mpsc::Sender<WriteJobBox>,
+    waiters: Arc<Waiters>,
+    wake: Arc<Notify>,
+    wait_for_number: Duration,
+}
+
+/// Boxed so the channel's element is small.
+type WriteJobBox = Box<WriteJob>;
+
+impl std::fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteJob")
+            .field("id", &self.row.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Starts the writer task; it ends when every `Registry` clone is dropped.
+    pub fn start(
+        store: Store,
+        cfg: &RegistrationConfig,
+        waiters: Arc<Waiters>,
+        wake: Arc<Notify>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(cfg.writer_queue.max(1));
+        let writer = tokio::spawn(writer_loop(
+            store.clone(),
+            rx,
+            cfg.writer_batch_max.max(1),
+            wake.clone(),
+        ));
+        let registry = Self {
+            store,
+            writer: tx,
+            waiters,
+            wake,
+            wait_for_number: Duration::from_millis(cfg.wait_for_number_ms),
+        };
+        (registry, writer)
+    }
+
+    /// The caller behind a bearer token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, RegistryError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            tracing::warn!(target: SECURITY_TARGET, reason = "TOKEN_MISSING", "unauthenticated call");
+            return Err(RegistryError::Unauthenticated(AuthFailure::TokenMissing));
+        };
+        match self
+            .store
+            .caller_by_token_hash(&token_hash(token))
+            .await
+            .map_err(db_error)?
+        {
+            Some(caller) => Ok(caller),
+            None => {
+                tracing::warn!(target: SECURITY_TARGET, reason = "TOKEN_INVALID", "unauthenticated call");
+                Err(RegistryError::Unauthenticated(AuthFailure::TokenInvalid))
+            }
+        }
+    }
+
+    fn deny(caller: &Caller, action: &'static str, denied: Denied) -> RegistryError {
+        tracing::warn!(target: SECURITY_TARGET, official_id = %caller.official_id, unit = %caller.unit.code, action, reason = ?denied, "permission denied");
+        RegistryError::PermissionDenied(denied)
+    }
+
+    /// RegisterBirth: policy, eligibility, one grouped durable commit, then a short wait for
+    /// the number.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        birth: NewBirth,
+    ) -> Result<Registration, RegistryError> {
+        policy::may_register(
+            caller,
+            birth.record.has_foreign_element,
+            birth.registered_on,
+        )
+        .map_err(|d| Self::deny(caller, "register", d))?;
+        let decision = decide(&birth.record, birth.registered_on);
+        let row = NewRow {
+            id: Uuid::now_v7(),
+            birth,
+            unit: caller.unit.clone(),
+            official_id: caller.official_id.clone(),
+            decision,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Box::new(WriteJob { row, reply }))
+            .await
+            .map_err(|_| RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped")))?;
+        let outcome = answer
+            .await
+            .map_err(|_| RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped")))??;
+        let id = match outcome {
+            InsertOutcome::Created(id) | InsertOutcome::Existing(id) => id,
+            InsertOutcome::Conflict => return Err(RegistryError::IdempotencyKeyReused),
+        };
+        // Subscribe before reading, so that a number written in between is not missed.
+        let settled = self.waiters.subscribe(id);
+        let registration = self.load(id).await?;
+        if registration.status != PersonalIdStatus::Pending || self.wait_for_number.is_zero() {
+            self.waiters.forget(id);
+            return Ok(registration);
+        }
+        if tokio::time::timeout(self.wait_for_number, settled)
+            .await
+            .is_err()
+        {
+            self.waiters.forget(id);
+            return Ok(registration);
+        }
+        self.load(id).await
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Registration, RegistryError> {
+        self.store
+            .registration(id)
+            .await
+            .map_err(db_error)?
+            .map(|(r, _)| r)
+            .ok_or(RegistryError::NotFound)
+    }
+
+    /// GetBirthRegistration.
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Registration, RegistryError> {
+        policy::may_read(caller).map_err(|d| Self::deny(caller, "get", d))?;
+        let (registration, unit) = self
+            .store
+            .registration(id)
+            .await
+            .map_err(db_error)?
+            .ok_or(RegistryError::NotFound)?;
+        if !policy::within_jurisdiction(caller, &unit) {
+            return Err(Self::deny(caller, "get", Denied::OutsideJurisdiction));
+        }
+        Ok(registration)
+    }
+
+    /// ListBirthRegistrations: one page and the cursor of the next.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        query: ListQuery,
+    ) -> Result<(Vec<Registration>, Option<PageCursor>), RegistryError> {
+        policy::may_read(caller).map_err(|d| Self::deny(caller, "list", d))?;
+        if let Some(code) = &query.unit_code {
+            let unit = self.store.unit(code).await.map_err(db_error)?;
+            if !unit.is_some_and(|u| policy::within_jurisdiction(caller, &u)) {
+                return Err(Self::deny(caller, "list", Denied::OutsideJurisdiction));
+            }
+        }
+        if let Some(province) = &query.province_code {
+            self.check_province(caller, province, "list")?;
+        }
+        let filter = ListFilter {
+            jurisdiction_path: caller.unit.path.clone(),
+            unit_code: query.unit_code,
+            province_code: query.province_code,
+            from: query.from,
+            to: query.to,
+            status: query.status,
+            after: query.after,
+            limit: query.page_size,
+        };
+        let (registrations, more) = self
+            .store
+            .list_registrations(&filter)
+            .await
+            .map_err(db_error)?;
+        let next = more
+            .then(|| {
+                registrations.last().map(|r| PageCursor {
+                    created_at_ms: r.created_at_ms,
+                    id: r.id.to_string(),
+                })
+            })
+            .flatten();
+        Ok((registrations, next))
+    }
+
+    fn check_province(
+        &self,
+        caller: &Caller,
+        province: &str,
+        action: &'static str,
+    ) -> Result<(), RegistryError> {
+        if caller.unit.level != UnitLevel::Ministry
+            && caller.unit.province_code.as_str() != province
+        {
+            return Err(Self::deny(caller, action, Denied::OutsideJurisdiction));
+        }
+        Ok(())
+    }
+
+    /// CorrectBirthRegistration: the corrected registration and whether a new number was
+    /// requested.
+    pub async fn correct(
+        &self,
+        caller: &Caller,
+        correction: Correction,
+    ) -> Result<(Registration, bool), RegistryError> {
+        let (_, unit) = self
+            .store
+            .registration(correction.registration_id)
+            .await
+            .map_err(db_error)?
+            .ok_or(RegistryError::NotFound)?;
+        let new_unit = match &correction.unit_code {
+            Some(code) if code != &unit.code => Some(
+                self.store
+                    .unit(code.as_str())
+                    .await
+                    .map_err(db_error)?
+                    .ok_or_else(|| RegistryError::invalid("unit_code", "is not a known unit"))?,
+            ),
+            _ => None,
+        };
+        policy::may_correct(caller, &unit, new_unit.as_ref())
+            .map_err(|d| Self::deny(caller, "correct", d))?;
+        let reissued = self
+            .store
+            .correct_registration(&correction, &caller.official_id, new_unit.as_ref())
+            .await
+            .map_err(db_error)??;
+        if reissued
+            || self
+                .store
+                .registration(correction.registration_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(r, _)| r.status == PersonalIdStatus::Pending)
+        {
+            self.wake.notify_one();
+        }
+        Ok((self.load(correction.registration_id).await?, reissued))
+    }
+
+    /// GetRegistrationStatistics: rows by group and their total.
+    pub async fn statistics(
+        &self,
+        caller: &Caller,
+        from: NaiveDate,
+        to: NaiveDate,
+        grouping: StatsGrouping,
+        province: Option<String>,
+    ) -> Result<(Vec<NamedStatsRow>, StatsRow), RegistryError> {
+        policy::may_read(caller).map_err(|d| Self::deny(caller, "statistics", d))?;
+        if let Some(p) = &province {
+            self.check_province(caller, p, "statistics")?;
+        }
+        let rows = self
+            .store
+            .statistics(&caller.unit.path, from, to, grouping, province.as_deref())
+            .await
+            .map_err(db_error)?;
+        let units = self.store.units().await.map_err(db_error)?;
+        let name_of = |code: &str| -> String {
+            match grouping {
+                StatsGrouping::Province => units
+                    .iter()
+                    .find(|u| u.level == UnitLevel::Province && u.province_code.as_str() == code)
+                    .map(|u| u.name.clone()),
+                StatsGrouping::District | StatsGrouping::Unit => units
+                    .iter()
+                    .find(|u| u.code.as_str() == code)
+                    .map(|u| u.name.clone()),
+            }
+            .unwrap_or_default()
+        };
+        let mut total = StatsRow::default();
+        let named = rows
+            .into_iter()
+            .map(|row| {
+                for (t, c) in total.counts.iter_mut().zip(row.counts) {
+                    *t += c;
+                }
+                NamedStatsRow {
+                    name: name_of(&row.group),
+                    row,
+                }
+            })
+            .collect();
+        Ok((named, total))
+    }
+}
+
+async fn writer_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<WriteJobBox>,
+    max: usize,
+    wake: Arc<Notify>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("civil_registry_writer_batch_size").record(jobs.len() as f64);
+        let rows: Vec<NewRow> = jobs.iter().map(|j| j.row.clone()).collect();
+        match store.insert_registrations(&rows).await {
+            Ok(outcomes) => {
+                let queued = jobs.iter().zip(&outcomes).any(|(j, o)| {
+                    matches!(o, InsertOutcome::Created(_)) && j.row.decision.is_eligible()
+                });
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                if queued {
+                    wake.notify_one();
+                }
+            }
+            Err(e) if jobs.len() > 1 => {
+                // One row's failure must not fail its neighbours: commit them one by one.
+                tracing::warn!(error = %e, rows = jobs.len(), "grouped registration commit failed; retrying one by one");
+                for job in jobs {
+                    let result = store
+                        .insert_registrations(std::slice::from_ref(&job.row))
+                        .await;
+                    let eligible = job.row.decision.is_eligible();
+                    let reply = result.map_err(db_error).and_then(|mut o| {
+                        o.pop()
+                            .ok_or_else(|| RegistryError::Unexpected(anyhow::anyhow!("no outcome")))
+                    });
+                    if eligible && matches!(reply, Ok(InsertOutcome::Created(_))) {
+                        wake.notify_one();
+                    }
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                let error = db_error(e);
+                for job in jobs {
+                    let _ = job.reply.send(Err(match &error {
+                        RegistryError::Unavailable(e) => {
+                            RegistryError::Unavailable(anyhow::anyhow!("{e}"))
+                        }
+                        other => RegistryError::Unexpected(anyhow::anyhow!("{other}")),
+                    }));
+                }
+            }
+        }
+    }
+}

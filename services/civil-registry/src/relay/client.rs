@@ -1,0 +1,324 @@
+//! The tonic adapter of the population-registry port: mTLS channel from the service kit,
+//! W3C trace context on every call, a deadline on every call. First issues go out through
+//! `BatchIssuePersonalIds` when more than one is waiting (one stream per batch).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use contracts::mps::population::v1 as pop;
+use pop::population_registry_service_client::PopulationRegistryServiceClient;
+use prost::Message;
+use service_kit::telemetry::TraceContextInterceptor;
+use tonic::Code;
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::config::PopulationRegistryConfig;
+use crate::domain::population::{
+    Outbound, OutboundKind, Outcome, PopulationRegistry, RemoteIssuance,
+};
+
+/// The population registry over gRPC.
+#[derive(Clone, Debug)]
+pub struct GrpcPopulationRegistry {
+    client: PopulationRegistryServiceClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    call_timeout: Duration,
+}
+
+impl GrpcPopulationRegistry {
+    /// A lazily connecting client.
+    pub fn new(cfg: &PopulationRegistryConfig) -> anyhow::Result<Self> {
+        let channel = service_kit::tls::client_channel(
+            &cfg.uri,
+            &cfg.tls,
+            Duration::from_millis(cfg.connect_timeout_ms),
+        )
+        .context("population_registry: building the channel")?;
+        let client =
+            PopulationRegistryServiceClient::with_interceptor(channel, TraceContextInterceptor)
+                .max_decoding_message_size(64 * 1024 * 1024);
+        Ok(Self {
+            client,
+            call_timeout: Duration::from_millis(cfg.call_timeout_ms),
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.call_timeout);
+        request
+    }
+
+    async fn issue_one(&self, item: &Outbound) -> Outcome {
+        let Ok(message) = pop::IssuePersonalIdRequest::decode(item.payload.as_slice()) else {
+            return corrupt();
+        };
+        let mut client = self.client.clone();
+        match tokio::time::timeout(
+            self.call_timeout,
+            client.issue_personal_id(self.request(message)),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Outcome::Issued {
+                personal_id: response.into_inner().personal_id,
+            },
+            Ok(Err(status)) => classify(&status),
+            Err(_) => Outcome::Retry {
+                code: "DEADLINE_EXCEEDED".into(),
+            },
+        }
+    }
+
+    async fn reissue_one(&self, item: &Outbound) -> Outcome {
+        let Ok(message) = pop::ReissuePersonalIdRequest::decode(item.payload.as_slice()) else {
+            return corrupt();
+        };
+        let mut client = self.client.clone();
+        match tokio::time::timeout(
+            self.call_timeout,
+            client.reissue_personal_id(self.request(message)),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Outcome::Issued {
+                personal_id: response.into_inner().personal_id,
+            },
+            Ok(Err(status)) => classify(&status),
+            Err(_) => Outcome::Retry {
+                code: "DEADLINE_EXCEEDED".into(),
+            },
+        }
+    }
+
+    async fn issue_batch(&self, items: &[&Outbound]) -> Vec<Outcome> {
+        let mut messages = Vec::with_capacity(items.len());
+        for item in items {
+            match pop::IssuePersonalIdRequest::decode(item.payload.as_slice()) {
+                Ok(m) => messages.push(m),
+                Err(_) => return items.iter().map(|_| corrupt()).collect(),
+            }
+        }
+        let outbound = tokio_stream::iter([pop::BatchIssuePersonalIdsRequest { items: messages }]);
+        let mut client = self.client.clone();
+        let call = async {
+            let mut stream = client
+                .batch_issue_personal_ids(self.request(outbound))
+                .await?
+                .into_inner();
+            stream.message().await
+        };
+        let response = match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(Ok(Some(response))) => response,
+            Ok(Ok(None)) => return retry_all(items.len(), "UNKNOWN"),
+            Ok(Err(status)) => {
+                let outcome = classify(&status);
+                return items.iter().map(|_| outcome.clone()).collect();
+            }
+            Err(_) => return retry_all(items.len(), "DEADLINE_EXCEEDED"),
+        };
+        let mut by_key = std::collections::HashMap::new();
+        for result in response.results {
+            let outcome = match result.outcome {
+                Some(pop::batch_issue_result::Outcome::Issued(issued)) => Outcome::Issued {
+                    personal_id: issued.personal_id,
+                },
+                Some(pop::batch_issue_result::Outcome::Error(status)) => {
+                    let code = Code::from(status.code);
+                    let message = status.message.clone();
+                    classify(&tonic::Status::with_details(
+                        code,
+                        message,
+                        status.encode_to_vec().into(),
+                    ))
+                }
+                None => Outcome::Retry {
+                    code: "UNKNOWN".into(),
+                },
+            };
+            by_key.insert(result.request_id, outcome);
+        }
+        items
+            .iter()
+            .map(|item| {
+                by_key.remove(&item.key).unwrap_or(Outcome::Retry {
+                    code: "UNKNOWN".into(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn corrupt() -> Outcome {
+    Outcome::Rejected {
+        code: "INTERNAL".into(),
+        reason: "INTERNAL: stored request could not be decoded".into(),
+    }
+}
+
+fn retry_all(n: usize, code: &str) -> Vec<Outcome> {
+    (0..n)
+        .map(|_| Outcome::Retry { code: code.into() })
+        .collect()
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}").chars().fold(String::new(), |mut s, c| {
+        if c.is_uppercase() && !s.is_empty() {
+            s.push('_');
+        }
+        s.push(c.to_ascii_uppercase());
+        s
+    })
+}
+
+/// Permanent refusals (the record itself is the problem, or this caller is not allowed)
+/// end the row; everything else is retried with backoff.
+pub fn classify(status: &tonic::Status) -> Outcome {
+    let code = code_name(status.code());
+    let reason = status.get_details_error_info().map(|info| info.reason);
+    let permanent = match status.code() {
+        Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::NotFound
+        | Code::OutOfRange
+        | Code::Unimplemented => true,
+        Code::ResourceExhausted => reason.as_deref() == Some("BUCKET_EXHAUSTED"),
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::Unauthenticated => false,
+    };
+    if permanent {
+        let mut text = code.clone();
+        if let Some(reason) = reason {
+            text = format!("{text} {reason}");
+        }
+        if !status.message().is_empty() {
+            text = format!("{text}: {}", status.message());
+        }
+        for violation in status
+            .get_details_bad_request()
+            .map(|b| b.field_violations)
+            .unwrap_or_default()
+        {
+            text = format!("{text}; {}: {}", violation.field, violation.description);
+        }
+        Outcome::Rejected { code, reason: text }
+    } else {
+        Outcome::Retry { code }
+    }
+}
+
+fn issuance(
+    citizen_or_issuance: (String, String, bool, Option<pop::RegistrationReference>),
+) -> RemoteIssuance {
+    let (personal_id, request_id, active, reference) = citizen_or_issuance;
+    let reference = reference.unwrap_or_default();
+    RemoteIssuance {
+        personal_id,
+        request_id,
+        active,
+        unit_code: reference.unit_code,
+        registration_number: reference.registration_number,
+    }
+}
+
+impl PopulationRegistry for GrpcPopulationRegistry {
+    async fn send(&self, items: &[Outbound]) -> Vec<Outcome> {
+        let issues: Vec<&Outbound> = items
+            .iter()
+            .filter(|i| i.kind == OutboundKind::Issue)
+            .collect();
+        let mut issued = if issues.len() > 1 {
+            self.issue_batch(&issues).await
+        } else if let Some(one) = issues.first() {
+            vec![self.issue_one(one).await]
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match item.kind {
+                OutboundKind::Issue => out.push(issued.next().unwrap_or(Outcome::Retry {
+                    code: "UNKNOWN".into(),
+                })),
+                OutboundKind::Reissue => out.push(self.reissue_one(item).await),
+            }
+        }
+        out
+    }
+
+    async fn list_issuances(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> anyhow::Result<Vec<RemoteIssuance>> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let mut client = self.client.clone();
+            let response = client
+                .list_issuances(self.request(pop::ListIssuancesRequest {
+                    registered_from: Some(super::encode::date(from)),
+                    registered_to: Some(super::encode::date(to)),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                }))
+                .await
+                .context("ListIssuances")?
+                .into_inner();
+            out.extend(response.issuances.into_iter().map(|i| {
+                let active = i.status == pop::CitizenStatus::Active as i32;
+                issuance((i.personal_id, i.request_id, active, i.registration))
+            }));
+            if response.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = response.next_page_token;
+        }
+    }
+
+    async fn find_by_registration(
+        &self,
+        registration_id: &str,
+    ) -> anyhow::Result<Vec<RemoteIssuance>> {
+        let mut client = self.client.clone();
+        let result = client
+            .find_citizen_by_registration(self.request(pop::FindCitizenByRegistrationRequest {
+                request_id: registration_id.to_owned(),
+                ..Default::default()
+            }))
+            .await;
+        match result {
+            Ok(response) => Ok(response
+                .into_inner()
+                .citizens
+                .into_iter()
+                .map(|c| {
+                    let active = c.status == pop::CitizenStatus::Active as i32;
+                    issuance((
+                        c.personal_id,
+                        c.request_id,
+                        active,
+                        c.birth.and_then(|b| b.registration),
+                    ))
+                })
+                .collect()),
+            Err(status) if status.code() == Code::NotFound => Ok(Vec::new()),
+            Err(status) => Err(anyhow::anyhow!(
+                "FindCitizenByRegistration: {}",
+                code_name(status.code())
+            )),
+        }
+    }
+}

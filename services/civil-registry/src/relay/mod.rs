@@ -1,0 +1,271 @@
+//! The relay: takes leased outbox rows to the population registry and writes the answers
+//! back. Batches when rows queue up, backs off exponentially with jitter per row, stops
+//! calling a registry that keeps failing (circuit breaker), and resumes after a restart
+//! from the outbox alone (leases expire). Several replicas relay at once safely: a row is
+//! leased by one of them at a time.
+
+pub mod client;
+pub mod encode;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use uuid::Uuid;
+
+use crate::config::RelayConfig;
+use crate::domain::population::{Outcome, PopulationRegistry};
+use crate::store::{Completion, Store, now_ms};
+
+/// RegisterBirth callers waiting for their number, woken by the relay of this process when
+/// it writes the number (or a refusal) back. A waiter whose number is written by another
+/// replica simply times out and answers PENDING: correctness never depends on this map.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+}
+
+impl Waiters {
+    /// A receiver that fires when `id` settles.
+    pub fn subscribe(&self, id: Uuid) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Drops waiters that gave up on `id`.
+    pub fn forget(&self, id: Uuid) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = map.get_mut(&id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                map.remove(&id);
+            }
+        }
+    }
+
+    /// Wakes everyone waiting for these registrations.
+    pub fn notify(&self, ids: &[Uuid]) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            for tx in map.remove(id).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Consecutive-failure circuit breaker: after `threshold` failed calls it stays open for
+/// `open_for`, then lets one call through (half-open) to probe.
+#[derive(Debug)]
+struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    fn wait(&self) -> Option<Duration> {
+        self.open_until
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+    }
+    fn record(&mut self, success: bool) {
+        if success {
+            self.failures = 0;
+            self.open_until = None;
+        } else {
+            self.failures += 1;
+            if self.failures >= self.threshold {
+                if self.open_until.is_none() {
+                    tracing::warn!(target: "civil_registry::relay", failures = self.failures, "circuit breaker open");
+                }
+                self.open_until = Some(Instant::now() + self.open_for);
+                metrics::counter!("civil_registry_relay_breaker_opened_total").increment(1);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter in [d/2, d], capped.
+pub fn backoff(cfg: &RelayConfig, attempts: i64) -> Duration {
+    let exp = attempts.clamp(1, 30) as u32 - 1;
+    let d = cfg
+        .backoff_initial_ms
+        .saturating_mul(1u64 << exp.min(20))
+        .min(cfg.backoff_max_ms)
+        .max(1);
+    Duration::from_millis(rand::random_range(d / 2..=d))
+}
+
+/// The relay of one process.
+#[derive(Debug)]
+pub struct Relay<P> {
+    store: Store,
+    registry: Arc<P>,
+    cfg: RelayConfig,
+    waiters: Arc<Waiters>,
+    wake: Arc<Notify>,
+    owner: String,
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+impl<P> Clone for Relay<P> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            cfg: self.cfg.clone(),
+            waiters: self.waiters.clone(),
+            wake: self.wake.clone(),
+            owner: self.owner.clone(),
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+impl<P: PopulationRegistry> Relay<P> {
+    /// A relay; `wake` is notified by RegisterBirth when rows were queued.
+    pub fn new(
+        store: Store,
+        registry: Arc<P>,
+        cfg: RelayConfig,
+        waiters: Arc<Waiters>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let breaker = Breaker {
+            threshold: cfg.breaker_failure_threshold.max(1),
+            open_for: Duration::from_millis(cfg.breaker_open_ms),
+            failures: 0,
+            open_until: None,
+        };
+        Self {
+            store,
+            registry,
+            cfg,
+            waiters,
+            wake,
+            owner: format!("relay-{}", Uuid::new_v4()),
+            breaker: Arc::new(Mutex::new(breaker)),
+        }
+    }
+
+    /// Relays until `shutdown` turns true; in-flight batches finish (bounded by the call
+    /// deadline) before it returns, so that their answers are written back.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight_batches.max(1)));
+        let idle = Duration::from_millis(self.cfg.idle_poll_ms.max(1));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let wait = self
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .wait();
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => continue,
+            };
+            let items = match self
+                .store
+                .claim_outbox(
+                    &self.owner,
+                    self.cfg.batch_size.clamp(1, 1000),
+                    self.cfg.lease_ms,
+                )
+                .await
+            {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::warn!(target: "civil_registry::relay", error = %e, "claiming outbox rows failed");
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                drop(permit);
+                let due = self.store.next_outbox_due().await.ok().flatten();
+                let sleep = due.map_or(idle, |due| {
+                    Duration::from_millis((due - now_ms()).clamp(1, idle.as_millis() as i64) as u64)
+                });
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.deliver(items).await;
+                drop(permit);
+            });
+        }
+        // Wait for in-flight batches: all permits back.
+        let _ = slots
+            .acquire_many(self.cfg.max_in_flight_batches.max(1) as u32)
+            .await;
+    }
+
+    async fn deliver(&self, items: Vec<crate::domain::population::Outbound>) {
+        let outcomes = self.registry.send(&items).await;
+        let all_retry = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+        self.breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(!all_retry);
+        let now = now_ms();
+        let completions: Vec<Completion> = items
+            .into_iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| {
+                let code = match &outcome {
+                    Outcome::Issued { .. } => "OK".to_owned(),
+                    Outcome::Rejected { code, .. } | Outcome::Retry { code } => code.clone(),
+                };
+                metrics::counter!("civil_registry_relay_outcomes_total", "code" => code.clone()).increment(1);
+                match outcome {
+                    Outcome::Issued { personal_id } => Completion::Issued { item, personal_id },
+                    Outcome::Rejected { reason, .. } => {
+                        tracing::warn!(target: "civil_registry::relay", registration_id = %item.registration_id, code = %code, "population registry refused a record");
+                        Completion::Rejected { item, reason }
+                    }
+                    Outcome::Retry { code } => {
+                        let delay = backoff(&self.cfg, item.attempts);
+                        Completion::Retry { item, next_attempt_ms: now + delay.as_millis() as i64, error: code }
+                    }
+                }
+            })
+            .collect();
+        match self.store.complete_outbox(&completions).await {
+            Ok(settled) => self.waiters.notify(&settled),
+            // The leases expire and the rows go out again with the same content: the
+            // population registry answers the same number for the same key.
+            Err(e) => {
+                tracing::warn!(target: "civil_registry::relay", error = %e, "writing relay outcomes failed")
+            }
+        }
+        if !all_retry {
+            self.wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! All SQL of the civil registry, over sqlx's `Any` driver so that one set of portable
+//! queries serves SQLite (default; WAL, synchronous=FULL) and PostgreSQL. Every write
+//! transaction starts by taking the audit chain's head, which serialises writers (SQLite
+//! has one writer anyway; on PostgreSQL the row lock keeps the hash chain linear and
+//! orders lock acquisition so that writers never deadlock).
+
+mod admin;
+mod audit;
+mod outbox;
+mod registrations;
+
+pub use admin::{OfficialRow, UnitInput};
+pub use audit::{AuditEntry, VerifyReport};
+pub use outbox::Completion;
+pub use registrations::{
+    InsertOutcome, ListFilter, NewRow, PageCursor, ReconcileRow, StatsGrouping, StatsRow,
+};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+use crate::config::DatabaseConfig;
+
+/// Which database is behind the `Any` pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The civil registry's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens the pool (creating the SQLite file's directory if needed). Does not migrate.
+    pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        install_default_drivers();
+        let backend = if cfg.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("database.url must start with sqlite: or postgres:");
+        };
+        if backend == Backend::Sqlite {
+            let path = cfg
+                .url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() && path != ":memory:" {
+                    std::fs::create_dir_all(parent).with_context(|| {
+                        format!("creating the database directory {}", parent.display())
+                    })?;
+                }
+            }
+        }
+        let busy_timeout_ms = cfg.busy_timeout_ms;
+        let pool = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                        // Durability is never traded for speed: WAL with a full fsync per
+                        // commit; throughput comes from grouping registrations per commit.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA busy_timeout = {busy_timeout_ms}"
+                        )))
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&cfg.url)
+            .await
+            .context("connecting to the database")?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations not yet applied, each in its own transaction.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
+            .await
+            .context("creating schema_migrations")?;
+        for (version, sql) in migrations {
+            let mut tx = self.begin_immediate().await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+                    .await
+                    .with_context(|| format!("applying migration {version}"))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .is_ok()
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction that holds SQLite's write lock from its first statement, so that it
+    /// never fails to upgrade a read snapshot when another writer got in between.
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Starts a write transaction positioned on the audit chain's head.
+    async fn begin_write(&self) -> Result<audit::WriteTx, sqlx::Error> {
+        let mut tx = self.begin_immediate().await?;
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+            Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        };
+        let (seq, hash): (i64, String) = sqlx::query_as(sql).fetch_one(&mut *tx).await?;
+        Ok(audit::WriteTx::new(tx, seq, hash))
+    }
+}
+
+/// Whether an error means the database cannot be reached (as opposed to a bad statement).
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+    )
+}

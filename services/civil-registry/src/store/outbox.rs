@@ -1,0 +1,283 @@
+//! The outbox: requests for the population registry, committed with the registration and
+//! leased by relays. A lease is taken with one `UPDATE ... RETURNING` whose WHERE clause
+//! re-checks the lease, so that of two replicas racing for a row only one gets it (the
+//! other's update re-evaluates the row after the first commits and skips it).
+
+use uuid::Uuid;
+
+use super::{AuditEntry, Store, now_ms};
+use crate::domain::population::{Outbound, OutboundKind};
+
+/// How a leased row ended.
+#[derive(Clone, Debug)]
+pub enum Completion {
+    /// The number arrived.
+    Issued {
+        /// The row.
+        item: Outbound,
+        /// The number.
+        personal_id: String,
+    },
+    /// Refused for good.
+    Rejected {
+        /// The row.
+        item: Outbound,
+        /// Why.
+        reason: String,
+    },
+    /// Try again at `next_attempt_ms`.
+    Retry {
+        /// The row.
+        item: Outbound,
+        /// When.
+        next_attempt_ms: i64,
+        /// Last error (a code, no personal data).
+        error: String,
+    },
+}
+
+impl Store {
+    /// Leases up to `limit` due rows for `lease_ms`, oldest first.
+    pub async fn claim_outbox(
+        &self,
+        owner: &str,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Outbound>, sqlx::Error> {
+        let now = now_ms();
+        let rows: Vec<(String, String, String, Vec<u8>, i64)> = sqlx::query_as(
+            "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+             WHERE issue_key IN (SELECT issue_key FROM outbox WHERE next_attempt_ms <= $3 AND lease_until_ms <= $3 \
+                                 ORDER BY created_at_ms LIMIT $4) \
+             AND next_attempt_ms <= $3 AND lease_until_ms <= $3 \
+             RETURNING issue_key, registration_id, kind, payload, attempts",
+        )
+        .bind(owner.to_owned())
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .into_iter()
+            .filter_map(|(key, rid, kind, payload, attempts)| {
+                Some(Outbound {
+                    key,
+                    registration_id: Uuid::parse_str(&rid).ok()?,
+                    kind: OutboundKind::parse(&kind)?,
+                    payload,
+                    attempts,
+                })
+            })
+            .collect::<Vec<_>>();
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(items)
+    }
+
+    /// When the earliest not-yet-due row becomes due (ms since the epoch), if any.
+    pub async fn next_outbox_due(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT MIN(CASE WHEN lease_until_ms > next_attempt_ms THEN lease_until_ms ELSE next_attempt_ms END) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Writes the outcomes of leased rows back in one transaction. Returns the ids of the
+    /// registrations whose number (or refusal) was recorded.
+    pub async fn complete_outbox(
+        &self,
+        completions: &[Completion],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        let mut wtx = self.begin_write().await?;
+        let now = now_ms();
+        let mut settled = Vec::new();
+        for completion in completions {
+            match completion {
+                Completion::Issued { item, personal_id } => {
+                    let rid = item.registration_id.to_string();
+                    let old: Option<Option<String>> = sqlx::query_scalar(
+                        "SELECT personal_id FROM registrations WHERE id = $1 AND issue_key = $2 AND status = 'PENDING'",
+                    )
+                    .bind(rid.clone())
+                    .bind(item.key.clone())
+                    .fetch_optional(&mut *wtx.tx)
+                    .await?;
+                    if let Some(old) = old {
+                        if let Some(old) = old.filter(|o| o != personal_id) {
+                            sqlx::query(
+                                "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) VALUES ($1, $2, $3) \
+                                 ON CONFLICT (personal_id) DO NOTHING",
+                            )
+                            .bind(old)
+                            .bind(rid.clone())
+                            .bind(now)
+                            .execute(&mut *wtx.tx)
+                            .await?;
+                        }
+                        sqlx::query(
+                            "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, \
+                             updated_at_ms = $2, rejection_reason = NULL WHERE id = $3",
+                        )
+                        .bind(personal_id.clone())
+                        .bind(now)
+                        .bind(rid.clone())
+                        .execute(&mut *wtx.tx)
+                        .await?;
+                        wtx.audit(AuditEntry {
+                            actor: "system:relay".into(),
+                            action: if item.kind == OutboundKind::Reissue {
+                                "personal_id.reissued"
+                            } else {
+                                "personal_id.issued"
+                            },
+                            entity: format!("registration/{rid}"),
+                            details: serde_json::json!({ "key": item.key }),
+                        })
+                        .await?;
+                        settled.push(item.registration_id);
+                    }
+                    delete_row(&mut wtx, &item.key).await?;
+                }
+                Completion::Rejected { item, reason } => {
+                    let rid = item.registration_id.to_string();
+                    let done = sqlx::query(
+                        "UPDATE registrations SET status = 'REJECTED', rejection_reason = $1, updated_at_ms = $2 \
+                         WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'",
+                    )
+                    .bind(reason.clone())
+                    .bind(now)
+                    .bind(rid.clone())
+                    .bind(item.key.clone())
+                    .execute(&mut *wtx.tx)
+                    .await?
+                    .rows_affected();
+                    if done > 0 {
+                        wtx.audit(AuditEntry {
+                            actor: "system:relay".into(),
+                            action: "personal_id.rejected",
+                            entity: format!("registration/{rid}"),
+                            details: serde_json::json!({ "key": item.key }),
+                        })
+                        .await?;
+                        settled.push(item.registration_id);
+                    }
+                    delete_row(&mut wtx, &item.key).await?;
+                }
+                Completion::Retry {
+                    item,
+                    next_attempt_ms,
+                    error,
+                } => {
+                    sqlx::query(
+                        "UPDATE outbox SET lease_owner = NULL, lease_until_ms = 0, next_attempt_ms = $1, last_error = $2 \
+                         WHERE issue_key = $3",
+                    )
+                    .bind(*next_attempt_ms)
+                    .bind(error.clone())
+                    .bind(item.key.clone())
+                    .execute(&mut *wtx.tx)
+                    .await?;
+                }
+            }
+        }
+        wtx.commit().await?;
+        Ok(settled)
+    }
+
+    /// Outbox depth and the creation time of its oldest row (for metrics).
+    pub async fn outbox_depth(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT), MIN(created_at_ms) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Reconciliation repair: a number the population registry holds for a registration
+    /// that does not show it is written back (and any queued request for it dropped).
+    pub async fn repair_write_back(
+        &self,
+        registration_id: Uuid,
+        personal_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let mut wtx = self.begin_write().await?;
+        let rid = registration_id.to_string();
+        let done = sqlx::query(
+            "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, updated_at_ms = $2, \
+             rejection_reason = NULL WHERE id = $3 AND status <> 'NOT_ELIGIBLE'",
+        )
+        .bind(personal_id.to_owned())
+        .bind(now_ms())
+        .bind(rid.clone())
+        .execute(&mut *wtx.tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM outbox WHERE registration_id = $1")
+            .bind(rid.clone())
+            .execute(&mut *wtx.tx)
+            .await?;
+        wtx.audit(AuditEntry {
+            actor: "system:reconcile".into(),
+            action: "personal_id.repaired",
+            entity: format!("registration/{rid}"),
+            details: serde_json::json!({}),
+        })
+        .await?;
+        wtx.commit().await?;
+        Ok(done > 0)
+    }
+
+    /// Reconciliation repair: a registration that should be numbered but has neither a
+    /// number nor a queued request is queued again under its current key, from its stored
+    /// content (the same bytes the first attempt would have carried).
+    pub async fn repair_requeue(&self, registration_id: Uuid) -> anyhow::Result<bool> {
+        let Some((registration, unit)) = self.registration(registration_id).await? else {
+            return Ok(false);
+        };
+        let mut wtx = self.begin_write().await?;
+        let rid = registration_id.to_string();
+        let key: Option<String> =
+            sqlx::query_scalar("SELECT issue_key FROM registrations WHERE id = $1")
+                .bind(rid.clone())
+                .fetch_one(&mut *wtx.tx)
+                .await?;
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM outbox WHERE registration_id = $1",
+        )
+        .bind(rid.clone())
+        .fetch_one(&mut *wtx.tx)
+        .await?;
+        let Some(key) = key.filter(|_| queued == 0 && registration.personal_id.is_none()) else {
+            return Ok(false);
+        };
+        let payload = crate::relay::encode::issue_request(&registration, &unit, &key);
+        super::registrations::insert_outbox(
+            &mut wtx,
+            &key,
+            &rid,
+            OutboundKind::Issue,
+            payload,
+            now_ms(),
+        )
+        .await?;
+        sqlx::query("UPDATE registrations SET status = 'PENDING', rejection_reason = NULL, updated_at_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(rid.clone())
+            .execute(&mut *wtx.tx)
+            .await?;
+        wtx.audit(AuditEntry {
+            actor: "system:reconcile".into(),
+            action: "personal_id.requeued",
+            entity: format!("registration/{rid}"),
+            details: serde_json::json!({ "key": key }),
+        })
+        .await?;
+        wtx.commit().await?;
+        Ok(true)
+    }
+}
+
+async fn delete_row(wtx: &mut super::audit::WriteTx, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE issue_key = $1")
+        .bind(key.to_owned())
+        .execute(&mut *wtx.tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! Registrations: the grouped insert behind RegisterBirth, reads, lists, corrections,
+//! statistics and the rows reconciliation needs.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, NaiveDate};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{AuditEntry, Store, now_ms};
+use crate::domain::eligibility::{Decision, IneligibilityReason};
+use crate::domain::error::RegistryError;
+use crate::domain::model::{
+    BirthRecord, Correction, NewBirth, PersonalIdStatus, Registration, Unit, UnitCode, book_number,
+};
+use crate::domain::population::OutboundKind;
+use crate::domain::service::{CorrectionAction, plan_correction};
+use crate::relay::encode;
+
+/// One registration to insert.
+#[derive(Clone, Debug)]
+pub struct NewRow {
+    /// Id chosen for it (used only if the request is new).
+    pub id: Uuid,
+    /// The validated request.
+    pub birth: NewBirth,
+    /// Registering unit (the caller's).
+    pub unit: Unit,
+    /// Registering official.
+    pub official_id: String,
+    /// The eligibility decision.
+    pub decision: Decision,
+}
+
+/// What became of one insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Inserted now.
+    Created(Uuid),
+    /// A retry: the registration stored earlier under the same key and content.
+    Existing(Uuid),
+    /// The key was used with different content.
+    Conflict,
+}
+
+const COLUMNS: &str = "r.id, r.request_id, r.unit_code, r.official_id, r.registration_number, r.book_number, \
+    r.registered_on, r.record, r.status, r.personal_id, r.reasons, r.rule_version, r.rejection_reason, \
+    r.created_at_ms, r.updated_at_ms, r.issue_time_ms, r.issue_key, r.issue_generation";
+
+fn decode_err(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
+fn registration_from_row(row: &AnyRow) -> Result<Registration, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let record: String = row.try_get("record")?;
+    let status: String = row.try_get("status")?;
+    let registered_on: String = row.try_get("registered_on")?;
+    Ok(Registration {
+        id: Uuid::parse_str(&id).map_err(decode_err)?,
+        request_id: row.try_get("request_id")?,
+        unit_code: UnitCode::parse(&row.try_get::<String, _>("unit_code")?).map_err(decode_err)?,
+        official_id: row.try_get("official_id")?,
+        registration_number: row.try_get("registration_number")?,
+        book_number: row.try_get("book_number")?,
+        registered_on: NaiveDate::parse_from_str(&registered_on, "%Y-%m-%d").map_err(decode_err)?,
+        record: serde_json::from_str::<BirthRecord>(&record).map_err(decode_err)?,
+        status: PersonalIdStatus::from_str_opt(&status)
+            .ok_or_else(|| decode_err("unknown status"))?,
+        personal_id: row.try_get("personal_id")?,
+        reasons: IneligibilityReason::from_mask(row.try_get("reasons")?),
+        rule_version: row.try_get("rule_version")?,
+        rejection_reason: row.try_get("rejection_reason")?,
+        cancelled_personal_ids: Vec::new(),
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        issued_at_ms: row.try_get("issue_time_ms")?,
+    })
+}
+
+/// Filters of ListBirthRegistrations.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Path of the caller's unit: only units below it.
+    pub jurisdiction_path: String,
+    /// Only this unit.
+    pub unit_code: Option<String>,
+    /// Only this province.
+    pub province_code: Option<String>,
+    /// From this date (inclusive).
+    pub from: Option<NaiveDate>,
+    /// To this date (inclusive).
+    pub to: Option<NaiveDate>,
+    /// Only this status.
+    pub status: Option<PersonalIdStatus>,
+    /// Continue after this position.
+    pub after: Option<PageCursor>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Position in the newest-first order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    /// created_at_ms of the last row of the previous page.
+    pub created_at_ms: i64,
+    /// id of that row.
+    pub id: String,
+}
+
+/// How statistics group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsGrouping {
+    /// By province code.
+    Province,
+    /// By district-level unit.
+    District,
+    /// By registering unit.
+    Unit,
+}
+
+/// One statistics row (counts of registrations).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsRow {
+    /// Group code.
+    pub group: String,
+    /// Counts in contract order: registrations, first_time, re_registrations, issued,
+    /// pending, rejected, not_eligible, then the five reasons.
+    pub counts: [i64; 12],
+}
+
+/// A registration as reconciliation compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconcileRow {
+    /// Id.
+    pub id: Uuid,
+    /// Status.
+    pub status: PersonalIdStatus,
+    /// Current number.
+    pub personal_id: Option<String>,
+    /// Whether an outbox row is waiting for it.
+    pub queued: bool,
+    /// Unit.
+    pub unit_code: String,
+    /// Register entry number.
+    pub registration_number: i64,
+}
+
+impl Store {
+    /// Inserts a group of registrations in ONE transaction (with their audit entries and
+    /// outbox rows), returning one outcome per row in order. Requests already stored are
+    /// answered from the database. On a database error nothing of the group is kept.
+    pub async fn insert_registrations(
+        &self,
+        rows: &[NewRow],
+    ) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+        let mut wtx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(rows.len());
+        let now = now_ms();
+        for row in rows {
+            let existing: Option<(String, String)> = sqlx::query_as(
+                "SELECT id, content_hash FROM registrations WHERE origin_unit_code = $1 AND request_id = $2",
+            )
+            .bind(row.unit.code.as_str().to_owned())
+            .bind(row.birth.request_id.as_str().to_owned())
+            .fetch_optional(&mut *wtx.tx)
+            .await?;
+            let hash = row.birth.content_hash();
+            if let Some((id, stored_hash)) = existing {
+                outcomes.push(if stored_hash == hash {
+                    InsertOutcome::Existing(Uuid::parse_str(&id).map_err(decode_err)?)
+                } else {
+                    InsertOutcome::Conflict
+                });
+                continue;
+            }
+            let year = row.birth.registered_on.year();
+            let number: i64 = sqlx::query_scalar(
+                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, 1) \
+                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + 1 \
+                 RETURNING last_number",
+            )
+            .bind(row.unit.code.as_str().to_owned())
+            .bind(i64::from(year))
+            .fetch_one(&mut *wtx.tx)
+            .await?;
+            let status = if row.decision.is_eligible() {
+                PersonalIdStatus::Pending
+            } else {
+                PersonalIdStatus::NotEligible
+            };
+            let registration = Registration {
+                id: row.id,
+                request_id: row.birth.request_id.as_str().to_owned(),
+                unit_code: row.unit.code.clone(),
+                official_id: row.official_id.clone(),
+                registration_number: number,
+                book_number: book_number(number, year),
+                registered_on: row.birth.registered_on,
+                record: row.birth.record.clone(),
+                status,
+                personal_id: None,
+                reasons: row.decision.reasons.clone(),
+                rule_version: row.decision.rule_version.to_owned(),
+                rejection_reason: None,
+                cancelled_personal_ids: Vec::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                issued_at_ms: None,
+            };
+            let id = row.id.to_string();
+            let issue_key = row.decision.is_eligible().then(|| id.clone());
+            sqlx::query(
+                "INSERT INTO registrations (id, origin_unit_code, request_id, content_hash, unit_code, official_id, \
+                 reg_year, registration_number, book_number, registered_on, kind, status, reasons, rule_version, \
+                 issue_key, issue_generation, record, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17, $17)",
+            )
+            .bind(id.clone())
+            .bind(row.unit.code.as_str().to_owned())
+            .bind(registration.request_id.clone())
+            .bind(hash)
+            .bind(row.unit.code.as_str().to_owned())
+            .bind(row.official_id.clone())
+            .bind(i64::from(year))
+            .bind(number)
+            .bind(registration.book_number.clone())
+            .bind(registration.registered_on.format("%Y-%m-%d").to_string())
+            .bind(registration.record.kind.as_str())
+            .bind(status.as_str())
+            .bind(IneligibilityReason::mask(&registration.reasons))
+            .bind(registration.rule_version.clone())
+            .bind(issue_key.clone())
+            .bind(serde_json::to_string(&registration.record).map_err(decode_err)?)
+            .bind(now)
+            .execute(&mut *wtx.tx)
+            .await?;
+            if let Some(key) = issue_key {
+                let payload = encode::issue_request(&registration, &row.unit, &key);
+                insert_outbox(&mut wtx, &key, &id, OutboundKind::Issue, payload, now).await?;
+            }
+            wtx.audit(AuditEntry {
+                actor: row.official_id.clone(),
+                action: "registration.create",
+                entity: format!("registration/{id}"),
+                details: serde_json::json!({
+                    "unit": row.unit.code.as_str(), "number": number, "status": status.as_str(),
+                    "reasons": IneligibilityReason::mask(&registration.reasons), "rule": registration.rule_version,
+                }),
+            })
+            .await?;
+            outcomes.push(InsertOutcome::Created(row.id));
+        }
+        wtx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// A registration with its current unit.
+    pub async fn registration(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Registration, Unit)>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {COLUMNS}, u.code, u.name, u.level, u.province_code, u.parent_code, u.active, u.path \
+             FROM registrations r JOIN units u ON u.code = r.unit_code WHERE r.id = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut registration = registration_from_row(&row)?;
+        let unit = super::admin::unit_from_row(&row)?;
+        self.fill_cancelled(std::slice::from_mut(&mut registration))
+            .await?;
+        Ok(Some((registration, unit)))
+    }
+
+    async fn fill_cancelled(&self, registrations: &mut [Registration]) -> Result<(), sqlx::Error> {
+        if registrations.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> =
+            (1..=registrations.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT registration_id, personal_id FROM cancelled_personal_ids WHERE registration_id IN ({}) \
+             ORDER BY cancelled_at_ms, personal_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+        for r in registrations.iter() {
+            query = query.bind(r.id.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+        for (rid, pid) in rows {
+            by_id.entry(rid).or_default().push(pid);
+        }
+        for r in registrations.iter_mut() {
+            r.cancelled_personal_ids = by_id.remove(&r.id.to_string()).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// One page of registrations, newest first, and whether more follow.
+    pub async fn list_registrations(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<(Vec<Registration>, bool), sqlx::Error> {
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM registrations r JOIN units u ON u.code = r.unit_code \
+             WHERE substr(u.path, 1, CAST($1 AS INTEGER)) = $2"
+        );
+        let mut n = 2;
+        fn next_param(sql: &mut String, n: &mut usize, clause: &str) {
+            *n += 1;
+            sql.push_str(&clause.replace('?', &format!("${n}")));
+        }
+        macro_rules! next {
+            ($sql:expr, $clause:expr) => {
+                next_param($sql, &mut n, $clause)
+            };
+        }
+        if filter.unit_code.is_some() {
+            next!(&mut sql, " AND r.unit_code = ?");
+        }
+        if filter.province_code.is_some() {
+            next!(&mut sql, " AND u.province_code = ?");
+        }
+        if filter.from.is_some() {
+            next!(&mut sql, " AND r.registered_on >= ?");
+        }
+        if filter.to.is_some() {
+            next!(&mut sql, " AND r.registered_on <= ?");
+        }
+        if filter.status.is_some() {
+            next!(&mut sql, " AND r.status = ?");
+        }
+        if filter.after.is_some() {
+            next!(&mut sql, " AND (r.created_at_ms < ?");
+            let a = n;
+            next!(
+                &mut sql,
+                &format!(" OR (r.created_at_ms = ${a} AND r.id < ?))")
+            );
+        }
+        next!(
+            &mut sql,
+            " ORDER BY r.created_at_ms DESC, r.id DESC LIMIT ?"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.jurisdiction_path.chars().count() as i64)
+            .bind(filter.jurisdiction_path.clone());
+        if let Some(v) = &filter.unit_code {
+            query = query.bind(v.clone());
+        }
+        if let Some(v) = &filter.province_code {
+            query = query.bind(v.clone());
+        }
+        if let Some(v) = filter.from {
+            query = query.bind(v.format("%Y-%m-%d").to_string());
+        }
+        if let Some(v) = filter.to {
+            query = query.bind(v.format("%Y-%m-%d").to_string());
+        }
+        if let Some(v) = filter.status {
+            query = query.bind(v.as_str());
+        }
+        if let Some(c) = &filter.after {
+            query = query.bind(c.created_at_ms).bind(c.id.clone());
+        }
+        let rows = query.bind(filter.limit + 1).fetch_all(&self.pool).await?;
+        let mut registrations = rows
+            .iter()
+            .map(registration_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = registrations.len() as i64 > filter.limit;
+        registrations.truncate(filter.limit.max(0) as usize);
+        self.fill_cancelled(&mut registrations).await?;
+        Ok((registrations, more))
+    }
+
+    /// Applies a correction planned against the row as it stands inside the transaction.
+    /// Returns the outcome for an idempotent retry too (`reissued` as first answered).
+    pub async fn correct_registration(
+        &self,
+        correction: &Correction,
+        actor: &str,
+        new_unit: Option<&Unit>,
+    ) -> Result<Result<bool, RegistryError>, sqlx::Error> {
+        let mut wtx = self.begin_write().await?;
+        let id = correction.registration_id.to_string();
+        let hash = correction.content_hash();
+        let previous: Option<(String, i64)> =
+            sqlx::query_as("SELECT content_hash, reissued FROM corrections WHERE registration_id = $1 AND request_id = $2")
+                .bind(id.clone())
+                .bind(correction.request_id.as_str().to_owned())
+                .fetch_optional(&mut *wtx.tx)
+                .await?;
+        if let Some((stored, reissued)) = previous {
+            return Ok(if stored == hash {
+                Ok(reissued != 0)
+            } else {
+                Err(RegistryError::IdempotencyKeyReused)
+            });
+        }
+        let sql = format!(
+            "SELECT {COLUMNS}, u.code, u.name, u.level, u.province_code, u.parent_code, u.active, u.path \
+             FROM registrations r JOIN units u ON u.code = r.unit_code WHERE r.id = $1"
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.clone())
+            .fetch_optional(&mut *wtx.tx)
+            .await?
+        else {
+            return Ok(Err(RegistryError::NotFound));
+        };
+        let registration = registration_from_row(&row)?;
+        let current_unit = super::admin::unit_from_row(&row)?;
+        let generation: i64 = row.try_get("issue_generation")?;
+        let plan = match plan_correction(
+            &registration,
+            &current_unit,
+            correction,
+            new_unit,
+            generation,
+        ) {
+            Ok(plan) => plan,
+            Err(e) => return Ok(Err(e)),
+        };
+        let target_unit = new_unit.unwrap_or(&current_unit);
+        let now = now_ms();
+        let (issue_key, reissued) = match &plan.action {
+            CorrectionAction::None => (None, false),
+            CorrectionAction::Issue { key } => (Some(key.clone()), false),
+            CorrectionAction::Reissue { key, .. } => (Some(key.clone()), true),
+        };
+        let generation = if issue_key.is_some() && issue_key.as_deref() != Some(id.as_str()) {
+            generation + 1
+        } else {
+            generation
+        };
+        let mut updated = registration.clone();
+        updated.record = plan.record.clone();
+        updated.unit_code = target_unit.code.clone();
+        sqlx::query(
+            "UPDATE registrations SET record = $1, unit_code = $2, status = $3, reasons = $4, rule_version = $5, \
+             rejection_reason = CASE WHEN $3 = 'REJECTED' THEN rejection_reason ELSE NULL END, \
+             issue_key = COALESCE($6, issue_key), issue_generation = $7, updated_at_ms = $8 WHERE id = $9",
+        )
+        .bind(serde_json::to_string(&plan.record).map_err(decode_err)?)
+        .bind(target_unit.code.as_str().to_owned())
+        .bind(plan.status.as_str())
+        .bind(IneligibilityReason::mask(&plan.decision.reasons))
+        .bind(plan.decision.rule_version)
+        .bind(issue_key.clone())
+        .bind(generation)
+        .bind(now)
+        .bind(id.clone())
+        .execute(&mut *wtx.tx)
+        .await?;
+        match &plan.action {
+            CorrectionAction::None => {}
+            CorrectionAction::Issue { key } => {
+                let payload = encode::issue_request(&updated, target_unit, key);
+                insert_outbox(&mut wtx, key, &id, OutboundKind::Issue, payload, now).await?;
+            }
+            CorrectionAction::Reissue {
+                key,
+                old_personal_id,
+            } => {
+                let payload = encode::reissue_request(
+                    &updated,
+                    target_unit,
+                    key,
+                    old_personal_id,
+                    correction.reason.as_str(),
+                );
+                insert_outbox(&mut wtx, key, &id, OutboundKind::Reissue, payload, now).await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO corrections (registration_id, request_id, content_hash, reissued, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.clone())
+        .bind(correction.request_id.as_str().to_owned())
+        .bind(hash)
+        .bind(i64::from(reissued))
+        .bind(now)
+        .execute(&mut *wtx.tx)
+        .await?;
+        wtx.audit(AuditEntry {
+            actor: actor.to_owned(),
+            action: "registration.correct",
+            entity: format!("registration/{id}"),
+            details: serde_json::json!({
+                "request_id": correction.request_id.as_str(), "unit": target_unit.code.as_str(),
+                "status": plan.status.as_str(), "issue_key": issue_key, "reason": correction.reason.as_str(),
+            }),
+        })
+        .await?;
+        wtx.commit().await?;
+        Ok(Ok(reissued))
+    }
+
+    /// Counts per group for registrations dated within the range, within a jurisdiction.
+    pub async fn statistics(
+        &self,
+        jurisdiction_path: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        grouping: StatsGrouping,
+        province_code: Option<&str>,
+    ) -> Result<Vec<StatsRow>, sqlx::Error> {
+        let key = match grouping {
+            StatsGrouping::Province => "u.province_code",
+            StatsGrouping::District => "u.district_code",
+            StatsGrouping::Unit => "u.code",
+        };
+        let sum = |cond: &str| format!("CAST(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END) AS BIGINT)");
+        let mut columns = vec![
+            "CAST(COUNT(*) AS BIGINT)".to_owned(),
+            sum("r.kind = 'FIRST_TIME'"),
+            sum("r.kind = 'RE_REGISTRATION'"),
+            sum("r.status = 'ISSUED'"),
+            sum("r.status = 'PENDING'"),
+            sum("r.status = 'REJECTED'"),
+            sum("r.status = 'NOT_ELIGIBLE'"),
+        ];
+        for reason in IneligibilityReason::ALL {
+            columns.push(sum(&format!(
+                "r.status = 'NOT_ELIGIBLE' AND (r.reasons & {}) <> 0",
+                reason.bit()
+            )));
+        }
+        let mut sql = format!(
+            "SELECT {key} AS g, {} FROM registrations r JOIN units u ON u.code = r.unit_code \
+             WHERE r.registered_on >= $1 AND r.registered_on <= $2 AND substr(u.path, 1, CAST($3 AS INTEGER)) = $4",
+            columns.join(", ")
+        );
+        if province_code.is_some() {
+            sql.push_str(" AND u.province_code = $5");
+        }
+        sql.push_str(&format!(" GROUP BY {key} ORDER BY {key}"));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from.format("%Y-%m-%d").to_string())
+            .bind(to.format("%Y-%m-%d").to_string())
+            .bind(jurisdiction_path.chars().count() as i64)
+            .bind(jurisdiction_path.to_owned());
+        if let Some(p) = province_code {
+            query = query.bind(p.to_owned());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let mut counts = [0i64; 12];
+                for (i, c) in counts.iter_mut().enumerate() {
+                    *c = row.try_get::<Option<i64>, _>(i + 1)?.unwrap_or(0);
+                }
+                Ok(StatsRow {
+                    group: row.try_get(0)?,
+                    counts,
+                })
+            })
+            .collect()
+    }
+
+    /// Every registration dated within the range that is or should be numbered (not
+    /// NOT_ELIGIBLE), for reconciliation.
+    pub async fn reconcile_rows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ReconcileRow>, sqlx::Error> {
+        let rows: Vec<(String, String, Option<String>, i64, String, i64)> = sqlx::query_as(
+            "SELECT r.id, r.status, r.personal_id, \
+             (SELECT COUNT(*) FROM outbox o WHERE o.registration_id = r.id) AS queued, r.unit_code, r.registration_number \
+             FROM registrations r WHERE r.registered_on >= $1 AND r.registered_on <= $2 AND r.status <> 'NOT_ELIGIBLE' \
+             ORDER BY r.id",
+        )
+        .bind(from.format("%Y-%m-%d").to_string())
+        .bind(to.format("%Y-%m-%d").to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(id, status, personal_id, queued, unit_code, registration_number)| {
+                    Ok(ReconcileRow {
+                        id: Uuid::parse_str(&id).map_err(decode_err)?,
+                        status: PersonalIdStatus::from_str_opt(&status)
+                            .ok_or_else(|| decode_err("unknown status"))?,
+                        personal_id,
+                        queued: queued > 0,
+                        unit_code,
+                        registration_number,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Counts registrations by status (for metrics).
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM registrations GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+pub(crate) async fn insert_outbox(
+    wtx: &mut super::audit::WriteTx,
+    key: &str,
+    registration_id: &str,
+    kind: OutboundKind,
+    payload: Vec<u8>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (issue_key, registration_id, kind, payload, attempts, next_attempt_ms, lease_until_ms, created_at_ms) \
+         VALUES ($1, $2, $3, $4, 0, $5, 0, $5)",
+    )
+    .bind(key.to_owned())
+    .bind(registration_id.to_owned())
+    .bind(kind.as_str())
+    .bind(payload)
+    .bind(now)
+    .execute(&mut *wtx.tx)
+    .await?;
+    Ok(())
+}
