@@ -56,7 +56,7 @@ impl BirthRegistrationService for FakeRegistry {
         let (mut status, reasons) = status_for(&req);
         let mut regs = self.regs.lock().unwrap();
         let n = regs.len();
-        if status == pb::PersonalIdStatus::Issued && n % 3 == 0 {
+        if status == pb::PersonalIdStatus::Issued && n.is_multiple_of(3) {
             status = pb::PersonalIdStatus::Pending;
         }
         let name = format!("birthRegistrations/{n}");
