@@ -235,3 +235,64 @@ async fn open_loop_replay_keeps_to_the_rate() {
         report.register_seconds
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throwaway_ca_gives_working_mtls_between_server_and_replayer() {
+    // Arrange: a server requiring client certificates of the throwaway CA.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = traffic::stack::Certs::create(&dir.path().join("tls")).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&certs.server_cert),
+            read(&certs.server_key),
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(&certs.ca)));
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()))
+            .serve_with_incoming(incoming),
+    );
+    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
+    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
+    let mut tokens = Tokens::default();
+    for o in &plan.officials {
+        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
+    }
+
+    // Act
+    let channels = connect_channels(&format!("https://{addr}"), &certs.traffic_client(), 1)
+        .await
+        .unwrap();
+    let report = replay(
+        &outputs.traffic,
+        channels,
+        Arc::new(tokens),
+        &ReplayOptions {
+            limit: Some(10),
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Assert
+    assert_eq!(report.registrations, 10);
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}
+
+#[test]
+fn the_listening_line_gives_both_addresses() {
+    let (grpc, metrics) =
+        traffic::stack::parse_listening("LISTENING grpc=127.0.0.1:4321 metrics=127.0.0.1:9000")
+            .unwrap();
+
+    assert_eq!(grpc.port(), 4321);
+    assert_eq!(metrics.unwrap().port(), 9000);
+    assert!(traffic::stack::parse_listening("starting").is_none());
+}
