@@ -149,6 +149,9 @@ fn env_var<S: AsRef<str>>(env_prefix: &str, path: &[S]) -> String {
 pub struct ServerConfig {
     /// Address the gRPC server binds; port 0 picks a free port.
     pub listen_addr: SocketAddr,
+    /// Optional second, plaintext listener that serves only grpc.health.v1, for probes that
+    /// cannot speak TLS (Kubernetes' native gRPC probes); unset = no such listener.
+    pub health_listen_addr: Option<SocketAddr>,
     /// How long in-flight calls may run after a shutdown signal before the server stops.
     pub drain_timeout_ms: u64,
     /// Largest accepted request message, in bytes.
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            health_listen_addr: None,
             drain_timeout_ms: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit_per_connection: 256,

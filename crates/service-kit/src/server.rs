@@ -13,7 +13,11 @@ use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 
 use crate::{config::ServerConfig, layer::RpcLayer};
 
@@ -28,6 +32,8 @@ pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The plaintext health-only listener and its service, when configured.
+    health_probe: Option<(TcpListener, HealthServer<HealthService>)>,
     routes: Routes,
     health_reporter: HealthReporter,
     service_names: Vec<&'static str>,
@@ -46,7 +52,18 @@ impl GrpcServer {
             .with_context(|| format!("server.listen_addr: cannot bind {}", cfg.listen_addr))?;
         let local_addr = listener.local_addr()?;
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_reporter = HealthReporter::new();
+        let health_service =
+            HealthServer::new(HealthService::from_health_reporter(health_reporter.clone()));
+        let health_probe = match cfg.health_listen_addr {
+            Some(addr) => {
+                let probe_listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("server.health_listen_addr: cannot bind {addr}"))?;
+                Some((probe_listener, health_service.clone()))
+            }
+            None => None,
+        };
         // The health service starts NOT_SERVING for the whole server until serve() runs.
         health_reporter
             .set_service_status(OVERALL, ServingStatus::NotServing)
@@ -70,6 +87,7 @@ impl GrpcServer {
             listener,
             local_addr,
             tls,
+            health_probe,
             routes,
             health_reporter,
             service_names: Vec::new(),
@@ -79,6 +97,13 @@ impl GrpcServer {
     /// The bound address (with the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the plaintext health-only listener, when configured.
+    pub fn health_local_addr(&self) -> Option<SocketAddr> {
+        self.health_probe
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The health reporter, for services that flip their own status (database down =>
@@ -126,6 +151,7 @@ impl GrpcServer {
             listener,
             local_addr,
             tls,
+            health_probe,
             routes,
             health_reporter,
             service_names,
@@ -177,6 +203,21 @@ impl GrpcServer {
             let _ = draining_tx.send(());
         };
 
+        // The probe listener answers for as long as the main server runs, draining
+        // included, so that probes see NOT_SERVING rather than a refused connection.
+        let (probe_stop_tx, probe_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let probe_task = health_probe.map(|(probe_listener, health_service)| {
+            let probe_addr = probe_listener.local_addr().ok();
+            tracing::info!(?probe_addr, "plaintext health-only listener serving");
+            tokio::spawn(
+                Server::builder()
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(probe_listener), async {
+                        let _ = probe_stop_rx.await;
+                    }),
+            )
+        });
+
         tracing::info!(%local_addr, services = ?service_names, "gRPC server serving");
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
@@ -199,6 +240,13 @@ impl GrpcServer {
                     "gRPC server stopped with calls still in flight: drain timeout reached"
                 );
             }
+        }
+        let _ = probe_stop_tx.send(());
+        if let Some(probe_task) = probe_task {
+            probe_task
+                .await
+                .context("health listener task failed")?
+                .context("health listener failed")?;
         }
         Ok(())
     }

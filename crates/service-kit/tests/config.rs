@@ -210,7 +210,7 @@ fn keys_lists_every_key_with_its_environment_variable_and_default() {
         )),
         "Option keys are listed too"
     );
-    assert_eq!(keys.len(), 12, "{keys:?}");
+    assert_eq!(keys.len(), 13, "{keys:?}");
 }
 
 #[test]

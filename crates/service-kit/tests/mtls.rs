@@ -199,3 +199,41 @@ async fn healthcheck_works_over_mtls() {
     assert!(serving.expect("health check over mTLS"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_mtls_the_plaintext_probe_listener_answers_health_and_nothing_else() {
+    let ca = TestCa::new("trusted");
+    let config = ServerConfig {
+        health_listen_addr: Some("127.0.0.1:0".parse().expect("address")),
+        ..mtls_server_config(&ca)
+    };
+    let server = TestServer::start(&config).await;
+    let probe = server.health_addr.expect("probe listener bound");
+    let probe_uri = format!("http://{probe}");
+    let plaintext = ClientTlsConfig {
+        insecure_plaintext: true,
+        ..ClientTlsConfig::default()
+    };
+
+    let serving = service_kit::healthcheck::check(&probe_uri, &plaintext, "").await;
+    server
+        .health
+        .set_not_serving::<service_kit::echo::EchoServiceServer<service_kit::echo::EchoServer>>()
+        .await;
+    let echo_flipped =
+        service_kit::healthcheck::check(&probe_uri, &plaintext, "kit.echo.v1.EchoService").await;
+    let echo_on_probe = call(&probe_uri, &plaintext).await;
+
+    assert!(serving.expect("probe check"), "the server is SERVING");
+    assert!(
+        !echo_flipped.expect("probe check"),
+        "the probe listener shares the server's health reporter"
+    );
+    assert_eq!(
+        echo_on_probe
+            .expect_err("no service but health on the probe port")
+            .code(),
+        tonic::Code::Unimplemented
+    );
+    server.stop().await;
+}

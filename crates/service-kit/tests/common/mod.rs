@@ -31,6 +31,8 @@ pub fn plaintext_config() -> ServerConfig {
 /// A running Echo server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The plaintext health-only listener, when the config asked for one.
+    pub health_addr: Option<SocketAddr>,
     pub health: tonic_health::server::HealthReporter,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<anyhow::Result<()>>,
@@ -43,6 +45,7 @@ impl TestServer {
             .expect("bind")
             .add_service(EchoServer::service());
         let addr = server.local_addr();
+        let health_addr = server.health_local_addr();
         let health = server.health_reporter();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
@@ -50,6 +53,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            health_addr,
             health,
             shutdown: Some(tx),
             task,
