@@ -3,6 +3,9 @@
 //! citizen record and a hash-chained audit log, and serves
 //! `mps.population.v1.PopulationRegistryService`.
 
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod grpc;
 pub mod store;

@@ -118,7 +118,7 @@ impl BucketKey {
 
     /// Sex from the century-sex digit.
     pub fn sex(self) -> Sex {
-        if self.century_sex % 2 == 0 {
+        if self.century_sex.is_multiple_of(2) {
             Sex::Male
         } else {
             Sex::Female

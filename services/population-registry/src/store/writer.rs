@@ -23,12 +23,15 @@ use super::audit::{Entry, chain_hash};
 use super::rows::{self, id_from_i64, id_i64};
 use super::{Backend, bounded, classify};
 
+/// Where the outcomes of one `Issue` command go.
+type IssueReply = oneshot::Sender<Result<Vec<Result<Issued, IssueError>>, StoreError>>;
+
 /// Work for the writer.
 pub(crate) enum WriteCmd {
     /// First issuances; one outcome per item.
     Issue {
         items: Vec<IssueRequest>,
-        reply: oneshot::Sender<Result<Vec<Result<Issued, IssueError>>, StoreError>>,
+        reply: IssueReply,
     },
     /// One re-issue.
     Reissue {
@@ -166,13 +169,7 @@ impl Writer {
         }
     }
 
-    async fn commit_issues(
-        &self,
-        cmds: Vec<(
-            Vec<IssueRequest>,
-            oneshot::Sender<Result<Vec<Result<Issued, IssueError>>, StoreError>>,
-        )>,
-    ) {
+    async fn commit_issues(&self, cmds: Vec<(Vec<IssueRequest>, IssueReply)>) {
         let items: Vec<&IssueRequest> = cmds.iter().flat_map(|(items, _)| items.iter()).collect();
         let started = Instant::now();
         let mut outcome = Err(StoreError::Unavailable("not attempted".into()));
@@ -533,10 +530,10 @@ impl Writer {
                 let enumerate = round >= RANDOM_ROUNDS
                     || self.policy.should_enumerate(before + need[&b] as u64);
                 let suffix = if enumerate {
-                    if !free_lists.contains_key(&b) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = free_lists.entry(b) {
                         let mut used = used_suffixes(tx, b).await?;
                         used.extend(taken.get(&b).into_iter().flatten().copied());
-                        free_lists.insert(b, pick_free(capacity, &used, need[&b]));
+                        slot.insert(pick_free(capacity, &used, need[&b]));
                     }
                     free_lists.get_mut(&b).and_then(Vec::pop).ok_or_else(|| {
                         StoreError::Unexpected(anyhow::anyhow!(

@@ -1,0 +1,152 @@
+//! Wiring: database, writer, gRPC server with the registry service, metrics,
+//! and the probe that turns the health status NOT_SERVING while the database
+//! is unreachable. `App::build` binds, so the address is known before serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use contracts::mps::population::v1::population_registry_service_server::PopulationRegistryServiceServer;
+use service_kit::GrpcServer;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::domain::minting::BucketPolicy;
+use crate::domain::province::ProvinceTable;
+use crate::grpc::RegistryService;
+use crate::grpc::auth::Authorizer;
+use crate::store::{self, Store};
+
+type Server = PopulationRegistryServiceServer<RegistryService>;
+
+/// A bound, not yet serving registry.
+#[derive(Debug)]
+pub struct App {
+    server: GrpcServer,
+    store: Store,
+    metrics_addr: Option<SocketAddr>,
+    probe_interval: Duration,
+}
+
+/// Checks what the type system cannot: returns the bucket policy.
+fn validate(cfg: &Config) -> anyhow::Result<BucketPolicy> {
+    let policy = BucketPolicy::new(cfg.minting.bucket_capacity, cfg.minting.bucket_warn_percent)
+        .map_err(|e| anyhow::anyhow!("minting.bucket_capacity/bucket_warn_percent: {e}"))?;
+    let tls = &cfg.server.tls;
+    anyhow::ensure!(
+        tls.insecure_plaintext || tls.client_ca_file.is_some(),
+        "server.tls.client_ca_file: required, callers are authenticated by client certificate \
+         (or set server.tls.insecure_plaintext for development)"
+    );
+    Ok(policy)
+}
+
+impl App {
+    /// Connects (and migrates) the database, starts the writer, binds the server.
+    pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        let policy = validate(cfg)?;
+        let provinces = Arc::new(ProvinceTable::load(cfg.minting.post_merger_rule)?);
+        let (pool, backend) = store::connect_pool(&cfg.database).await?;
+        if cfg.database.migrate_on_start {
+            store::migrate(&pool, backend).await?;
+        }
+        let store = Store::start(
+            pool,
+            backend,
+            &cfg.database,
+            policy,
+            cfg.minting.max_group_items,
+        );
+        let metrics_addr = service_kit::metrics::install(&cfg.metrics).await?;
+        let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET).await?;
+        let auth = Authorizer::new(&cfg.auth, !cfg.server.tls.insecure_plaintext);
+        let service = Server::new(RegistryService::new(store.clone(), auth, provinces))
+            .max_decoding_message_size(server.max_message_bytes());
+        Ok(Self {
+            server: server.add_service(service),
+            store,
+            metrics_addr,
+            probe_interval: Duration::from_millis(cfg.database.health_probe_interval_ms.max(10)),
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The bound metrics address, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The store (for tests that break the database).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves, then drains, stops the probe and
+    /// closes the pool.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let probe = tokio::spawn(probe(
+            self.store.clone(),
+            self.server.health_reporter(),
+            self.probe_interval,
+            stop_rx,
+        ));
+        let result = self
+            .server
+            .serve(async move {
+                shutdown.await;
+                // Stop the probe before the kit turns everything NOT_SERVING,
+                // so that it cannot flip a draining server back to SERVING.
+                let _ = stop_tx.send(true);
+                let _ = probe.await;
+            })
+            .await
+            .context("serving");
+        self.store.close().await;
+        result
+    }
+}
+
+/// Probes the database every `interval`; flips health on each change.
+async fn probe(
+    store: Store,
+    health: HealthReporter,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let ok = store.probe().await;
+        if *stop.borrow() {
+            return;
+        }
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                tracing::info!("database reachable again: SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::error!("database unreachable: NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(<Server as tonic::server::NamedService>::NAME, status)
+                .await;
+        }
+    }
+}
