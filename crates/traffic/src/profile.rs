@@ -196,7 +196,8 @@ impl Plan {
             code: MINISTRY_UNIT.to_owned(),
             name: "Bộ Tư pháp - Cục Hộ tịch, quốc tịch, chứng thực".to_owned(),
             level: Level::Ministry,
-            province_code: String::new(),
+            // Every unit carries a province code; the ministry sits in Hà Nội.
+            province_code: "001".to_owned(),
             parent_code: String::new(),
         }];
         let mut regions = Vec::new();

@@ -522,15 +522,14 @@ async fn provision(
         ],
     )
     .await?;
+    // Prints `official_id=ID` and `token=TOKEN` (a bare last line is accepted too).
     let token = out
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix("token="))
+        .or_else(|| out.lines().map(str::trim).rfind(|l| !l.is_empty()))
         .context("admin officials create printed no token")?;
     let mut tokens = Tokens::read_csv(&tokens_out)?;
-    tokens.insert(
-        SUPERVISOR_ID,
-        token.rsplit(char::is_whitespace).next().unwrap_or(token),
-    )?;
+    tokens.insert(SUPERVISOR_ID, token)?;
     Ok(tokens)
 }

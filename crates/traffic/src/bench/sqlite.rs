@@ -1,0 +1,120 @@
+//! The bare storage baseline: durable SQLite inserts through sqlx in a temporary file with
+//! the services' settings (WAL, synchronous=FULL), one row per transaction and batched
+//! (1,000 rows per transaction, 50 rows per multi-VALUES statement).
+
+use super::records::mix;
+use sqlx::Connection as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Rows per transaction of the batched phase.
+pub const ROWS_PER_TXN: u64 = 1_000;
+/// Rows per INSERT statement of the batched phase.
+pub const ROWS_PER_STATEMENT: u64 = 50;
+
+/// The baseline's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteBaseline {
+    pub single_rows: u64,
+    pub single_seconds: f64,
+    pub single_per_s: f64,
+    pub batched_rows: u64,
+    pub batched_seconds: f64,
+    pub batched_per_s: f64,
+}
+
+/// A row about the size of a registration: two unique text keys (the second random, like
+/// a personal id) and ~300 bytes of payload.
+fn row(i: u64) -> (String, String, String) {
+    (
+        format!("req-{i:012}"),
+        format!("{:012}", mix(i) % 1_000_000_000_000),
+        format!("{:0>300}", i),
+    )
+}
+
+/// Runs the batched phase (`batched_rows` rows; it also warms the WAL up), then the
+/// single-row phase for `single_for`.
+pub async fn measure(
+    path: &Path,
+    batched_rows: u64,
+    single_for: Duration,
+) -> anyhow::Result<SqliteBaseline> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5));
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_row (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL UNIQUE,
+            personal_id TEXT NOT NULL UNIQUE,
+            payload TEXT NOT NULL
+        )",
+    )
+    .execute(&mut conn)
+    .await?;
+
+    let values = vec!["(?, ?, ?)"; ROWS_PER_STATEMENT as usize].join(", ");
+    let multi = format!("INSERT INTO bench_row (request_id, personal_id, payload) VALUES {values}");
+    let start = Instant::now();
+    let mut i = 0;
+    while i < batched_rows {
+        let mut tx = conn.begin().await?;
+        let txn_end = (i + ROWS_PER_TXN).min(batched_rows);
+        while i < txn_end {
+            let n = (txn_end - i).min(ROWS_PER_STATEMENT);
+            if n == ROWS_PER_STATEMENT {
+                let mut q = sqlx::query(&multi);
+                for k in i..i + n {
+                    let (a, b, c) = row(k);
+                    q = q.bind(a).bind(b).bind(c);
+                }
+                q.execute(&mut *tx).await?;
+            } else {
+                for k in i..i + n {
+                    let (a, b, c) = row(k);
+                    sqlx::query(
+                        "INSERT INTO bench_row (request_id, personal_id, payload) VALUES (?, ?, ?)",
+                    )
+                    .bind(a)
+                    .bind(b)
+                    .bind(c)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            i += n;
+        }
+        tx.commit().await?;
+    }
+    let batched_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut single_rows = 0;
+    while start.elapsed() < single_for {
+        let (a, b, c) = row(batched_rows + single_rows);
+        // Autocommit: one transaction, hence one fsync of the WAL, per row.
+        sqlx::query("INSERT INTO bench_row (request_id, personal_id, payload) VALUES (?, ?, ?)")
+            .bind(a)
+            .bind(b)
+            .bind(c)
+            .execute(&mut conn)
+            .await?;
+        single_rows += 1;
+    }
+    let single_seconds = start.elapsed().as_secs_f64();
+    conn.close().await?;
+    Ok(SqliteBaseline {
+        single_rows,
+        single_seconds,
+        single_per_s: single_rows as f64 / single_seconds,
+        batched_rows,
+        batched_seconds,
+        batched_per_s: batched_rows as f64 / batched_seconds,
+    })
+}
