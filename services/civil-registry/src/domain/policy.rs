@@ -73,10 +73,10 @@ pub fn may_correct(
     if registration_unit.code != caller.unit.code {
         return Err(Denied::OutsideJurisdiction);
     }
-    if let Some(unit) = new_unit {
-        if !within_jurisdiction(caller, unit) || !unit.active {
-            return Err(Denied::OutsideJurisdiction);
-        }
+    if let Some(unit) = new_unit
+        && (!within_jurisdiction(caller, unit) || !unit.active)
+    {
+        return Err(Denied::OutsideJurisdiction);
     }
     Ok(())
 }

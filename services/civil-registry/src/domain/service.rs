@@ -55,6 +55,12 @@ pub fn plan_correction(
             "a number is being obtained for this registration".into(),
         ));
     }
+    if correction.child.date_of_birth.date() > registration.registered_on {
+        return Err(RegistryError::invalid(
+            "child.date_of_birth",
+            "must not be after the registration date",
+        ));
+    }
     let mut record = registration.record.clone();
     record.child = correction.child.clone();
     record.father = correction.father.clone();

@@ -394,10 +394,10 @@ pub fn statistics_query(
     let mut v = Violations::default();
     let from = required_date(&mut v, "registered_from", req.registered_from.as_ref());
     let to = required_date(&mut v, "registered_to", req.registered_to.as_ref());
-    if let (Some(f), Some(t)) = (from, to) {
-        if t < f {
-            v.add("registered_to", "must not be before registered_from");
-        }
+    if let (Some(f), Some(t)) = (from, to)
+        && t < f
+    {
+        v.add("registered_to", "must not be before registered_from");
     }
     let grouping = match pb::StatisticsGrouping::try_from(req.grouping) {
         Ok(pb::StatisticsGrouping::Province) => Some(StatsGrouping::Province),

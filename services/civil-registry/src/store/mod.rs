@@ -69,12 +69,13 @@ impl Store {
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() && path != ":memory:" {
-                    std::fs::create_dir_all(parent).with_context(|| {
-                        format!("creating the database directory {}", parent.display())
-                    })?;
-                }
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+                && path != ":memory:"
+            {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!("creating the database directory {}", parent.display())
+                })?;
             }
         }
         let busy_timeout_ms = cfg.busy_timeout_ms;

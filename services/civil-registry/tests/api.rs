@@ -1,0 +1,843 @@
+//! The civil registry's API, over real gRPC, against a fake population registry, on SQLite
+//! and (when TEST_POSTGRES_URL is set) PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use contracts::moj::civilstatus::v1 as pb;
+use service_kit::status::{field_violations_of, reason_of};
+use support::{Backend, TestApp, auth, birth, date};
+use tonic::Code;
+
+const ISSUED: i32 = pb::PersonalIdStatus::Issued as i32;
+const PENDING: i32 = pb::PersonalIdStatus::Pending as i32;
+
+async fn register(
+    app: &TestApp,
+    who: &str,
+    req: pb::RegisterBirthRequest,
+) -> Result<pb::BirthRegistration, tonic::Status> {
+    let mut client = app.client().await;
+    client
+        .register_birth(auth(req, &app.token(who)))
+        .await
+        .map(|r| r.into_inner().registration.unwrap())
+}
+
+async fn register_birth_returns_the_number_obtained_from_the_population_registry(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    // Act
+    let r = register(&app, "reg_c001", birth("req-1"))
+        .await
+        .expect("registered");
+    // Assert
+    assert_eq!(r.personal_id_status, ISSUED);
+    assert_eq!(r.personal_id.len(), 12);
+    assert!(
+        r.personal_id.starts_with("001"),
+        "the number encodes the registering unit's province"
+    );
+    assert_eq!(r.registration_number, 1);
+    assert_eq!(r.book_number, "01/2025");
+    assert_eq!(r.unit_code, "C001");
+    assert_eq!(r.official_id, "reg_c001");
+    assert_eq!(r.eligibility_rule_version, "4756/BTP-HTQTCT:2020.1");
+    assert!(r.ineligibility_reasons.is_empty());
+    assert_eq!(r.child.unwrap().full_name, "Nguyễn Văn An");
+    assert_eq!(app.fake.received(), 1);
+    app.stop().await;
+}
+
+async fn ineligible_births_are_registered_with_their_reason_and_never_sent(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    use pb::IneligibilityReason as R;
+    let mut re_registration = birth("re");
+    re_registration.kind = pb::RegistrationKind::ReRegistration as i32;
+    let mut foreign = birth("foreign");
+    foreign.child.as_mut().unwrap().nationality = "FR".into();
+    let mut undetermined = birth("sex");
+    undetermined.child.as_mut().unwrap().sex = pb::Sex::Undetermined as i32;
+    let mut old = birth("old");
+    old.child.as_mut().unwrap().date_of_birth = date(2011, 8, 31);
+    let mut exactly_14 = birth("fourteen");
+    exactly_14.child.as_mut().unwrap().date_of_birth = date(2011, 9, 1);
+    let mut before_start = birth("before");
+    before_start.registered_on = date(2015, 12, 31);
+    before_start.child.as_mut().unwrap().date_of_birth = date(2015, 12, 1);
+    let cases = [
+        (re_registration, vec![R::ReRegistration]),
+        (foreign, vec![R::ForeignNationality]),
+        (undetermined, vec![R::SexUndetermined]),
+        (exactly_14, vec![R::Age14OrOver]),
+        (old, vec![R::Age14OrOver]),
+        (before_start, vec![R::BeforeProgramStart]),
+    ];
+    for (req, reasons) in cases {
+        // Act
+        let r = register(&app, "reg_c001", req).await.expect("registered");
+        // Assert
+        assert_eq!(
+            r.personal_id_status,
+            pb::PersonalIdStatus::NotEligible as i32
+        );
+        assert_eq!(
+            r.ineligibility_reasons,
+            reasons.iter().map(|r| *r as i32).collect::<Vec<_>>()
+        );
+        assert!(r.personal_id.is_empty());
+    }
+    let mut almost_14 = birth("almost");
+    almost_14.child.as_mut().unwrap().date_of_birth = date(2011, 9, 2);
+    assert_eq!(
+        register(&app, "reg_c001", almost_14)
+            .await
+            .unwrap()
+            .personal_id_status,
+        ISSUED
+    );
+    assert_eq!(app.fake.received(), 1, "only the eligible birth was sent");
+    app.stop().await;
+}
+
+async fn a_retry_returns_the_same_registration_and_other_content_is_refused(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    let first = register(&app, "reg_c001", birth("same-key")).await.unwrap();
+    // Act
+    let retry = register(&app, "reg_c001", birth("same-key")).await.unwrap();
+    let mut other = birth("same-key");
+    other.child.as_mut().unwrap().full_name = "Someone Else".into();
+    let conflict = register(&app, "reg_c001", other).await.unwrap_err();
+    // Assert
+    assert_eq!(retry.id, first.id);
+    assert_eq!(retry.registration_number, first.registration_number);
+    assert_eq!(retry.personal_id, first.personal_id);
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+    assert_eq!(
+        reason_of(&conflict).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    assert_eq!(app.count_registrations().await, 1);
+    assert_eq!(app.fake.received(), 1);
+    app.stop().await;
+}
+
+async fn every_bad_field_is_named_and_nothing_is_written(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    type Mutation = fn(&mut pb::RegisterBirthRequest);
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("request_id", |r| r.request_id = String::new()),
+        ("request_id", |r| r.request_id = "bad key!".into()),
+        ("kind", |r| r.kind = 0),
+        ("child", |r| r.child = None),
+        ("child.full_name", |r| {
+            r.child.as_mut().unwrap().full_name = " ".into()
+        }),
+        ("child.full_name", |r| {
+            r.child.as_mut().unwrap().full_name = "x".repeat(101)
+        }),
+        ("child.full_name", |r| {
+            r.child.as_mut().unwrap().full_name = "An\u{7}".into()
+        }),
+        ("child.sex", |r| r.child.as_mut().unwrap().sex = 0),
+        ("child.date_of_birth", |r| {
+            r.child.as_mut().unwrap().date_of_birth = None
+        }),
+        ("child.date_of_birth", |r| {
+            r.child.as_mut().unwrap().date_of_birth = date(2025, 2, 30)
+        }),
+        ("child.date_of_birth", |r| {
+            r.child.as_mut().unwrap().date_of_birth = date(2025, 9, 2)
+        }),
+        ("child.date_of_birth", |r| {
+            r.child.as_mut().unwrap().date_of_birth = date(1899, 12, 31)
+        }),
+        ("child.place_of_birth", |r| {
+            r.child.as_mut().unwrap().place_of_birth = None
+        }),
+        ("child.place_of_birth.description", |r| {
+            r.child
+                .as_mut()
+                .unwrap()
+                .place_of_birth
+                .as_mut()
+                .unwrap()
+                .description = String::new()
+        }),
+        ("child.place_of_birth.province_code", |r| {
+            r.child
+                .as_mut()
+                .unwrap()
+                .place_of_birth
+                .as_mut()
+                .unwrap()
+                .province_code = "1".into()
+        }),
+        ("child.home_town", |r| {
+            r.child.as_mut().unwrap().home_town = String::new()
+        }),
+        ("child.ethnicity", |r| {
+            r.child.as_mut().unwrap().ethnicity = "e".repeat(51)
+        }),
+        ("child.nationality", |r| {
+            r.child.as_mut().unwrap().nationality = "vn".into()
+        }),
+        ("father.full_name", |r| {
+            r.father.as_mut().unwrap().full_name = String::new()
+        }),
+        ("father.year_of_birth", |r| {
+            r.father.as_mut().unwrap().year_of_birth = 3000
+        }),
+        ("mother.nationality", |r| {
+            r.mother.as_mut().unwrap().nationality = "Vietnam".into()
+        }),
+        ("mother.personal_id", |r| {
+            r.mother.as_mut().unwrap().personal_id = "12345".into()
+        }),
+        ("mother.residence", |r| {
+            r.mother.as_mut().unwrap().residence = "r".repeat(201)
+        }),
+        ("requester", |r| r.requester = None),
+        ("requester.relationship", |r| {
+            r.requester.as_mut().unwrap().relationship = 0
+        }),
+        ("registered_on", |r| r.registered_on = date(2999, 1, 1)),
+        ("registered_on", |r| r.registered_on = date(2025, 13, 1)),
+    ];
+    for (field, mutate) in cases {
+        let mut req = birth("bad");
+        mutate(&mut req);
+        // Act
+        let status = register(&app, "reg_c001", req).await.unwrap_err();
+        // Assert
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        let fields: Vec<String> = field_violations_of(&status)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            fields,
+            vec![field.to_owned()],
+            "violations for a bad {field}"
+        );
+    }
+    let mut two = birth("bad");
+    two.child.as_mut().unwrap().full_name = String::new();
+    two.mother.as_mut().unwrap().full_name = String::new();
+    let fields: Vec<String> =
+        field_violations_of(&register(&app, "reg_c001", two).await.unwrap_err())
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+    assert_eq!(fields, vec!["child.full_name", "mother.full_name"]);
+    assert_eq!(app.count_registrations().await, 0);
+    assert_eq!(app.fake.received(), 0);
+    app.stop().await;
+}
+
+async fn every_policy_case_is_refused_with_its_reason(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let ours = register(&app, "reg_c001", birth("p-1")).await.unwrap();
+    let get = |who: &str| {
+        auth(
+            pb::GetBirthRegistrationRequest {
+                name: ours.name.clone(),
+            },
+            &app.token(who),
+        )
+    };
+    let denied = |s: tonic::Status| (s.code(), reason_of(&s).unwrap_or_default());
+
+    // Act + Assert: authentication.
+    let no_token = client
+        .register_birth(tonic::Request::new(birth("p-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(no_token),
+        (Code::Unauthenticated, "TOKEN_MISSING".into())
+    );
+    let bad_token = client
+        .register_birth(auth(birth("p-2"), "not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(bad_token),
+        (Code::Unauthenticated, "TOKEN_INVALID".into())
+    );
+    let revoked = client
+        .register_birth(auth(birth("p-2"), &app.token("revoked_c001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(revoked),
+        (Code::PermissionDenied, "ACCOUNT_REVOKED".into())
+    );
+    // Roles: a supervisor reads, never registers.
+    let supervisor = client
+        .register_birth(auth(birth("p-2"), &app.token("sup_d001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(supervisor),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+    );
+    // Other unit and other province.
+    let other_unit = client
+        .get_birth_registration(get("reg_c002"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(other_unit),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
+    let other_province = client
+        .get_birth_registration(get("aud_p079"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(other_province),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
+    let list_other = client
+        .list_birth_registrations(auth(
+            pb::ListBirthRegistrationsRequest {
+                province_code: "001".into(),
+                ..Default::default()
+            },
+            &app.token("aud_p079"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(list_other),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
+    // Jurisdiction through the unit tree: district, province and ministry read it.
+    for who in ["reg_c001", "sup_d001", "aud_p001", "aud_moj"] {
+        let r = client
+            .get_birth_registration(get(who))
+            .await
+            .expect(who)
+            .into_inner()
+            .registration
+            .unwrap();
+        assert_eq!(r.id, ours.id);
+    }
+    // A registrar corrects only in the own unit.
+    let correct = pb::CorrectBirthRegistrationRequest {
+        request_id: "c-1".into(),
+        name: ours.name.clone(),
+        child: birth("x").child,
+        reason: "typo".into(),
+        ..Default::default()
+    };
+    let other_corrects = client
+        .correct_birth_registration(auth(correct, &app.token("reg_c002")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(other_corrects),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
+    // Foreign element: district before 2025-07-01, commune from then on.
+    let mut foreign_before = birth("f-1");
+    foreign_before.has_foreign_element = true;
+    foreign_before.registered_on = date(2025, 6, 30);
+    foreign_before.child.as_mut().unwrap().date_of_birth = date(2025, 6, 1);
+    let at_commune = client
+        .register_birth(auth(foreign_before.clone(), &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(at_commune),
+        (Code::PermissionDenied, "FOREIGN_ELEMENT_LEVEL".into())
+    );
+    let at_district = client
+        .register_birth(auth(foreign_before, &app.token("reg_d001")))
+        .await
+        .unwrap();
+    assert_eq!(
+        at_district.into_inner().registration.unwrap().unit_code,
+        "D001"
+    );
+    let mut foreign_after = birth("f-2");
+    foreign_after.has_foreign_element = true;
+    let district_after = client
+        .register_birth(auth(foreign_after.clone(), &app.token("reg_d001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(district_after),
+        (Code::PermissionDenied, "FOREIGN_ELEMENT_LEVEL".into())
+    );
+    let commune_after = client
+        .register_birth(auth(foreign_after, &app.token("reg_c001")))
+        .await
+        .unwrap();
+    assert_eq!(
+        commune_after.into_inner().registration.unwrap().unit_code,
+        "C001"
+    );
+    assert_eq!(app.count_registrations().await, 3);
+    app.stop().await;
+}
+
+async fn numbers_arrive_after_the_population_registry_comes_back(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 100).await;
+    app.fake.set_down(true);
+    // Act
+    let mut names = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let client = app.client().await;
+        let token = app.token("reg_c001");
+        handles.push(tokio::spawn(async move {
+            let mut client = client;
+            client
+                .register_birth(auth(birth(&format!("down-{i}")), &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .registration
+                .unwrap()
+        }));
+    }
+    for h in handles {
+        let r = h.await.unwrap();
+        // Assert: registered, answered PENDING while the registry is down.
+        assert_eq!(r.personal_id_status, PENDING);
+        names.push(r.name);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.fake.set_down(false);
+    let mut numbers = std::collections::HashSet::new();
+    for name in &names {
+        let r = app.settled("reg_c001", name).await;
+        assert_eq!(r.personal_id_status, ISSUED);
+        assert!(numbers.insert(r.personal_id));
+    }
+    assert_eq!(numbers.len(), 20);
+    assert_eq!(app.fake.conflicts(), 0);
+    assert!(
+        app.fake
+            .distinct_contents_per_key()
+            .values()
+            .all(|n| *n == 1),
+        "one content per key, always"
+    );
+    assert!(
+        app.fake.state.lock().unwrap().batch_calls >= 1,
+        "queued rows went out in batches"
+    );
+    let mut numbers_in_register: Vec<i64> = Vec::new();
+    for name in &names {
+        numbers_in_register.push(app.settled("reg_c001", name).await.registration_number);
+    }
+    numbers_in_register.sort();
+    assert_eq!(
+        numbers_in_register,
+        (1..=20).collect::<Vec<_>>(),
+        "register numbers are gapless"
+    );
+    app.stop().await;
+}
+
+async fn a_permanent_refusal_marks_the_registration_rejected(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    app.fake.reject_name("Refused Child", Code::InvalidArgument);
+    let mut req = birth("rej");
+    req.child.as_mut().unwrap().full_name = "Refused Child".into();
+    // Act
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = if r.personal_id_status == PENDING {
+        app.settled("reg_c001", &r.name).await
+    } else {
+        r
+    };
+    // Assert
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    assert!(
+        r.rejection_reason.contains("INVALID_ARGUMENT"),
+        "{}",
+        r.rejection_reason
+    );
+    assert!(r.personal_id.is_empty());
+    assert_eq!(app.fake.received(), 1, "a permanent refusal is not retried");
+    app.stop().await;
+}
+
+async fn a_correction_of_sex_reissues_the_number(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let r = register(&app, "reg_c001", birth("corr")).await.unwrap();
+    assert_eq!(r.personal_id_status, ISSUED);
+    let mut child = r.child.clone().unwrap();
+    child.sex = pb::Sex::Female as i32;
+    let request = pb::CorrectBirthRegistrationRequest {
+        request_id: "fix-sex".into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "sex recorded wrongly".into(),
+    };
+    // Act
+    let corrected = client
+        .correct_birth_registration(auth(request.clone(), &app.token("reg_c001")))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = app.settled("reg_c001", &r.name).await;
+    // Assert
+    assert!(corrected.personal_id_reissued);
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert_ne!(after.personal_id, r.personal_id);
+    assert_eq!(after.cancelled_personal_ids, vec![r.personal_id.clone()]);
+    assert_eq!(&after.personal_id[3..4], "3", "a girl born in the 2000s");
+    // A retry of the same correction changes nothing more.
+    let retry = client
+        .correct_birth_registration(auth(request, &app.token("reg_c001")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.personal_id_reissued);
+    assert_eq!(
+        app.settled("reg_c001", &r.name).await.personal_id,
+        after.personal_id
+    );
+    // A name-only correction keeps the number.
+    let mut child = after.child.clone().unwrap();
+    child.full_name = "Nguyễn Thị An".into();
+    let name_only = pb::CorrectBirthRegistrationRequest {
+        request_id: "fix-name".into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: after.father.clone(),
+        mother: after.mother.clone(),
+        unit_code: String::new(),
+        reason: "spelling".into(),
+    };
+    let kept = client
+        .correct_birth_registration(auth(name_only.clone(), &app.token("reg_c001")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!kept.personal_id_reissued);
+    assert_eq!(kept.registration.unwrap().personal_id, after.personal_id);
+    let mut nothing = name_only;
+    nothing.request_id = "fix-nothing".into();
+    let status = client
+        .correct_birth_registration(auth(nothing, &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), reason_of(&status).unwrap_or_default()),
+        (Code::FailedPrecondition, "NOTHING_TO_CORRECT".into())
+    );
+    assert_eq!(app.fake.conflicts(), 0);
+    app.stop().await;
+}
+
+async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend) {
+    // Arrange: two numbered registrations; one loses its number as if the write-back had
+    // been lost, another is left eligible with nothing queued.
+    let app = TestApp::start(backend).await;
+    let a = register(&app, "reg_c001", birth("rec-a")).await.unwrap();
+    let b = register(&app, "reg_c001", birth("rec-b")).await.unwrap();
+    let c = register(&app, "reg_c001", birth("rec-c")).await.unwrap();
+    assert!([&a, &b, &c].iter().all(|r| r.personal_id_status == ISSUED));
+    app.sql(&format!(
+        "UPDATE registrations SET status = 'PENDING', personal_id = NULL WHERE id = '{}'",
+        a.id
+    ))
+    .await;
+    let client =
+        civil_registry::relay::client::GrpcPopulationRegistry::new(&app.cfg.population_registry)
+            .unwrap();
+    let from = chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+    let to = chrono::NaiveDate::from_ymd_opt(2025, 12, 31).unwrap();
+    // Act
+    let report = civil_registry::reconcile::reconcile(&app.store, &client, from, to, false)
+        .await
+        .unwrap();
+    let repaired = civil_registry::reconcile::reconcile(&app.store, &client, from, to, true)
+        .await
+        .unwrap();
+    let after = civil_registry::reconcile::reconcile(&app.store, &client, from, to, false)
+        .await
+        .unwrap();
+    // Assert
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(
+        report[0].kind,
+        civil_registry::reconcile::DifferenceKind::NumberNotWrittenBack
+    );
+    assert_eq!(
+        report[0].registration_id.map(|i| i.to_string()),
+        Some(a.id.clone())
+    );
+    assert!(repaired.iter().all(|d| d.repaired));
+    assert!(after.is_empty(), "{after:?}");
+    let fixed = app.settled("aud_moj", &a.name).await;
+    assert_eq!(fixed.personal_id, a.personal_id);
+    assert_eq!(app.fake.received(), 3, "the repair asked for nothing new");
+    app.stop().await;
+}
+
+async fn statistics_equal_what_was_registered(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    let mut re = birth("s-re");
+    re.kind = pb::RegistrationKind::ReRegistration as i32;
+    let mut foreign = birth("s-fr");
+    foreign.child.as_mut().unwrap().nationality = "FR".into();
+    register(&app, "reg_c001", birth("s-1")).await.unwrap();
+    register(&app, "reg_c001", birth("s-2")).await.unwrap();
+    register(&app, "reg_c001", re).await.unwrap();
+    register(&app, "reg_c002", foreign).await.unwrap();
+    register(&app, "reg_c760", birth("s-3")).await.unwrap();
+    let mut client = app.client().await;
+    let ask = |grouping: pb::StatisticsGrouping, who: &str| {
+        auth(
+            pb::GetRegistrationStatisticsRequest {
+                registered_from: date(2025, 1, 1),
+                registered_to: date(2025, 12, 31),
+                grouping: grouping as i32,
+                province_code: String::new(),
+            },
+            &app.token(who),
+        )
+    };
+    // Act
+    let by_province = client
+        .get_registration_statistics(ask(pb::StatisticsGrouping::Province, "aud_moj"))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_unit = client
+        .get_registration_statistics(ask(pb::StatisticsGrouping::Unit, "aud_p001"))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_district = client
+        .get_registration_statistics(ask(pb::StatisticsGrouping::District, "aud_moj"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Assert
+    let total = by_province.total.unwrap();
+    assert_eq!(
+        (
+            total.registrations,
+            total.first_time,
+            total.re_registrations
+        ),
+        (5, 4, 1)
+    );
+    assert_eq!(
+        (total.eligible, total.issued, total.pending, total.rejected),
+        (3, 3, 0, 0)
+    );
+    assert_eq!(
+        (
+            total.not_eligible,
+            total.not_eligible_foreign_nationality,
+            total.not_eligible_re_registration
+        ),
+        (2, 1, 1)
+    );
+    let provinces: Vec<(String, String, i64)> = by_province
+        .rows
+        .iter()
+        .map(|r| (r.group_code.clone(), r.group_name.clone(), r.registrations))
+        .collect();
+    assert_eq!(
+        provinces,
+        vec![
+            ("001".into(), "Ha Noi".into(), 4),
+            ("079".into(), "Ho Chi Minh".into(), 1)
+        ]
+    );
+    let units: Vec<(String, i64, i64)> = by_unit
+        .rows
+        .iter()
+        .map(|r| (r.group_code.clone(), r.registrations, r.issued))
+        .collect();
+    assert_eq!(
+        units,
+        vec![("C001".into(), 3, 2), ("C002".into(), 1, 0)],
+        "a province sees only its own units"
+    );
+    let districts: Vec<(String, i64)> = by_district
+        .rows
+        .iter()
+        .map(|r| (r.group_code.clone(), r.registrations))
+        .collect();
+    assert_eq!(districts, vec![("D001".into(), 4), ("D760".into(), 1)]);
+    app.stop().await;
+}
+
+async fn lists_are_paginated_filtered_and_limited_to_the_jurisdiction(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    for i in 0..5 {
+        register(&app, "reg_c001", birth(&format!("l-{i}")))
+            .await
+            .unwrap();
+    }
+    register(&app, "reg_c002", birth("l-x")).await.unwrap();
+    let mut client = app.client().await;
+    // Act
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_birth_registrations(auth(
+                pb::ListBirthRegistrationsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                &app.token("reg_c001"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(
+            page.registrations
+                .into_iter()
+                .map(|r| (r.unit_code, r.registration_number)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let district = client
+        .list_birth_registrations(auth(
+            pb::ListBirthRegistrationsRequest {
+                unit_code: "C002".into(),
+                ..Default::default()
+            },
+            &app.token("sup_d001"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let issued_only = client
+        .list_birth_registrations(auth(
+            pb::ListBirthRegistrationsRequest {
+                personal_id_status: pb::PersonalIdStatus::NotEligible as i32,
+                ..Default::default()
+            },
+            &app.token("aud_moj"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Assert
+    assert_eq!(
+        seen,
+        (1..=5)
+            .rev()
+            .map(|n| ("C001".to_owned(), n))
+            .collect::<Vec<_>>(),
+        "newest first, own unit only"
+    );
+    assert_eq!(district.registrations.len(), 1);
+    assert!(issued_only.registrations.is_empty());
+    app.stop().await;
+}
+
+async fn concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds(
+    backend: Backend,
+) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    // Act
+    let mut handles = Vec::new();
+    for i in 0..100 {
+        let mut client = app.client().await;
+        let token = app.token(if i % 2 == 0 { "reg_c001" } else { "reg_c002" });
+        handles.push(tokio::spawn(async move {
+            client
+                .register_birth(auth(birth(&format!("cc-{i}")), &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .registration
+                .unwrap()
+        }));
+    }
+    let mut per_unit: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for h in handles {
+        let r = h.await.unwrap();
+        per_unit
+            .entry(r.unit_code)
+            .or_default()
+            .push(r.registration_number);
+    }
+    // Assert
+    for numbers in per_unit.values_mut() {
+        numbers.sort();
+        assert_eq!(*numbers, (1..=50).collect::<Vec<_>>());
+    }
+    let report = app.store.verify_audit().await.unwrap();
+    assert_eq!(report.first_broken, None);
+    assert!(
+        report.entries >= 200,
+        "a creation and an issue entry per registration"
+    );
+    app.sql("UPDATE audit_log SET actor = 'intruder' WHERE seq = 5")
+        .await;
+    assert_eq!(
+        app.store.verify_audit().await.unwrap().first_broken,
+        Some(5)
+    );
+    app.stop().await;
+}
+
+async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backend) {
+    // Arrange
+    let mut app =
+        TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 50).await;
+    app.fake.set_down(true);
+    let r = register(&app, "reg_c001", birth("restart")).await.unwrap();
+    assert_eq!(r.personal_id_status, PENDING);
+    // Act
+    app.halt().await;
+    app.fake.set_down(false);
+    app.launch().await;
+    // Assert
+    let after = app.settled("reg_c001", &r.name).await;
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert_eq!(app.fake.conflicts(), 0);
+    app.stop().await;
+}
+
+both_backends!(
+    register_birth_returns_the_number_obtained_from_the_population_registry,
+    ineligible_births_are_registered_with_their_reason_and_never_sent,
+    a_retry_returns_the_same_registration_and_other_content_is_refused,
+    every_bad_field_is_named_and_nothing_is_written,
+    every_policy_case_is_refused_with_its_reason,
+    numbers_arrive_after_the_population_registry_comes_back,
+    a_permanent_refusal_marks_the_registration_rejected,
+    a_correction_of_sex_reissues_the_number,
+    reconciliation_finds_and_repairs_a_planted_difference,
+    statistics_equal_what_was_registered,
+    lists_are_paginated_filtered_and_limited_to_the_jurisdiction,
+    concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
+    pending_numbers_survive_a_restart_of_the_civil_registry,
+);
