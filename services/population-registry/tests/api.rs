@@ -1,0 +1,851 @@
+//! The registry's API over real gRPC, run once on SQLite and once on
+//! PostgreSQL (when TEST_POSTGRES_URL is set): every call and each error code.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, TestDb, birth, config, date, issue};
+use contracts::mps::population::v1 as pb;
+use service_kit::status::{field_violations_of, reason_of};
+use tonic::Code;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        println!("skipped: TEST_POSTGRES_URL not set");
+                        return;
+                    };
+                    super::$name(db).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    issue_returns_a_number_encoding_province_sex_and_year,
+    the_same_request_id_and_content_returns_the_same_number_without_minting_again,
+    the_same_request_id_with_different_content_is_refused_as_already_exists,
+    an_invalid_record_is_invalid_argument_naming_each_field_and_writes_nothing,
+    twins_are_warned_as_duplicate_suspects_and_both_get_numbers,
+    batch_answers_every_item_by_request_id_with_its_number_or_its_own_error,
+    get_citizen_returns_the_stored_record_or_not_found,
+    find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
+    reissue_cancels_the_old_number_links_both_and_never_reuses_it,
+    reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_failed_precondition,
+    validate_personal_id_decodes_the_number_and_reports_its_state,
+    statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page,
+    a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates,
+    the_audit_chain_verifies_and_reports_a_tampered_row,
+    database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable,
+);
+
+async fn issue_returns_a_number_encoding_province_sex_and_year(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+
+    let resp = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguyễn Văn An", 1)))
+        .await
+        .expect("issued")
+        .into_inner();
+
+    assert_eq!(resp.personal_id.len(), 12);
+    assert!(
+        resp.personal_id.starts_with("001221"),
+        "{}",
+        resp.personal_id
+    );
+    assert!(resp.newly_issued);
+    assert!(resp.issue_time.is_some());
+    assert!(resp.duplicate_suspects.is_empty());
+    app.stop().await;
+}
+
+async fn the_same_request_id_and_content_returns_the_same_number_without_minting_again(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let first = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguyễn Văn An", 1)))
+        .await
+        .expect("first")
+        .into_inner();
+
+    // Unicode-equivalent content (decomposed) is the same content.
+    let again = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguye\u{302}\u{303}n Văn An", 1)))
+        .await
+        .expect("again")
+        .into_inner();
+
+    assert_eq!(again.personal_id, first.personal_id);
+    assert!(!again.newly_issued);
+    assert_eq!(again.issue_time, first.issue_time);
+    let stats = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2021, 1, 1),
+            registered_to: date(2021, 12, 31),
+            province_codes: vec![],
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.total.expect("total").issued, 1);
+    app.stop().await;
+}
+
+async fn the_same_request_id_with_different_content_is_refused_as_already_exists(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    app.client
+        .issue_personal_id(issue("reg-1", birth("Nguyễn Văn An", 1)))
+        .await
+        .expect("first");
+
+    let err = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguyễn Văn Bình", 1)))
+        .await
+        .expect_err("refused");
+
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(reason_of(&err).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    app.stop().await;
+}
+
+async fn an_invalid_record_is_invalid_argument_naming_each_field_and_writes_nothing(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let mut b = birth("", 1);
+    b.sex = pb::Sex::Unspecified.into();
+    b.date_of_birth = date(2021, 2, 30);
+    b.nationality = "FR".into();
+    b.registration_province_code = "003".into();
+    b.mother.as_mut().expect("mother").full_name = "x".repeat(101);
+
+    let err = app
+        .client
+        .issue_personal_id(issue("bad id with spaces", b))
+        .await
+        .expect_err("refused");
+
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = field_violations_of(&err)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    for expected in [
+        "request_id",
+        "birth.full_name",
+        "birth.sex",
+        "birth.date_of_birth",
+        "birth.registration_province_code",
+        "birth.nationality",
+        "birth.mother.full_name",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} in {fields:?}"
+        );
+    }
+    let mut future = birth("An", 2);
+    future.date_of_birth = date(2999, 1, 1);
+    let err = app
+        .client
+        .issue_personal_id(issue("reg-2", future))
+        .await
+        .expect_err("future");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let missing = app
+        .client
+        .issue_personal_id(pb::IssuePersonalIdRequest {
+            request_id: "reg-3".into(),
+            birth: None,
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(field_violations_of(&missing)[0].0, "birth");
+    let stats = app
+        .client
+        .list_issuances(pb::ListIssuancesRequest {
+            registered_from: date(1900, 1, 1),
+            registered_to: date(2100, 1, 1),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(stats.issuances.is_empty());
+    app.stop().await;
+}
+
+async fn twins_are_warned_as_duplicate_suspects_and_both_get_numbers(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let first = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguyễn Văn An", 1)))
+        .await
+        .expect("first")
+        .into_inner();
+
+    let twin = app
+        .client
+        .issue_personal_id(issue("reg-2", birth("Nguyễn Văn An", 2)))
+        .await
+        .expect("twin still gets a number")
+        .into_inner();
+
+    assert_ne!(twin.personal_id, first.personal_id);
+    assert_eq!(twin.duplicate_suspects, vec![first.personal_id]);
+    app.stop().await;
+}
+
+async fn batch_answers_every_item_by_request_id_with_its_number_or_its_own_error(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    app.client
+        .issue_personal_id(issue("reg-0", birth("Lê Văn Trước", 100)))
+        .await
+        .expect("earlier issue");
+    let mut bad = birth("Lê Thị Lỗi", 3);
+    bad.nationality = "US".into();
+    let first_message = pb::BatchIssuePersonalIdsRequest {
+        items: vec![
+            issue("reg-1", birth("Lê Văn Một", 1)),
+            issue("reg-2", birth("Lê Văn Hai", 2)),
+            issue("reg-3", bad),
+            issue("reg-0", birth("Khác hẳn", 100)),
+            issue("reg-1", birth("Lê Văn Một", 1)),
+        ],
+    };
+    let second_message = pb::BatchIssuePersonalIdsRequest {
+        items: (10..60)
+            .map(|i| issue(&format!("reg-{i}"), birth(&format!("Người {i}"), i)))
+            .collect(),
+    };
+
+    let mut responses = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(vec![first_message, second_message]))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = responses
+        .message()
+        .await
+        .expect("ok")
+        .expect("first answer");
+    let second = responses
+        .message()
+        .await
+        .expect("ok")
+        .expect("second answer");
+    assert!(responses.message().await.expect("end").is_none());
+
+    let ids: Vec<&str> = first
+        .results
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["reg-1", "reg-2", "reg-3", "reg-0", "reg-1"]);
+    use pb::batch_issue_result::Outcome;
+    let number = |i: usize| match &first.results[i].outcome {
+        Some(Outcome::Issued(r)) => r.personal_id.clone(),
+        other => panic!("item {i}: {other:?}"),
+    };
+    let code = |i: usize| match &first.results[i].outcome {
+        Some(Outcome::Error(s)) => s.code,
+        other => panic!("item {i}: {other:?}"),
+    };
+    assert_ne!(number(0), number(1));
+    assert_eq!(code(2), Code::InvalidArgument as i32);
+    assert_eq!(code(3), Code::AlreadyExists as i32);
+    assert_eq!(
+        code(4),
+        Code::InvalidArgument as i32,
+        "duplicate id in one message"
+    );
+    let err = match &first.results[2].outcome {
+        Some(Outcome::Error(s)) => s.clone(),
+        _ => unreachable!(),
+    };
+    assert!(
+        !err.details.is_empty(),
+        "item errors carry google.rpc details"
+    );
+    assert_eq!(second.results.len(), 50);
+    let numbers: HashSet<String> = second
+        .results
+        .iter()
+        .map(|r| match &r.outcome {
+            Some(Outcome::Issued(i)) => i.personal_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(numbers.len(), 50);
+    app.stop().await;
+}
+
+async fn get_citizen_returns_the_stored_record_or_not_found(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let issued = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("Nguye\u{302}\u{303}n Văn An", 1)))
+        .await
+        .expect("issued")
+        .into_inner();
+
+    let citizen = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: issued.personal_id.clone(),
+        })
+        .await
+        .expect("found")
+        .into_inner()
+        .citizen
+        .expect("citizen");
+
+    assert_eq!(citizen.personal_id, issued.personal_id);
+    assert_eq!(citizen.status, pb::CitizenStatus::Active as i32);
+    assert_eq!(citizen.request_id, "reg-1");
+    let stored = citizen.birth.expect("birth");
+    assert_eq!(stored.full_name, "Nguyễn Văn An", "stored in NFC");
+    assert_eq!(stored.mother.expect("mother").full_name, "Trần Thị Mẹ");
+    assert_eq!(stored.registration.expect("reg").registration_number, 1);
+
+    let missing = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: "001221999999".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason_of(&missing).as_deref(), Some("CITIZEN_NOT_FOUND"));
+    let malformed = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: "12ab".into(),
+        })
+        .await
+        .expect_err("malformed");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert_eq!(field_violations_of(&malformed)[0].0, "personal_id");
+    app.stop().await;
+}
+
+async fn find_citizen_by_registration_finds_by_request_id_and_by_register_entry(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let issued = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("An", 7)))
+        .await
+        .expect("issued")
+        .into_inner();
+
+    let by_id = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("by id")
+        .into_inner();
+    let by_entry = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            unit_code: "HN-BD-01".into(),
+            book_number: "01/2021".into(),
+            registration_number: 7,
+            ..Default::default()
+        })
+        .await
+        .expect("by entry")
+        .into_inner();
+
+    assert_eq!(by_id.citizens[0].personal_id, issued.personal_id);
+    assert_eq!(by_entry.citizens[0].personal_id, issued.personal_id);
+    let none = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-404".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not found");
+    assert_eq!(none.code(), Code::NotFound);
+    let empty = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest::default())
+        .await
+        .expect_err("nothing given");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+fn reissue(request_id: &str, old: &str, b: pb::BirthRecord) -> pb::ReissuePersonalIdRequest {
+    pb::ReissuePersonalIdRequest {
+        request_id: request_id.into(),
+        personal_id: old.into(),
+        corrected_birth: Some(b),
+        reason: "sex corrected by decision 12/QD".into(),
+    }
+}
+
+async fn reissue_cancels_the_old_number_links_both_and_never_reuses_it(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let old = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    let mut corrected = birth("An", 1);
+    corrected.sex = pb::Sex::Female.into();
+
+    let new = app
+        .client
+        .reissue_personal_id(reissue("fix-1", &old, corrected.clone()))
+        .await
+        .expect("re-issued")
+        .into_inner();
+
+    assert!(new.personal_id.starts_with("001321"), "{}", new.personal_id);
+    assert_eq!(new.cancelled_personal_id, old);
+    assert!(new.newly_issued);
+    let again = app
+        .client
+        .reissue_personal_id(reissue("fix-1", &old, corrected))
+        .await
+        .expect("idempotent")
+        .into_inner();
+    assert_eq!(again.personal_id, new.personal_id);
+    assert!(!again.newly_issued);
+    let old_citizen = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: old.clone(),
+        })
+        .await
+        .expect("old")
+        .into_inner()
+        .citizen
+        .expect("citizen");
+    assert_eq!(old_citizen.status, pb::CitizenStatus::Cancelled as i32);
+    assert_eq!(old_citizen.replaced_by, new.personal_id);
+    assert!(old_citizen.cancel_time.is_some());
+    let new_citizen = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: new.personal_id.clone(),
+        })
+        .await
+        .expect("new")
+        .into_inner()
+        .citizen
+        .expect("citizen");
+    assert_eq!(new_citizen.replaces, old);
+    let chain = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("chain")
+        .into_inner();
+    let chain: Vec<String> = chain.citizens.into_iter().map(|c| c.personal_id).collect();
+    assert_eq!(chain, vec![old.clone(), new.personal_id.clone()]);
+    // Moving back to the old bucket draws a fresh number, never the cancelled one.
+    let back = app
+        .client
+        .reissue_personal_id(reissue("fix-2", &new.personal_id, birth("An", 1)))
+        .await
+        .expect("back")
+        .into_inner();
+    assert!(back.personal_id.starts_with("001221"));
+    assert_ne!(back.personal_id, old);
+    app.stop().await;
+}
+
+async fn reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_failed_precondition(
+    db: TestDb,
+) {
+    let mut app = TestApp::spawn(&db).await;
+    let old = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+
+    let err = app
+        .client
+        .reissue_personal_id(reissue("fix-1", &old, birth("An Renamed", 1)))
+        .await
+        .expect_err("nothing encoded changes");
+
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&err).as_deref(), Some("NOTHING_TO_REISSUE"));
+    let mut moved = birth("An", 1);
+    moved.registration_province_code = "079".into();
+    let new = app
+        .client
+        .reissue_personal_id(reissue("fix-2", &old, moved.clone()))
+        .await
+        .expect("moved")
+        .into_inner();
+    assert!(new.personal_id.starts_with("079221"));
+    let mut female = moved;
+    female.sex = pb::Sex::Female.into();
+    let cancelled = app
+        .client
+        .reissue_personal_id(reissue("fix-3", &old, female))
+        .await
+        .expect_err("old is cancelled");
+    assert_eq!(cancelled.code(), Code::FailedPrecondition);
+    assert_eq!(
+        reason_of(&cancelled).as_deref(),
+        Some("PERSONAL_ID_CANCELLED")
+    );
+    let unknown = app
+        .client
+        .reissue_personal_id(reissue("fix-4", "001221999999", birth("An", 1)))
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+    app.stop().await;
+}
+
+async fn validate_personal_id_decodes_the_number_and_reports_its_state(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let issued = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    let mut validate = async |raw: &str| {
+        app.client
+            .validate_personal_id(pb::ValidatePersonalIdRequest {
+                personal_id: raw.into(),
+            })
+            .await
+            .expect("never an error")
+            .into_inner()
+    };
+
+    let active = validate(&issued).await;
+    let unknown = validate("079305123456").await;
+    let malformed = validate("07930512345").await;
+    let bad_province = validate("003221000001").await;
+
+    assert!(active.valid);
+    assert_eq!(active.state, pb::PersonalIdState::Active as i32);
+    let decoded = active.decoded.expect("decoded");
+    assert_eq!(decoded.province_code, "001");
+    assert_eq!(decoded.province_name, "Hà Nội");
+    assert_eq!(decoded.sex, pb::Sex::Male as i32);
+    assert_eq!(decoded.century_start_year, 2000);
+    assert_eq!(decoded.birth_year, 2021);
+    assert!(unknown.valid);
+    assert_eq!(unknown.state, pb::PersonalIdState::NotIssued as i32);
+    assert_eq!(
+        unknown.decoded.expect("decoded").sex,
+        pb::Sex::Female as i32
+    );
+    assert!(!malformed.valid);
+    assert_eq!(malformed.invalid_reason, "must be exactly 12 digits");
+    assert_eq!(malformed.state, pb::PersonalIdState::Unspecified as i32);
+    assert!(!bad_province.valid);
+    app.stop().await;
+}
+
+async fn statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let mut first = None;
+    for i in 1..=5 {
+        let mut b = birth(&format!("Người {i}"), i);
+        if i > 3 {
+            b.registration_province_code = "079".into();
+        }
+        let id = app
+            .client
+            .issue_personal_id(issue(&format!("reg-{i}"), b))
+            .await
+            .expect("issued")
+            .into_inner()
+            .personal_id;
+        first.get_or_insert(id);
+    }
+    let mut moved = birth("Người 1", 1);
+    moved.sex = pb::Sex::Female.into();
+    app.client
+        .reissue_personal_id(reissue("fix-1", first.as_deref().expect("first"), moved))
+        .await
+        .expect("re-issued");
+
+    let stats = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2021, 3, 10),
+            registered_to: date(2021, 3, 10),
+            province_codes: vec![],
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+
+    let rows: Vec<(String, i64, i64, i64)> = stats
+        .provinces
+        .iter()
+        .map(|p| (p.province_code.clone(), p.issued, p.cancelled, p.active))
+        .collect();
+    assert_eq!(rows, vec![("001".into(), 4, 1, 3), ("079".into(), 2, 0, 2)]);
+    assert_eq!(stats.provinces[1].province_name, "Hồ Chí Minh");
+    let total = stats.total.expect("total");
+    assert_eq!((total.issued, total.cancelled, total.active), (6, 1, 5));
+    let only_hcm = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2021, 1, 1),
+            registered_to: date(2021, 12, 31),
+            province_codes: vec!["079".into()],
+        })
+        .await
+        .expect("filtered")
+        .into_inner();
+    assert_eq!(only_hcm.provinces.len(), 1);
+    let reversed = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2021, 12, 31),
+            registered_to: date(2021, 1, 1),
+            province_codes: vec!["999".into()],
+        })
+        .await
+        .expect_err("bad range");
+    assert_eq!(reversed.code(), Code::InvalidArgument);
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .list_issuances(pb::ListIssuancesRequest {
+                registered_from: date(2021, 1, 1),
+                registered_to: date(2021, 12, 31),
+                page_size: 4,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.issuances.len() <= 4);
+        seen.extend(
+            page.issuances
+                .into_iter()
+                .map(|i| (i.personal_id, i.status)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 6);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "ordered by number");
+    assert_eq!(
+        seen.iter()
+            .filter(|(_, s)| *s == pb::CitizenStatus::Cancelled as i32)
+            .count(),
+        1
+    );
+    let bad_token = app
+        .client
+        .list_issuances(pb::ListIssuancesRequest {
+            registered_from: date(2021, 1, 1),
+            registered_to: date(2021, 12, 31),
+            page_size: 4,
+            page_token: "garbage".into(),
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(field_violations_of(&bad_token)[0].0, "page_token");
+    app.stop().await;
+}
+
+async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(db: TestDb) {
+    let mut cfg = config(&db);
+    cfg.minting.bucket_capacity = 6;
+    let mut app = TestApp::spawn_with(cfg).await;
+    let mut numbers = HashSet::new();
+    // Mixed unary and batch fills draw both randomly and by enumeration.
+    for i in 0..3 {
+        let n = app
+            .client
+            .issue_personal_id(issue(&format!("reg-{i}"), birth(&format!("Bé {i}"), i + 1)))
+            .await
+            .expect("fits")
+            .into_inner()
+            .personal_id;
+        numbers.insert(n);
+    }
+    let batch = pb::BatchIssuePersonalIdsRequest {
+        items: (3..8)
+            .map(|i| issue(&format!("reg-{i}"), birth(&format!("Bé {i}"), i + 1)))
+            .collect(),
+    };
+    let answer = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(vec![batch]))
+        .await
+        .expect("stream")
+        .into_inner()
+        .message()
+        .await
+        .expect("ok")
+        .expect("answer");
+    use pb::batch_issue_result::Outcome;
+    let mut exhausted = 0;
+    for r in &answer.results {
+        match &r.outcome {
+            Some(Outcome::Issued(i)) => {
+                numbers.insert(i.personal_id.clone());
+            }
+            Some(Outcome::Error(s)) => {
+                assert_eq!(s.code, Code::ResourceExhausted as i32);
+                exhausted += 1;
+            }
+            None => panic!("no outcome"),
+        }
+    }
+
+    let started = Instant::now();
+    let err = app
+        .client
+        .issue_personal_id(issue("reg-99", birth("Bé cuối", 99)))
+        .await
+        .expect_err("bucket full");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answers at once"
+    );
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&err).as_deref(), Some("BUCKET_EXHAUSTED"));
+    assert_eq!(exhausted, 2);
+    assert_eq!(numbers.len(), 6, "six distinct numbers: {numbers:?}");
+    for n in &numbers {
+        let suffix: u32 = n[6..].parse().expect("digits");
+        assert!(suffix < 6, "{n} drawn within the configured capacity");
+    }
+    // Another bucket (a girl) still has room.
+    let mut girl = birth("Bé gái", 100);
+    girl.sex = pb::Sex::Female.into();
+    app.client
+        .issue_personal_id(issue("reg-100", girl))
+        .await
+        .expect("other bucket");
+    app.stop().await;
+}
+
+async fn the_audit_chain_verifies_and_reports_a_tampered_row(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let old = app
+        .client
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    app.client
+        .issue_personal_id(issue("reg-2", birth("Bình", 2)))
+        .await
+        .expect("issued");
+    let mut moved = birth("An", 1);
+    moved.sex = pb::Sex::Female.into();
+    app.client
+        .reissue_personal_id(reissue("fix-1", &old, moved))
+        .await
+        .expect("re-issued");
+    let pool = app.store.pool().clone();
+
+    let intact = population_registry::store::verify_audit(&pool)
+        .await
+        .expect("verify");
+    sqlx::query("UPDATE audit_log SET request_id = 'forged' WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .expect("tamper");
+    let tampered = population_registry::store::verify_audit(&pool)
+        .await
+        .expect("verify");
+
+    assert_eq!(intact.entries, 4, "issue, issue, cancel, reissue");
+    assert_eq!(intact.first_broken, None);
+    assert_eq!(tampered.first_broken.map(|(seq, _)| seq), Some(2));
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let deleted = population_registry::store::verify_audit(&pool)
+        .await
+        .expect("verify");
+    assert_eq!(deleted.first_broken.map(|(seq, _)| seq), Some(2));
+    app.stop().await;
+}
+
+async fn database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    app.client
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("works while the database is up");
+    assert_eq!(app.health().await, 1, "SERVING");
+
+    app.store.close().await;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.health().await != 2 {
+        assert!(Instant::now() < deadline, "health turns NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let err = app
+        .client
+        .issue_personal_id(issue("reg-2", birth("Bình", 2)))
+        .await
+        .expect_err("no database");
+    let read = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: "001221000001".into(),
+        })
+        .await
+        .expect_err("no database");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(read.code(), Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+    app.stop().await;
+}

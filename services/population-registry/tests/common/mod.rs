@@ -1,0 +1,291 @@
+//! Shared arrangements: a fresh database per test (SQLite file or a new
+//! PostgreSQL database when TEST_POSTGRES_URL is set), a `TestApp` serving the
+//! real registry on 127.0.0.1:0, record builders, and a throwaway PKI.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use contracts::google::r#type::Date;
+use contracts::mps::population::v1 as pb;
+use contracts::mps::population::v1::population_registry_service_client::PopulationRegistryServiceClient;
+use population_registry::app::App;
+use population_registry::config::Config;
+use population_registry::store::Store;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use sqlx::Connection as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = PopulationRegistryServiceClient<Channel>;
+
+/// A database that lives as long as the test.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A fresh SQLite file in a temporary directory.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/registry.db?mode=rwc", dir.path().display());
+        Self {
+            url,
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, or None when TEST_POSTGRES_URL is unset.
+    pub async fn postgres() -> Option<Self> {
+        let admin = std::env::var("TEST_POSTGRES_URL").ok()?;
+        sqlx::any::install_default_drivers();
+        let name = format!("pr_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(&admin)
+            .await
+            .expect("connect to TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let _ = conn.close().await;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+            pg: Some((admin, name)),
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // Best effort, on a thread of its own: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Test configuration: 127.0.0.1:0, plaintext, short probe and timeouts.
+pub fn config(db: &TestDb) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.listen_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.server.tls.insecure_plaintext = true;
+    cfg.server.drain_timeout_ms = 2_000;
+    cfg.database.url = db.url.clone();
+    cfg.database.health_probe_interval_ms = 50;
+    cfg.database.acquire_timeout_ms = 500;
+    cfg.database.operation_timeout_ms = 3_000;
+    cfg
+}
+
+/// The registry serving on 127.0.0.1:0.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub store: Store,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts with the test configuration.
+    pub async fn spawn(db: &TestDb) -> Self {
+        Self::spawn_with(config(db)).await
+    }
+
+    /// Starts with `cfg` (plaintext client).
+    pub async fn spawn_with(cfg: Config) -> Self {
+        let app = App::build(&cfg).await.expect("app builds");
+        let addr = app.local_addr();
+        let store = app.store().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(async move {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        Self {
+            addr,
+            client: PopulationRegistryServiceClient::new(channel),
+            store,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The gRPC health status of the whole server.
+    pub async fn health(&self) -> i32 {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect_lazy();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    /// Shuts down and waits (bounded).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+pub fn date(year: i32, month: i32, day: i32) -> Option<Date> {
+    Some(Date { year, month, day })
+}
+
+/// A valid record: a boy born 2021-03-04 in Ha Noi, registered 2021-03-10 as entry `number`.
+pub fn birth(name: &str, number: i64) -> pb::BirthRecord {
+    pb::BirthRecord {
+        full_name: name.to_owned(),
+        sex: pb::Sex::Male.into(),
+        date_of_birth: date(2021, 3, 4),
+        place_of_birth: Some(pb::PlaceOfBirth {
+            description: "Bệnh viện Phụ sản Hà Nội".into(),
+            province_code: "001".into(),
+        }),
+        registration_province_code: "001".into(),
+        home_town: "Nam Định".into(),
+        ethnicity: "Kinh".into(),
+        nationality: "VN".into(),
+        father: Some(pb::Parent {
+            full_name: "Nguyễn Văn Bố".into(),
+            year_of_birth: 1990,
+            ethnicity: "Kinh".into(),
+            nationality: "VN".into(),
+            ..Default::default()
+        }),
+        mother: Some(pb::Parent {
+            full_name: "Trần Thị Mẹ".into(),
+            year_of_birth: 1992,
+            nationality: "VN".into(),
+            ..Default::default()
+        }),
+        registration: Some(pb::RegistrationReference {
+            unit_code: "HN-BD-01".into(),
+            registration_number: number,
+            book_number: "01/2021".into(),
+            registration_date: date(2021, 3, 10),
+        }),
+    }
+}
+
+pub fn issue(request_id: &str, birth: pb::BirthRecord) -> pb::IssuePersonalIdRequest {
+    pb::IssuePersonalIdRequest {
+        request_id: request_id.to_owned(),
+        birth: Some(birth),
+    }
+}
+
+/// A certificate authority that can issue server and client certificates, all written as
+/// PEM files in a temporary directory.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+    pub dir: tempfile::TempDir,
+    pub ca_file: PathBuf,
+}
+
+pub struct IssuedCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, cert.pem()).expect("write CA");
+        Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            dir,
+            ca_file,
+        }
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub fn server_cert(&self) -> IssuedCert {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue("server", params)
+    }
+
+    /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
+    /// `spiffe://test/{name}`.
+    pub fn client_cert(&self, name: &str) -> IssuedCert {
+        let mut params =
+            CertificateParams::new(vec![format!("{name}.test")]).expect("client params");
+        params.subject_alt_names.push(SanType::URI(
+            format!("spiffe://test/{name}").try_into().expect("uri"),
+        ));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Kit Tests");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(name, params)
+    }
+
+    fn issue(&self, name: &str, params: CertificateParams) -> IssuedCert {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let cert_file = self.dir.path().join(format!("{name}.pem"));
+        let key_file = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        IssuedCert {
+            cert_file,
+            key_file,
+        }
+    }
+}
