@@ -1,0 +1,147 @@
+//! Callers are admitted by client certificate against per-role allow-lists.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestApp, TestCa, TestDb, birth, config, issue};
+use contracts::mps::population::v1 as pb;
+use population_registry::config::AuthConfig;
+use population_registry::domain::errors::AuthError;
+use population_registry::grpc::auth::{Authorizer, Role};
+use service_kit::config::ClientTlsConfig;
+use service_kit::status::reason_of;
+use tonic::Code;
+
+fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client {
+    let cert = name.map(|n| ca.client_cert(n));
+    let tls = ClientTlsConfig {
+        insecure_plaintext: false,
+        ca_file: Some(ca.ca_file.clone()),
+        cert_file: cert.as_ref().map(|c| c.cert_file.clone()),
+        key_file: cert.as_ref().map(|c| c.key_file.clone()),
+        server_name: Some("localhost".into()),
+    };
+    let channel = service_kit::tls::client_channel(
+        &format!("https://localhost:{}", addr.port()),
+        &tls,
+        Duration::from_secs(3),
+    )
+    .expect("channel");
+    Client::new(channel)
+}
+
+async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
+    let server = ca.server_cert();
+    let mut cfg = config(db);
+    cfg.server.tls.insecure_plaintext = false;
+    cfg.server.tls.cert_file = Some(server.cert_file);
+    cfg.server.tls.key_file = Some(server.key_file);
+    cfg.server.tls.client_ca_file = Some(ca.ca_file.clone());
+    cfg.auth.minting_allowed = vec!["civil-registry".into()];
+    cfg.auth.read_allowed = vec!["spiffe://test/auditor".into()];
+    TestApp::spawn_with(cfg).await
+}
+
+#[tokio::test]
+async fn only_identities_on_the_allow_list_of_a_role_may_call_it() {
+    let db = TestDb::sqlite().await;
+    let ca = TestCa::new("registry");
+    let app = mtls_app(&db, &ca).await;
+    let mut minter = client(app.addr, &ca, Some("civil-registry"));
+    let mut auditor = client(app.addr, &ca, Some("auditor"));
+    let mut stranger = client(app.addr, &ca, Some("stranger"));
+
+    let issued = minter
+        .issue_personal_id(issue("reg-1", birth("An", 1)))
+        .await
+        .expect("minting caller mints")
+        .into_inner();
+    let get = |id: &str| pb::GetCitizenRequest {
+        personal_id: id.to_owned(),
+    };
+    let read_by_auditor = auditor.get_citizen(get(&issued.personal_id)).await;
+    let read_by_minter = minter.get_citizen(get(&issued.personal_id)).await;
+    let mint_by_auditor = auditor
+        .issue_personal_id(issue("reg-2", birth("Bình", 2)))
+        .await
+        .expect_err("read-only caller");
+    let read_by_stranger = stranger
+        .get_citizen(get(&issued.personal_id))
+        .await
+        .expect_err("unknown caller");
+    let batch_by_stranger = stranger
+        .batch_issue_personal_ids(tokio_stream::iter(
+            Vec::<pb::BatchIssuePersonalIdsRequest>::new(),
+        ))
+        .await
+        .expect_err("unknown caller");
+
+    assert!(read_by_auditor.is_ok());
+    assert!(read_by_minter.is_ok());
+    assert_eq!(mint_by_auditor.code(), Code::PermissionDenied);
+    assert_eq!(
+        reason_of(&mint_by_auditor).as_deref(),
+        Some("CALLER_NOT_ALLOWED")
+    );
+    assert_eq!(read_by_stranger.code(), Code::PermissionDenied);
+    assert_eq!(batch_by_stranger.code(), Code::PermissionDenied);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_without_a_client_certificate_is_turned_away() {
+    let db = TestDb::sqlite().await;
+    let ca = TestCa::new("registry");
+    let app = mtls_app(&db, &ca).await;
+    let mut anonymous = client(app.addr, &ca, None);
+
+    let err = anonymous
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: "001221000001".into(),
+        })
+        .await
+        .expect_err("no certificate");
+
+    assert_ne!(err.code(), Code::Ok);
+    app.stop().await;
+}
+
+#[test]
+fn a_request_without_a_verified_identity_is_unauthenticated() {
+    let auth = Authorizer::new(
+        &AuthConfig {
+            minting_allowed: vec!["civil-registry".into()],
+            read_allowed: vec![],
+        },
+        true,
+    );
+
+    let refused = auth
+        .check(&tonic::Request::new(()), Role::Read, "GetCitizen")
+        .expect_err("no identity");
+
+    assert!(matches!(refused, AuthError::MissingCertificate));
+    let status = population_registry::grpc::status::auth(refused);
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        reason_of(&status).as_deref(),
+        Some("CLIENT_CERTIFICATE_MISSING")
+    );
+}
+
+#[tokio::test]
+async fn tls_without_a_client_ca_is_refused_at_startup() {
+    let db = TestDb::sqlite().await;
+    let mut cfg = config(&db);
+    cfg.server.tls.insecure_plaintext = false;
+
+    let err = population_registry::app::App::build(&cfg)
+        .await
+        .expect_err("must not serve unauthenticated TLS");
+
+    assert!(
+        err.to_string().contains("server.tls.client_ca_file"),
+        "{err}"
+    );
+}
