@@ -20,9 +20,13 @@ struct Cli {
     command: Command,
 }
 
-// The benchmarks (`traffic bench ...`) join this enum as a `Bench` variant.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Benchmarks on this machine (`bench mint`, `bench e2e`); each ends with a RESULT line.
+    Bench {
+        #[command(subcommand)]
+        command: traffic::bench::BenchCommand,
+    },
     /// Writes a profile's registrations (NDJSON), units CSV and officials CSV.
     Generate {
         #[arg(long, value_enum, default_value = "pilot-2016")]
@@ -157,6 +161,7 @@ fn next_to(file: &Path, suffix: &str) -> PathBuf {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { command } => traffic::bench::run(command).await?,
         Command::Generate {
             profile,
             seed,

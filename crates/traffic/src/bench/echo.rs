@@ -77,15 +77,7 @@ pub async fn start(certs: &Certs, dir: &Path) -> anyhow::Result<Proc> {
         "--client-ca".to_owned(),
         p(&certs.ca),
     ];
-    Proc::spawn(
-        "echo",
-        &exe,
-        &args,
-        &[],
-        dir,
-        dir.join("echo-server.log"),
-    )
-    .await
+    Proc::spawn("echo", &exe, &args, &[], dir, dir.join("echo-server.log")).await
 }
 
 /// Closed-loop Echo calls with a payload of `payload_bytes` (the size of the request the
@@ -121,13 +113,7 @@ pub async fn measure(
                 delay_ms: 0,
                 fail_with_code: 0,
             };
-            async move {
-                client
-                    .echo(req)
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| s.code())
-            }
+            async move { client.echo(req).await.map(|_| ()).map_err(|s| s.code()) }
         },
     )
     .await;

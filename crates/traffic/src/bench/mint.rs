@@ -112,7 +112,7 @@ impl PgDatabase {
         let mut conn = sqlx::PgConnection::connect(admin_url)
             .await
             .with_context(|| format!("connecting to {admin_url}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await?;
         conn.close().await?;
@@ -131,9 +131,12 @@ impl PgDatabase {
     async fn drop_db(self) {
         use sqlx::Connection as _;
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
             let _ = conn.close().await;
         }
     }
@@ -157,10 +160,13 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
     let certs = Certs::create(&dir.join("tls"))?;
     let warmup = Duration::from_secs_f64(args.warmup);
     let seconds = Duration::from_secs_f64(args.seconds);
-    let gen = Arc::new(RecordGen::new(&run));
-    let payload_bytes = gen.issue(0).encoded_len();
+    let records = Arc::new(RecordGen::new(&run));
+    let payload_bytes = records.issue(0).encoded_len();
     let mut out = Map::new();
-    out.insert("backend".into(), json!(format!("{:?}", args.backend).to_lowercase()));
+    out.insert(
+        "backend".into(),
+        json!(format!("{:?}", args.backend).to_lowercase()),
+    );
     out.insert("numbers".into(), json!(args.numbers));
     out.insert("request_bytes".into(), json!(payload_bytes));
     out.insert("loadavg_start".into(), json!(proc::loadavg()));
@@ -203,9 +209,9 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
     // 2. The registry.
     let pg = match args.backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(
-            PgDatabase::create(&args.postgres_url, &format!("bench_mint_{run}")).await?,
-        ),
+        Backend::Postgres => {
+            Some(PgDatabase::create(&args.postgres_url, &format!("bench_mint_{run}")).await?)
+        }
     };
     let database_url = match &pg {
         Some(pg) => pg.url.clone(),
@@ -229,7 +235,7 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
             "population-registry on {} (pid {}, {database_url})",
             registry.grpc, registry.pid
         );
-        let r = measure_registry(&args, &registry, &certs, &gen, &echo_phases, &mut out).await;
+        let r = measure_registry(&args, &registry, &certs, &records, &echo_phases, &mut out).await;
         let stats = proc::stats(registry.pid);
         let stopped = registry.stop(Duration::from_secs(60)).await;
         r?;
@@ -281,7 +287,7 @@ async fn measure_registry(
     args: &MintArgs,
     registry: &Proc,
     certs: &Certs,
-    gen: &Arc<RecordGen>,
+    records: &Arc<RecordGen>,
     echo_phases: &[Phase],
     out: &mut Map<String, Value>,
 ) -> anyhow::Result<()> {
@@ -293,14 +299,18 @@ async fn measure_registry(
         for &c in &args.concurrency {
             let chans =
                 connect_channels(&registry.uri(), &tls, args.channels.min(c).max(1)).await?;
-            let clients: Arc<Vec<PopulationRegistryServiceClient<Channel>>> =
-                Arc::new(chans.into_iter().map(PopulationRegistryServiceClient::new).collect());
-            let gen = Arc::clone(gen);
+            let clients: Arc<Vec<PopulationRegistryServiceClient<Channel>>> = Arc::new(
+                chans
+                    .into_iter()
+                    .map(PopulationRegistryServiceClient::new)
+                    .collect(),
+            );
+            let records = Arc::clone(records);
             let cpu0 = proc::stats(registry.pid)?.cpu_seconds;
             let seq0 = counter.load(Ordering::Relaxed);
             let phase = closed_loop(c, warmup, seconds, Arc::clone(&counter), move |seq| {
                 let mut client = clients[(seq as usize) % clients.len()].clone();
-                let req = gen.issue(seq);
+                let req = records.issue(seq);
                 async move {
                     client
                         .issue_personal_id(req)
@@ -326,7 +336,11 @@ async fn measure_registry(
                 json!(round1(cpu * 1e6 / calls_total.max(1) as f64)),
             );
             if let Some(e) = echo_phases.iter().find(|e| e.concurrency == c) {
-                let ratio = if e.per_s > 0.0 { phase.per_s / e.per_s } else { 0.0 };
+                let ratio = if e.per_s > 0.0 {
+                    phase.per_s / e.per_s
+                } else {
+                    0.0
+                };
                 println!("  ratio to echo at c={c}: {:.3}", ratio);
                 out.insert(format!("unary_c{c}_to_echo"), json!(round3(ratio)));
             }
@@ -340,7 +354,7 @@ async fn measure_registry(
     let first_seq = counter.load(Ordering::Relaxed);
     let batch = batch_phase(
         chans,
-        Arc::clone(gen),
+        Arc::clone(records),
         first_seq,
         args.numbers,
         args.batch_size.clamp(1, 1000),
@@ -400,7 +414,7 @@ async fn measure_registry(
 /// `window` request messages of `batch_size` items in flight.
 async fn batch_phase(
     channels: Vec<Channel>,
-    gen: Arc<RecordGen>,
+    records: Arc<RecordGen>,
     first_seq: u64,
     numbers: u64,
     batch_size: usize,
@@ -412,9 +426,9 @@ async fn batch_phase(
     let mut tasks = Vec::new();
     for ch in channels {
         let next = Arc::clone(&next);
-        let gen = Arc::clone(&gen);
+        let records = Arc::clone(&records);
         tasks.push(tokio::spawn(async move {
-            one_stream(ch, gen, next, end, batch_size, window).await
+            one_stream(ch, records, next, end, batch_size, window).await
         }));
     }
     let mut total = BatchResult::default();
@@ -442,7 +456,7 @@ type StreamOutcome = (BatchResult, Vec<u64>, hdrhistogram::Histogram<u64>);
 
 async fn one_stream(
     channel: Channel,
-    gen: Arc<RecordGen>,
+    records: Arc<RecordGen>,
     next: Arc<AtomicU64>,
     end: u64,
     batch_size: usize,
@@ -466,9 +480,13 @@ async fn one_stream(
                 break;
             }
             let to = (from + batch_size as u64).min(end);
-            let items = (from..to).map(|seq| gen.issue(seq)).collect();
+            let items = (from..to).map(|seq| records.issue(seq)).collect();
             let _ = sent_tx.send(Instant::now());
-            if tx.send(BatchIssuePersonalIdsRequest { items }).await.is_err() {
+            if tx
+                .send(BatchIssuePersonalIdsRequest { items })
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -2,7 +2,9 @@
 //! and a sequence number: unique request ids, and provinces, sexes and birth years varied
 //! so that 10 million numbers fill no (province, century-sex, year) bucket past 1%.
 
-use crate::catalog::{FAMILY_NAMES, FEMALE_GIVEN, FEMALE_MIDDLE, MALE_GIVEN, MALE_MIDDLE, PROVINCES};
+use crate::catalog::{
+    FAMILY_NAMES, FEMALE_GIVEN, FEMALE_MIDDLE, MALE_GIVEN, MALE_MIDDLE, PROVINCES,
+};
 use chrono::{Datelike as _, Days, NaiveDate};
 use contracts::google::r#type::Date;
 use contracts::mps::population::v1::{
@@ -50,15 +52,13 @@ impl RecordGen {
     /// The `seq`-th request of the run.
     pub fn issue(&self, seq: u64) -> IssuePersonalIdRequest {
         let province = &PROVINCES[(seq % 63) as usize];
-        let male = (seq / 63) % 2 == 0;
+        let male = (seq / 63).is_multiple_of(2);
         let year = FIRST_YEAR + ((seq / 126) % YEARS) as i32;
         let day_of_year = ((seq / BUCKETS) % 365) as u32 + 1;
         let dob = NaiveDate::from_yo_opt(year, day_of_year)
             .unwrap_or_else(|| unreachable!("day 1..=365 exists in every year"));
         let h = mix(seq);
-        let registered = dob
-            .checked_add_days(Days::new(1 + h % 30))
-            .unwrap_or(dob);
+        let registered = dob.checked_add_days(Days::new(1 + h % 30)).unwrap_or(dob);
         let pick = |list: &[&'static str], shift: u32| list[((h >> shift) as usize) % list.len()];
         let family = FAMILY_NAMES[((h >> 8) as usize) % FAMILY_NAMES.len()].0;
         let (middle, given) = if male {
@@ -90,7 +90,11 @@ impl RecordGen {
                 ethnicity: "Kinh".to_owned(),
                 nationality: "VN".to_owned(),
                 father: Some(parent(
-                    format!("{family} {} {}", pick(MALE_MIDDLE, 40), pick(MALE_GIVEN, 48)),
+                    format!(
+                        "{family} {} {}",
+                        pick(MALE_MIDDLE, 40),
+                        pick(MALE_GIVEN, 48)
+                    ),
                     28 + (h % 10) as i32,
                 )),
                 mother: Some(parent(
@@ -140,7 +144,8 @@ mod tests {
         let g = RecordGen::new("t");
         for seq in (0..2_000_000).step_by(997) {
             let b = g.issue(seq).birth.unwrap();
-            let d = |d: Date| NaiveDate::from_ymd_opt(d.year, d.month as u32, d.day as u32).unwrap();
+            let d =
+                |d: Date| NaiveDate::from_ymd_opt(d.year, d.month as u32, d.day as u32).unwrap();
             let dob = d(b.date_of_birth.unwrap());
             let reg = d(b.registration.unwrap().registration_date.unwrap());
             assert!(dob < reg);
