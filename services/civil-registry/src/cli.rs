@@ -183,14 +183,24 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
             }
         }
         Command::Healthcheck { uri } => {
-            let scheme = if cfg.server.tls.insecure_plaintext {
-                "http"
+            let plaintext = cfg.server.tls.insecure_plaintext;
+            let mut addr = cfg.server.listen_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let scheme = if plaintext { "http" } else { "https" };
+            let uri = uri.unwrap_or_else(|| format!("{scheme}://{addr}"));
+            // With TLS the probe presents the service's own client identity and CA (the
+            // ministry's PKI), as configured for its calls to the population registry.
+            let tls = if plaintext {
+                service_kit::ClientTlsConfig {
+                    insecure_plaintext: true,
+                    ..Default::default()
+                }
             } else {
-                "https"
+                cfg.population_registry.tls.clone()
             };
-            let uri = uri.unwrap_or_else(|| format!("{scheme}://{}", cfg.server.listen_addr));
-            let ok =
-                service_kit::healthcheck::check(&uri, &cfg.population_registry.tls, "").await?;
+            let ok = service_kit::healthcheck::check(&uri, &tls, "").await?;
             Ok(if ok { 0 } else { 1 })
         }
         Command::Config {

@@ -1,0 +1,108 @@
+//! Breaking the service's own database: health turns NOT_SERVING and calls answer
+//! UNAVAILABLE (never hang). The population registry being down does not affect health.
+//! PostgreSQL lets a test take the database away from under the running service.
+
+mod support;
+
+use std::time::Duration;
+
+use contracts::moj::civilstatus::v1 as pb;
+use support::{Backend, TestApp, auth, birth};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn health(app: &TestApp) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+async fn wait_for(app: &TestApp, status: ServingStatus) {
+    for _ in 0..100 {
+        if health(app).await == status as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_population_registry_down_leaves_the_service_serving_on_sqlite() {
+    // Arrange
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| {
+        cfg.registration.wait_for_number_ms = 50
+    })
+    .await;
+    app.fake.set_down(true);
+    // Act
+    let r = app
+        .client()
+        .await
+        .register_birth(auth(birth("h-1"), &app.token("reg_c001")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Assert
+    assert_eq!(
+        r.into_inner().registration.unwrap().personal_id_status,
+        pb::PersonalIdStatus::Pending as i32
+    );
+    assert_eq!(health(&app).await, ServingStatus::Serving as i32);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_gone_turns_health_not_serving_and_calls_unavailable() {
+    if std::env::var("TEST_POSTGRES_URL").is_err() {
+        println!("skipped: TEST_POSTGRES_URL not set");
+        return;
+    }
+    // Arrange
+    let app = TestApp::start_with(Backend::Postgres, |cfg| {
+        cfg.database.acquire_timeout_ms = 500
+    })
+    .await;
+    wait_for(&app, ServingStatus::Serving).await;
+    let name = app.db_url.rsplit('/').next().unwrap().to_owned();
+    let admin = std::env::var("TEST_POSTGRES_URL").unwrap();
+    // Act
+    app.store.close().await;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    // Assert
+    wait_for(&app, ServingStatus::NotServing).await;
+    let started = std::time::Instant::now();
+    let status = app
+        .client()
+        .await
+        .register_birth(auth(birth("gone"), &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered promptly, no hang"
+    );
+    app.stop().await;
+}
