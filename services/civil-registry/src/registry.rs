@@ -45,7 +45,7 @@ fn db_error(e: sqlx::Error) -> RegistryError {
 
 struct WriteJob {
     row: NewRow,
-    reply: oneshot::Sender<Result<InsertOutcome, RegistryError>>,
+    reply: oneshot::Sender<Result<(InsertOutcome, Option<Registration>), RegistryError>>,
 }
 
 /// Filters of a list call, validated.
@@ -161,40 +161,56 @@ impl Registry {
         )
         .map_err(|d| Self::deny(caller, "register", d))?;
         let decision = decide(&birth.record, birth.registered_on);
+        let id = Uuid::now_v7();
         let row = NewRow {
-            id: Uuid::now_v7(),
+            id,
             birth,
             unit: caller.unit.clone(),
             official_id: caller.official_id.clone(),
             decision,
         };
+        // Subscribe before the commit: the relay may write the number back before this
+        // task runs again, and the notification must not be missed.
+        let mut settled = self.waiters.subscribe(id);
         let (reply, answer) = oneshot::channel();
+        let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
         self.writer
             .send(Box::new(WriteJob { row, reply }))
             .await
-            .map_err(|_| RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped")))?;
-        let outcome = answer
-            .await
-            .map_err(|_| RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped")))??;
-        let id = match outcome {
-            InsertOutcome::Created(id) | InsertOutcome::Existing(id) => id,
-            InsertOutcome::Conflict => return Err(RegistryError::IdempotencyKeyReused),
+            .map_err(|_| stopped())?;
+        let outcome = answer.await.map_err(|_| stopped());
+        let (outcome, created) = match outcome.and_then(|o| o) {
+            Ok(o) => o,
+            Err(e) => {
+                self.waiters.forget(id);
+                return Err(e);
+            }
         };
-        // Subscribe before reading, so that a number written in between is not missed.
-        let settled = self.waiters.subscribe(id);
-        let registration = self.load(id).await?;
+        let mut registration = match (outcome, created) {
+            (InsertOutcome::Created(_), Some(registration)) => registration,
+            (InsertOutcome::Created(other) | InsertOutcome::Existing(other), _) => {
+                // A retry: wait on the stored registration instead.
+                drop(settled);
+                self.waiters.forget(id);
+                settled = self.waiters.subscribe(other);
+                self.load(other).await?
+            }
+            (InsertOutcome::Conflict, _) => {
+                self.waiters.forget(id);
+                return Err(RegistryError::IdempotencyKeyReused);
+            }
+        };
+        let rid = registration.id;
         if registration.status != PersonalIdStatus::Pending || self.wait_for_number.is_zero() {
-            self.waiters.forget(id);
+            drop(settled);
+            self.waiters.forget(rid);
             return Ok(registration);
         }
-        if tokio::time::timeout(self.wait_for_number, settled)
-            .await
-            .is_err()
-        {
-            self.waiters.forget(id);
-            return Ok(registration);
+        match tokio::time::timeout(self.wait_for_number, settled).await {
+            Ok(Ok(settlement)) => registration.settle(settlement),
+            Ok(Err(_)) | Err(_) => self.waiters.forget(rid),
         }
-        self.load(id).await
+        Ok(registration)
     }
 
     async fn load(&self, id: Uuid) -> Result<Registration, RegistryError> {
@@ -389,7 +405,7 @@ async fn writer_loop(
         match store.insert_registrations(&rows).await {
             Ok(outcomes) => {
                 let queued = jobs.iter().zip(&outcomes).any(|(j, o)| {
-                    matches!(o, InsertOutcome::Created(_)) && j.row.decision.is_eligible()
+                    matches!(o.0, InsertOutcome::Created(_)) && j.row.decision.is_eligible()
                 });
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
@@ -410,7 +426,7 @@ async fn writer_loop(
                         o.pop()
                             .ok_or_else(|| RegistryError::Unexpected(anyhow::anyhow!("no outcome")))
                     });
-                    if eligible && matches!(reply, Ok(InsertOutcome::Created(_))) {
+                    if eligible && matches!(reply, Ok((InsertOutcome::Created(_), _))) {
                         wake.notify_one();
                     }
                     let _ = job.reply.send(reply);

@@ -662,3 +662,40 @@ pub fn book_number(registration_number: i64, year: i32) -> String {
         year
     )
 }
+
+/// How a registration's request to the population registry ended (what the relay wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// ISSUED or REJECTED.
+    pub status: PersonalIdStatus,
+    /// The number, when issued.
+    pub personal_id: Option<String>,
+    /// Why refused, when rejected.
+    pub rejection_reason: Option<String>,
+    /// When it was written, ms since the epoch.
+    pub at_ms: i64,
+}
+
+impl Registration {
+    /// The registration after `settlement`.
+    pub fn settle(&mut self, settlement: Settlement) {
+        self.status = settlement.status;
+        if let Some(old) = self
+            .personal_id
+            .take()
+            .filter(|old| Some(old) != settlement.personal_id.as_ref())
+        {
+            if settlement.personal_id.is_some() {
+                self.cancelled_personal_ids.push(old);
+            } else {
+                self.personal_id = Some(old);
+            }
+        }
+        if settlement.personal_id.is_some() {
+            self.personal_id = settlement.personal_id;
+            self.issued_at_ms = Some(settlement.at_ms);
+        }
+        self.rejection_reason = settlement.rejection_reason;
+        self.updated_at_ms = settlement.at_ms;
+    }
+}

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use uuid::Uuid;
 
 use crate::config::RelayConfig;
+use crate::domain::model::Settlement;
 use crate::domain::population::{Outcome, PopulationRegistry};
 use crate::store::{Completion, Store, now_ms};
 
@@ -23,12 +24,12 @@ use crate::store::{Completion, Store, now_ms};
 /// replica simply times out and answers PENDING: correctness never depends on this map.
 #[derive(Debug, Default)]
 pub struct Waiters {
-    map: Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>,
+    map: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Settlement>>>>,
 }
 
 impl Waiters {
     /// A receiver that fires when `id` settles.
-    pub fn subscribe(&self, id: Uuid) -> oneshot::Receiver<()> {
+    pub fn subscribe(&self, id: Uuid) -> oneshot::Receiver<Settlement> {
         let (tx, rx) = oneshot::channel();
         self.map
             .lock()
@@ -51,11 +52,11 @@ impl Waiters {
     }
 
     /// Wakes everyone waiting for these registrations.
-    pub fn notify(&self, ids: &[Uuid]) {
+    pub fn notify(&self, settled: &[(Uuid, Settlement)]) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
+        for (id, settlement) in settled {
             for tx in map.remove(id).unwrap_or_default() {
-                let _ = tx.send(());
+                let _ = tx.send(settlement.clone());
             }
         }
     }

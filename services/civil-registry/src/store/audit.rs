@@ -46,12 +46,13 @@ fn link(
     hex::encode(h.finalize())
 }
 
-/// A write transaction that owns the audit chain's head until it commits.
+/// A write transaction that owns the audit chain's head until it commits. Entries are
+/// chained in memory and written with multi-row INSERTs at commit, in the same transaction.
 pub(crate) struct WriteTx {
     pub(crate) tx: Transaction<'static, Any>,
     seq: i64,
     hash: String,
-    start_seq: i64,
+    rows: Vec<Vec<Val>>,
 }
 
 impl std::fmt::Debug for WriteTx {
@@ -68,12 +69,18 @@ impl WriteTx {
             tx,
             seq,
             hash,
-            start_seq: seq,
+            rows: Vec::new(),
         }
     }
 
-    /// Appends an entry to the chain.
+    /// Appends an entry to the chain (written at commit).
     pub(crate) async fn audit(&mut self, entry: AuditEntry) -> Result<(), sqlx::Error> {
+        self.audit_now(entry);
+        Ok(())
+    }
+
+    /// Appends an entry to the chain (written at commit).
+    pub(crate) fn audit_now(&mut self, entry: AuditEntry) {
         let seq = self.seq + 1;
         let at_ms = now_ms();
         let details = entry.details.to_string();
@@ -86,28 +93,39 @@ impl WriteTx {
             &entry.entity,
             &details,
         );
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at_ms, actor, action, entity, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(seq)
-        .bind(at_ms)
-        .bind(entry.actor)
-        .bind(entry.action)
-        .bind(entry.entity)
-        .bind(details)
-        .bind(&self.hash)
-        .bind(&hash)
-        .execute(&mut *self.tx)
-        .await?;
+        self.rows.push(vec![
+            Val::I(seq),
+            Val::I(at_ms),
+            Val::S(entry.actor),
+            Val::S(entry.action.to_owned()),
+            Val::S(entry.entity),
+            Val::S(details),
+            Val::S(std::mem::replace(&mut self.hash, hash.clone())),
+            Val::S(hash),
+        ]);
         self.seq = seq;
-        self.hash = hash;
-        Ok(())
     }
 
-    /// Moves the head and commits; returns once the commit is durable.
+    /// Writes the entries, moves the head and commits; returns once the commit is durable.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if self.seq != self.start_seq {
+        if !self.rows.is_empty() {
+            let rows = std::mem::take(&mut self.rows);
+            insert_rows(
+                &mut self.tx,
+                "audit_log",
+                &[
+                    "seq",
+                    "at_ms",
+                    "actor",
+                    "action",
+                    "entity",
+                    "details",
+                    "prev_hash",
+                    "hash",
+                ],
+                rows,
+            )
+            .await?;
             sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
                 .bind(self.seq)
                 .bind(&self.hash)
@@ -116,6 +134,59 @@ impl WriteTx {
         }
         self.tx.commit().await
     }
+}
+
+/// A value for a multi-row INSERT.
+#[derive(Clone, Debug)]
+pub(crate) enum Val {
+    I(i64),
+    S(String),
+    OS(Option<String>),
+    B(Vec<u8>),
+}
+
+/// Inserts rows with as few statements as the parameter limits allow (SQLite allows 32,766
+/// parameters per statement, PostgreSQL 65,535; chunks stay well below both).
+pub(crate) async fn insert_rows(
+    tx: &mut Transaction<'static, Any>,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Val>>,
+) -> Result<(), sqlx::Error> {
+    let per_chunk = (4_000 / columns.len()).max(1);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Val>> = rows.by_ref().take(per_chunk).collect();
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let mut n = 0;
+        for (i, _) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 0..columns.len() {
+                n += 1;
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            for v in row {
+                query = match v {
+                    Val::I(x) => query.bind(x),
+                    Val::S(x) => query.bind(x),
+                    Val::OS(x) => query.bind(x),
+                    Val::B(x) => query.bind(x),
+                };
+            }
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// Result of `audit verify`.

@@ -6,6 +6,7 @@
 use uuid::Uuid;
 
 use super::{AuditEntry, Store, now_ms};
+use crate::domain::model::{PersonalIdStatus, Settlement};
 use crate::domain::population::{Outbound, OutboundKind};
 
 /// How a leased row ended.
@@ -81,48 +82,48 @@ impl Store {
             .await
     }
 
-    /// Writes the outcomes of leased rows back in one transaction. Returns the ids of the
-    /// registrations whose number (or refusal) was recorded.
+    /// Writes the outcomes of leased rows back in one transaction. Returns what was
+    /// settled, for the waiters. An answer for a key the registration no longer waits on
+    /// (a stale lease) only removes its row.
     pub async fn complete_outbox(
         &self,
         completions: &[Completion],
-    ) -> Result<Vec<Uuid>, sqlx::Error> {
+    ) -> Result<Vec<(Uuid, Settlement)>, sqlx::Error> {
         let mut wtx = self.begin_write().await?;
         let now = now_ms();
         let mut settled = Vec::new();
+        let mut done_keys = Vec::new();
         for completion in completions {
             match completion {
                 Completion::Issued { item, personal_id } => {
                     let rid = item.registration_id.to_string();
-                    let old: Option<Option<String>> = sqlx::query_scalar(
-                        "SELECT personal_id FROM registrations WHERE id = $1 AND issue_key = $2 AND status = 'PENDING'",
-                    )
-                    .bind(rid.clone())
-                    .bind(item.key.clone())
-                    .fetch_optional(&mut *wtx.tx)
-                    .await?;
-                    if let Some(old) = old {
-                        if let Some(old) = old.filter(|o| o != personal_id) {
-                            sqlx::query(
-                                "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) VALUES ($1, $2, $3) \
-                                 ON CONFLICT (personal_id) DO NOTHING",
-                            )
-                            .bind(old)
-                            .bind(rid.clone())
-                            .bind(now)
-                            .execute(&mut *wtx.tx)
-                            .await?;
-                        }
+                    if item.kind == OutboundKind::Reissue {
                         sqlx::query(
-                            "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, \
-                             updated_at_ms = $2, rejection_reason = NULL WHERE id = $3",
+                            "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) \
+                             SELECT personal_id, id, $1 FROM registrations \
+                             WHERE id = $2 AND issue_key = $3 AND status = 'PENDING' AND personal_id IS NOT NULL AND personal_id <> $4 \
+                             ON CONFLICT (personal_id) DO NOTHING",
                         )
-                        .bind(personal_id.clone())
                         .bind(now)
                         .bind(rid.clone())
+                        .bind(item.key.clone())
+                        .bind(personal_id.clone())
                         .execute(&mut *wtx.tx)
                         .await?;
-                        wtx.audit(AuditEntry {
+                    }
+                    let done = sqlx::query(
+                        "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, \
+                         updated_at_ms = $2, rejection_reason = NULL WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'",
+                    )
+                    .bind(personal_id.clone())
+                    .bind(now)
+                    .bind(rid.clone())
+                    .bind(item.key.clone())
+                    .execute(&mut *wtx.tx)
+                    .await?
+                    .rows_affected();
+                    if done > 0 {
+                        wtx.audit_now(AuditEntry {
                             actor: "system:relay".into(),
                             action: if item.kind == OutboundKind::Reissue {
                                 "personal_id.reissued"
@@ -131,11 +132,18 @@ impl Store {
                             },
                             entity: format!("registration/{rid}"),
                             details: serde_json::json!({ "key": item.key }),
-                        })
-                        .await?;
-                        settled.push(item.registration_id);
+                        });
+                        settled.push((
+                            item.registration_id,
+                            Settlement {
+                                status: PersonalIdStatus::Issued,
+                                personal_id: Some(personal_id.clone()),
+                                rejection_reason: None,
+                                at_ms: now,
+                            },
+                        ));
                     }
-                    delete_row(&mut wtx, &item.key).await?;
+                    done_keys.push(item.key.clone());
                 }
                 Completion::Rejected { item, reason } => {
                     let rid = item.registration_id.to_string();
@@ -151,16 +159,23 @@ impl Store {
                     .await?
                     .rows_affected();
                     if done > 0 {
-                        wtx.audit(AuditEntry {
+                        wtx.audit_now(AuditEntry {
                             actor: "system:relay".into(),
                             action: "personal_id.rejected",
                             entity: format!("registration/{rid}"),
                             details: serde_json::json!({ "key": item.key }),
-                        })
-                        .await?;
-                        settled.push(item.registration_id);
+                        });
+                        settled.push((
+                            item.registration_id,
+                            Settlement {
+                                status: PersonalIdStatus::Rejected,
+                                personal_id: None,
+                                rejection_reason: Some(reason.clone()),
+                                at_ms: now,
+                            },
+                        ));
                     }
-                    delete_row(&mut wtx, &item.key).await?;
+                    done_keys.push(item.key.clone());
                 }
                 Completion::Retry {
                     item,
@@ -178,6 +193,18 @@ impl Store {
                     .await?;
                 }
             }
+        }
+        for chunk in done_keys.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM outbox WHERE issue_key IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for key in chunk {
+                query = query.bind(key.clone());
+            }
+            query.execute(&mut *wtx.tx).await?;
         }
         wtx.commit().await?;
         Ok(settled)
@@ -272,12 +299,4 @@ impl Store {
         wtx.commit().await?;
         Ok(true)
     }
-}
-
-async fn delete_row(wtx: &mut super::audit::WriteTx, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM outbox WHERE issue_key = $1")
-        .bind(key.to_owned())
-        .execute(&mut *wtx.tx)
-        .await?;
-    Ok(())
 }

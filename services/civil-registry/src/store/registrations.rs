@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::audit::{Val, insert_rows};
 use super::{AuditEntry, Store, now_ms};
 use crate::domain::eligibility::{Decision, IneligibilityReason};
 use crate::domain::error::RegistryError;
@@ -149,42 +150,85 @@ pub struct ReconcileRow {
 
 impl Store {
     /// Inserts a group of registrations in ONE transaction (with their audit entries and
-    /// outbox rows), returning one outcome per row in order. Requests already stored are
-    /// answered from the database. On a database error nothing of the group is kept.
+    /// outbox rows), returning one outcome per row in order, and the stored registration
+    /// for rows created now. Requests already stored are answered from the database. On a
+    /// database error nothing of the group is kept.
     pub async fn insert_registrations(
         &self,
         rows: &[NewRow],
-    ) -> Result<Vec<InsertOutcome>, sqlx::Error> {
+    ) -> Result<Vec<(InsertOutcome, Option<Registration>)>, sqlx::Error> {
         let mut wtx = self.begin_write().await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
         let now = now_ms();
-        for row in rows {
-            let existing: Option<(String, String)> = sqlx::query_as(
-                "SELECT id, content_hash FROM registrations WHERE origin_unit_code = $1 AND request_id = $2",
-            )
-            .bind(row.unit.code.as_str().to_owned())
-            .bind(row.birth.request_id.as_str().to_owned())
-            .fetch_optional(&mut *wtx.tx)
-            .await?;
+        // 1. Requests stored before (retries), found with one query per chunk.
+        let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
+        for chunk in rows.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT origin_unit_code, request_id, id, content_hash FROM registrations WHERE request_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query =
+                sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query.bind(row.birth.request_id.as_str().to_owned());
+            }
+            for (unit, request_id, id, hash) in query.fetch_all(&mut *wtx.tx).await? {
+                stored.insert((unit, request_id), (id, hash));
+            }
+        }
+        // 2. Decide each row; new rows get their number per unit and year, gapless.
+        let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; rows.len()];
+        let mut fresh: Vec<(usize, String)> = Vec::new();
+        let mut per_book: HashMap<(String, i32), Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let key = (
+                row.unit.code.as_str().to_owned(),
+                row.birth.request_id.as_str().to_owned(),
+            );
             let hash = row.birth.content_hash();
-            if let Some((id, stored_hash)) = existing {
-                outcomes.push(if stored_hash == hash {
-                    InsertOutcome::Existing(Uuid::parse_str(&id).map_err(decode_err)?)
+            if let Some((id, stored_hash)) = stored.get(&key) {
+                outcomes[i] = Some(if *stored_hash == hash {
+                    InsertOutcome::Existing(Uuid::parse_str(id).map_err(decode_err)?)
                 } else {
                     InsertOutcome::Conflict
                 });
                 continue;
             }
-            let year = row.birth.registered_on.year();
-            let number: i64 = sqlx::query_scalar(
-                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, 1) \
-                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + 1 \
+            stored.insert(key.clone(), (row.id.to_string(), hash.clone()));
+            fresh.push((i, hash));
+            per_book
+                .entry((key.0, row.birth.registered_on.year()))
+                .or_default()
+                .push(i);
+        }
+        let mut numbers: HashMap<usize, i64> = HashMap::new();
+        let mut books: Vec<_> = per_book.into_iter().collect();
+        // A fixed order of counter updates keeps concurrent writers from deadlocking.
+        books.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((unit, year), members) in books {
+            let k = members.len() as i64;
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, $3) \
+                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
                  RETURNING last_number",
             )
-            .bind(row.unit.code.as_str().to_owned())
+            .bind(unit)
             .bind(i64::from(year))
+            .bind(k)
             .fetch_one(&mut *wtx.tx)
             .await?;
+            for (j, i) in members.into_iter().enumerate() {
+                numbers.insert(i, last - k + 1 + j as i64);
+            }
+        }
+        // 3. Registrations, outbox rows and audit entries, multi-row.
+        let mut registration_rows = Vec::with_capacity(fresh.len());
+        let mut outbox_rows = Vec::new();
+        let mut created = HashMap::new();
+        for (i, hash) in fresh {
+            let row = &rows[i];
+            let number = numbers[&i];
+            let year = row.birth.registered_on.year();
             let status = if row.decision.is_eligible() {
                 PersonalIdStatus::Pending
             } else {
@@ -211,49 +255,78 @@ impl Store {
             };
             let id = row.id.to_string();
             let issue_key = row.decision.is_eligible().then(|| id.clone());
-            sqlx::query(
-                "INSERT INTO registrations (id, origin_unit_code, request_id, content_hash, unit_code, official_id, \
-                 reg_year, registration_number, book_number, registered_on, kind, status, reasons, rule_version, \
-                 issue_key, issue_generation, record, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17, $17)",
-            )
-            .bind(id.clone())
-            .bind(row.unit.code.as_str().to_owned())
-            .bind(registration.request_id.clone())
-            .bind(hash)
-            .bind(row.unit.code.as_str().to_owned())
-            .bind(row.official_id.clone())
-            .bind(i64::from(year))
-            .bind(number)
-            .bind(registration.book_number.clone())
-            .bind(registration.registered_on.format("%Y-%m-%d").to_string())
-            .bind(registration.record.kind.as_str())
-            .bind(status.as_str())
-            .bind(IneligibilityReason::mask(&registration.reasons))
-            .bind(registration.rule_version.clone())
-            .bind(issue_key.clone())
-            .bind(serde_json::to_string(&registration.record).map_err(decode_err)?)
-            .bind(now)
-            .execute(&mut *wtx.tx)
-            .await?;
+            let mask = IneligibilityReason::mask(&registration.reasons);
+            registration_rows.push(vec![
+                Val::S(id.clone()),
+                Val::S(row.unit.code.as_str().to_owned()),
+                Val::S(registration.request_id.clone()),
+                Val::S(hash),
+                Val::S(row.unit.code.as_str().to_owned()),
+                Val::S(row.official_id.clone()),
+                Val::I(i64::from(year)),
+                Val::I(number),
+                Val::S(registration.book_number.clone()),
+                Val::S(registration.registered_on.format("%Y-%m-%d").to_string()),
+                Val::S(registration.record.kind.as_str().to_owned()),
+                Val::S(status.as_str().to_owned()),
+                Val::I(mask),
+                Val::S(registration.rule_version.clone()),
+                Val::OS(issue_key.clone()),
+                Val::I(0),
+                Val::S(serde_json::to_string(&registration.record).map_err(decode_err)?),
+                Val::I(now),
+                Val::I(now),
+            ]);
             if let Some(key) = issue_key {
                 let payload = encode::issue_request(&registration, &row.unit, &key);
-                insert_outbox(&mut wtx, &key, &id, OutboundKind::Issue, payload, now).await?;
+                outbox_rows.push(outbox_row(&key, &id, OutboundKind::Issue, payload, now));
             }
-            wtx.audit(AuditEntry {
+            wtx.audit_now(AuditEntry {
                 actor: row.official_id.clone(),
                 action: "registration.create",
                 entity: format!("registration/{id}"),
                 details: serde_json::json!({
                     "unit": row.unit.code.as_str(), "number": number, "status": status.as_str(),
-                    "reasons": IneligibilityReason::mask(&registration.reasons), "rule": registration.rule_version,
+                    "reasons": mask, "rule": registration.rule_version,
                 }),
-            })
-            .await?;
-            outcomes.push(InsertOutcome::Created(row.id));
+            });
+            outcomes[i] = Some(InsertOutcome::Created(row.id));
+            created.insert(i, registration);
         }
+        insert_rows(
+            &mut wtx.tx,
+            "registrations",
+            &[
+                "id",
+                "origin_unit_code",
+                "request_id",
+                "content_hash",
+                "unit_code",
+                "official_id",
+                "reg_year",
+                "registration_number",
+                "book_number",
+                "registered_on",
+                "kind",
+                "status",
+                "reasons",
+                "rule_version",
+                "issue_key",
+                "issue_generation",
+                "record",
+                "created_at_ms",
+                "updated_at_ms",
+            ],
+            registration_rows,
+        )
+        .await?;
+        insert_rows(&mut wtx.tx, "outbox", OUTBOX_COLUMNS, outbox_rows).await?;
         wtx.commit().await?;
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| (o.unwrap_or(InsertOutcome::Conflict), created.remove(&i)))
+            .collect())
     }
 
     /// A registration with its current unit.
@@ -608,6 +681,36 @@ impl Store {
     }
 }
 
+const OUTBOX_COLUMNS: &[&str] = &[
+    "issue_key",
+    "registration_id",
+    "kind",
+    "payload",
+    "attempts",
+    "next_attempt_ms",
+    "lease_until_ms",
+    "created_at_ms",
+];
+
+fn outbox_row(
+    key: &str,
+    registration_id: &str,
+    kind: OutboundKind,
+    payload: Vec<u8>,
+    now: i64,
+) -> Vec<Val> {
+    vec![
+        Val::S(key.to_owned()),
+        Val::S(registration_id.to_owned()),
+        Val::S(kind.as_str().to_owned()),
+        Val::B(payload),
+        Val::I(0),
+        Val::I(now),
+        Val::I(0),
+        Val::I(now),
+    ]
+}
+
 pub(crate) async fn insert_outbox(
     wtx: &mut super::audit::WriteTx,
     key: &str,
@@ -616,16 +719,11 @@ pub(crate) async fn insert_outbox(
     payload: Vec<u8>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (issue_key, registration_id, kind, payload, attempts, next_attempt_ms, lease_until_ms, created_at_ms) \
-         VALUES ($1, $2, $3, $4, 0, $5, 0, $5)",
+    insert_rows(
+        &mut wtx.tx,
+        "outbox",
+        OUTBOX_COLUMNS,
+        vec![outbox_row(key, registration_id, kind, payload, now)],
     )
-    .bind(key.to_owned())
-    .bind(registration_id.to_owned())
-    .bind(kind.as_str())
-    .bind(payload)
-    .bind(now)
-    .execute(&mut *wtx.tx)
-    .await?;
-    Ok(())
+    .await
 }

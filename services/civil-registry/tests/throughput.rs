@@ -1,0 +1,66 @@
+//! Throughput of RegisterBirth on SQLite (WAL, synchronous=FULL) with numbers obtained from
+//! a fake population registry: a measurement, not a gate. Run with
+//! `cargo test --release -p civil-registry --test throughput -- --ignored --nocapture`.
+
+mod support;
+
+use std::time::Instant;
+
+use contracts::moj::civilstatus::v1 as pb;
+use support::{Backend, TestApp, auth, birth};
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement; run explicitly"]
+async fn register_birth_throughput_on_sqlite_with_full_sync() {
+    let total: usize = std::env::var("THROUGHPUT_TOTAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let concurrency: usize = std::env::var("THROUGHPUT_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let app = TestApp::start(Backend::Sqlite).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(app.client().await);
+    }
+    let token = app.token("reg_c001");
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut client = clients[w % clients.len()].clone();
+        let token = token.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut issued = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return issued;
+                }
+                let r = client
+                    .register_birth(auth(birth(&format!("tp-{i}")), &token))
+                    .await
+                    .unwrap();
+                if r.into_inner().registration.unwrap().personal_id_status
+                    == pb::PersonalIdStatus::Issued as i32
+                {
+                    issued += 1;
+                }
+            }
+        }));
+    }
+    let mut issued = 0;
+    for t in tasks {
+        issued += t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "registrations={total} concurrency={concurrency} seconds={elapsed:.2} per_second={:.0} issued_in_response={issued}",
+        total as f64 / elapsed
+    );
+    assert_eq!(app.count_registrations().await, total as i64);
+    app.stop().await;
+}
