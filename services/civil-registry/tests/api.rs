@@ -826,7 +826,47 @@ async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backen
     app.stop().await;
 }
 
+async fn two_replicas_relay_together_and_send_every_row_once(backend: Backend) {
+    // Arrange: two replicas on one database; the population registry is down while the
+    // rows queue up, so that both relays find the same backlog when it comes back.
+    let app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
+    let replica = app.replica().await;
+    app.fake.set_down(true);
+    let mut names = Vec::new();
+    for i in 0..40 {
+        let mut client = if i % 2 == 0 {
+            app.client().await
+        } else {
+            replica.client().await
+        };
+        let r = client
+            .register_birth(auth(birth(&format!("rep-{i}")), &app.token("reg_c001")))
+            .await
+            .unwrap();
+        names.push(r.into_inner().registration.unwrap().name);
+    }
+    // Act
+    app.fake.set_down(false);
+    // Assert
+    for name in &names {
+        assert_eq!(
+            app.settled("reg_c001", name).await.personal_id_status,
+            ISSUED
+        );
+    }
+    let per_key = app.fake.distinct_contents_per_key();
+    assert_eq!(per_key.len(), 40);
+    let state = app.fake.state.lock().unwrap();
+    let successful_sends = state.received.len();
+    drop(state);
+    assert!(per_key.values().all(|n| *n == 1));
+    assert_eq!(successful_sends, 40, "no row was in flight twice");
+    replica.stop().await;
+    app.stop().await;
+}
+
 both_backends!(
+    two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,
     ineligible_births_are_registered_with_their_reason_and_never_sent,
     a_retry_returns_the_same_registration_and_other_content_is_refused,

@@ -214,6 +214,21 @@ impl TestApp {
         })));
     }
 
+    /// Another replica of the service on the same database and population registry.
+    pub async fn replica(&self) -> Replica {
+        let app = App::build(self.cfg.clone()).await.expect("build replica");
+        let addr = app.grpc_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.serve(async move {
+            let _ = rx.await;
+        }));
+        Replica {
+            addr,
+            shutdown: tx,
+            task,
+        }
+    }
+
     /// Stops the service (graceful).
     pub async fn halt(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -349,5 +364,24 @@ pub fn birth(request_id: &str) -> pb::RegisterBirthRequest {
             relationship: pb::Relationship::Father as i32,
         }),
         registered_on: date(2025, 9, 1),
+    }
+}
+
+pub struct Replica {
+    pub addr: SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub async fn client(&self) -> BirthRegistrationServiceClient<Channel> {
+        BirthRegistrationServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.task.await.expect("join").expect("serve");
     }
 }
