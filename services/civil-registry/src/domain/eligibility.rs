@@ -111,3 +111,90 @@ pub fn decide(record: &BirthRecord, registered_on: NaiveDate) -> Decision {
         rule_version: RULE_VERSION,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::*;
+
+    fn record(kind: RegistrationKind, sex: Sex, dob: NaiveDate, nationality: &str) -> BirthRecord {
+        let today = NaiveDate::from_ymd_opt(2030, 1, 1).unwrap();
+        BirthRecord {
+            kind,
+            has_foreign_element: false,
+            child: Child {
+                full_name: PersonName::parse("An").unwrap(),
+                sex,
+                date_of_birth: BirthDate::parse(dob, today).unwrap(),
+                place_of_birth: PlaceOfBirth {
+                    description: PlaceText::parse("Ha Noi").unwrap(),
+                    province_code: None,
+                },
+                home_town: PlaceText::parse("Nam Dinh").unwrap(),
+                ethnicity: Ethnicity::parse("Kinh").unwrap(),
+                nationality: Nationality::parse(nationality).unwrap(),
+            },
+            father: None,
+            mother: None,
+            requester: Requester {
+                full_name: PersonName::parse("Binh").unwrap(),
+                relationship: Relationship::Father,
+            },
+        }
+    }
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    #[test]
+    fn a_first_time_vietnamese_child_of_determined_sex_under_14_is_eligible() {
+        let decision = decide(
+            &record(
+                RegistrationKind::FirstTime,
+                Sex::Female,
+                d(2020, 1, 1),
+                "VN",
+            ),
+            d(2020, 2, 1),
+        );
+        assert!(decision.is_eligible());
+        assert_eq!(decision.rule_version, RULE_VERSION);
+    }
+
+    #[test]
+    fn every_failing_condition_is_reported_not_only_the_first() {
+        let decision = decide(
+            &record(
+                RegistrationKind::ReRegistration,
+                Sex::Undetermined,
+                d(1990, 1, 1),
+                "FR",
+            ),
+            d(2015, 6, 1),
+        );
+        assert_eq!(decision.reasons, IneligibilityReason::ALL.to_vec());
+    }
+
+    #[test]
+    fn a_child_born_on_29_february_turns_14_on_28_february() {
+        let r = record(RegistrationKind::FirstTime, Sex::Male, d(2016, 2, 29), "VN");
+        assert!(decide(&r, d(2030, 2, 27)).is_eligible());
+        assert_eq!(
+            decide(&r, d(2030, 2, 28)).reasons,
+            vec![IneligibilityReason::Age14OrOver]
+        );
+    }
+
+    #[test]
+    fn reason_masks_round_trip() {
+        let reasons = vec![
+            IneligibilityReason::ForeignNationality,
+            IneligibilityReason::Age14OrOver,
+        ];
+        assert_eq!(
+            IneligibilityReason::from_mask(IneligibilityReason::mask(&reasons)),
+            reasons
+        );
+    }
+}
