@@ -1,0 +1,60 @@
+//! A quick, ignored throughput probe of batch minting (the real benchmark is
+//! `traffic bench mint`): `cargo test --release -p population-registry
+//! --test batch_speed -- --ignored --nocapture`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{TestApp, TestDb, birth, issue};
+use contracts::mps::population::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput probe, not a test"]
+async fn batch_minting_throughput_on_sqlite() {
+    let total: i64 = std::env::var("PROBE_NUMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let db = match TestDb::postgres().await {
+        Some(db) if std::env::var("PROBE_POSTGRES").is_ok() => db,
+        _ => TestDb::sqlite().await,
+    };
+    let mut app = TestApp::spawn(&db).await;
+    let messages: Vec<pb::BatchIssuePersonalIdsRequest> = (0..total / 1000)
+        .map(|m| pb::BatchIssuePersonalIdsRequest {
+            items: (0..1000)
+                .map(|i| {
+                    let n = m * 1000 + i + 1;
+                    let mut b = birth(&format!("Trẻ {n}"), n);
+                    b.registration_province_code =
+                        ["001", "079", "031", "048", "092"][(n % 5) as usize].into();
+                    if n % 2 == 0 {
+                        b.sex = pb::Sex::Female.into();
+                    }
+                    issue(&format!("r{n}"), b)
+                })
+                .collect(),
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut stream = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(messages))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut minted = 0usize;
+    while let Some(msg) = stream.message().await.expect("ok") {
+        minted += msg.results.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+
+    println!(
+        "RESULT batch minted={minted} seconds={secs:.2} numbers_per_s={:.0}",
+        minted as f64 / secs
+    );
+    assert_eq!(minted as i64, total);
+    app.stop().await;
+}
