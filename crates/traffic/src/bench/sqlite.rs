@@ -22,6 +22,11 @@ pub struct SqliteBaseline {
     pub batched_rows: u64,
     pub batched_seconds: f64,
     pub batched_per_s: f64,
+    /// Batched rows/s in the population registry's statement shape (23 columns, 100 rows
+    /// per INSERT) with PostgreSQL-style `$N` placeholders, as the services write them.
+    pub wide_dollar_per_s: f64,
+    /// The same with anonymous `?` placeholders.
+    pub wide_question_per_s: f64,
 }
 
 /// A row about the size of a registration: two unique text keys (the second random, like
@@ -110,6 +115,8 @@ pub async fn measure(
         single_rows += 1;
     }
     let single_seconds = start.elapsed().as_secs_f64();
+    let wide_dollar_per_s = wide(&mut conn, "wide_dollar", true, batched_rows / 5).await?;
+    let wide_question_per_s = wide(&mut conn, "wide_question", false, batched_rows / 5).await?;
     conn.close().await?;
     Ok(SqliteBaseline {
         single_rows,
@@ -118,5 +125,66 @@ pub async fn measure(
         batched_rows,
         batched_seconds,
         batched_per_s: batched_rows as f64 / batched_seconds,
+        wide_dollar_per_s,
+        wide_question_per_s,
     })
+}
+
+/// Columns and rows per statement of the wide phase (the registry's citizens insert).
+const WIDE_COLUMNS: usize = 23;
+const WIDE_ROWS_PER_STATEMENT: usize = 100;
+
+/// Inserts `rows` 23-column rows, 100 per statement and 1,000 per transaction, with `$N`
+/// or `?` placeholders. sqlx-sqlite resolves each bound parameter through
+/// `sqlite3_bind_parameter_name`, which for named (`$N`) parameters scans SQLite's list of
+/// names: quadratic in the parameters of a statement. This phase measures what that costs.
+async fn wide(
+    conn: &mut SqliteConnection,
+    table: &str,
+    dollar: bool,
+    rows: u64,
+) -> anyhow::Result<f64> {
+    let cols: Vec<String> = (1..WIDE_COLUMNS)
+        .map(|c| format!("c{c} TEXT NOT NULL"))
+        .collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id INTEGER PRIMARY KEY, {})",
+        cols.join(", ")
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let mut n = 0;
+    let tuples: Vec<String> = (0..WIDE_ROWS_PER_STATEMENT)
+        .map(|r| {
+            let ps: Vec<String> = (0..WIDE_COLUMNS)
+                .map(|c| {
+                    if dollar {
+                        format!("${}", r * WIDE_COLUMNS + c + 1)
+                    } else {
+                        "?".to_owned()
+                    }
+                })
+                .collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    let sql = format!("INSERT INTO {table} VALUES {}", tuples.join(", "));
+    let value = format!("{:0>12}", 7);
+    let start = Instant::now();
+    while n < rows {
+        let mut tx = conn.begin().await?;
+        for _ in 0..(ROWS_PER_TXN as usize / WIDE_ROWS_PER_STATEMENT) {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for _ in 0..WIDE_ROWS_PER_STATEMENT {
+                q = q.bind(n as i64);
+                n += 1;
+                for _ in 1..WIDE_COLUMNS {
+                    q = q.bind(value.clone());
+                }
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
