@@ -24,11 +24,21 @@ async fn a_small_pilot_is_fully_numbered_and_reconciles_across_both_services() {
     };
 
     // Act
-    let run = run_pilot(&opts).await.expect("the pilot runs and both services stop cleanly");
+    let run = run_pilot(&opts)
+        .await
+        .expect("the pilot runs and both services stop cleanly");
 
     // Assert
-    assert_eq!(run.verify.violations, Vec::<String>::new(), "verify found violations");
-    assert_eq!(run.replay.failed, 0, "errors by code: {:?}", run.replay.errors);
+    assert_eq!(
+        run.verify.violations,
+        Vec::<String>::new(),
+        "verify found violations"
+    );
+    assert_eq!(
+        run.replay.failed, 0,
+        "errors by code: {:?}",
+        run.replay.errors
+    );
     assert_eq!(run.result.registrations, 348);
     assert_eq!(run.result.not_eligible, 14);
     assert_eq!(run.result.issued, 334);
