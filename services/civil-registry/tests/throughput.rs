@@ -20,7 +20,16 @@ async fn register_birth_throughput_on_sqlite_with_full_sync() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(512);
-    let app = TestApp::start(Backend::Sqlite).await;
+    let relay = std::env::var("THROUGHPUT_RELAY")
+        .map(|v| v != "0")
+        .unwrap_or(true);
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| {
+        cfg.relay.enabled = relay;
+        if !relay {
+            cfg.registration.wait_for_number_ms = 0;
+        }
+    })
+    .await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(app.client().await);
@@ -58,7 +67,7 @@ async fn register_birth_throughput_on_sqlite_with_full_sync() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "registrations={total} concurrency={concurrency} seconds={elapsed:.2} per_second={:.0} issued_in_response={issued}",
+        "relay={relay} registrations={total} concurrency={concurrency} seconds={elapsed:.2} per_second={:.0} issued_in_response={issued}",
         total as f64 / elapsed
     );
     assert_eq!(app.count_registrations().await, total as i64);

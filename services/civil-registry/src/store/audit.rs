@@ -53,6 +53,7 @@ pub(crate) struct WriteTx {
     seq: i64,
     hash: String,
     rows: Vec<Vec<Val>>,
+    pub(crate) backend: super::Backend,
 }
 
 impl std::fmt::Debug for WriteTx {
@@ -64,12 +65,18 @@ impl std::fmt::Debug for WriteTx {
 }
 
 impl WriteTx {
-    pub(crate) fn new(tx: Transaction<'static, Any>, seq: i64, hash: String) -> Self {
+    pub(crate) fn new(
+        tx: Transaction<'static, Any>,
+        seq: i64,
+        hash: String,
+        backend: super::Backend,
+    ) -> Self {
         Self {
             tx,
             seq,
             hash,
             rows: Vec::new(),
+            backend,
         }
     }
 
@@ -112,6 +119,7 @@ impl WriteTx {
             let rows = std::mem::take(&mut self.rows);
             insert_rows(
                 &mut self.tx,
+                self.backend,
                 "audit_log",
                 &[
                     "seq",
@@ -149,6 +157,7 @@ pub(crate) enum Val {
 /// parameters per statement, PostgreSQL 65,535; chunks stay well below both).
 pub(crate) async fn insert_rows(
     tx: &mut Transaction<'static, Any>,
+    backend: super::Backend,
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Val>>,
@@ -169,7 +178,7 @@ pub(crate) async fn insert_rows(
                 if c > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${n}"));
+                sql.push_str(&super::param(backend, n));
             }
             sql.push(')');
         }

@@ -47,6 +47,24 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
     include_str!("../../migrations/postgres/0001_initial.sql"),
 )];
 
+/// The `n`-th (1-based) bind parameter for statements built at run time. SQLite gets
+/// anonymous `?` parameters: sqlx resolves named or numbered ones by asking SQLite for each
+/// parameter's name, which is quadratic in the number of parameters of a multi-row INSERT.
+pub(crate) fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_owned(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+/// `count` parameters separated by commas, numbered from 1.
+pub(crate) fn params(backend: Backend, count: usize) -> String {
+    (1..=count)
+        .map(|n| param(backend, n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -174,7 +192,7 @@ impl Store {
             Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
         };
         let (seq, hash): (i64, String) = sqlx::query_as(sql).fetch_one(&mut *tx).await?;
-        Ok(audit::WriteTx::new(tx, seq, hash))
+        Ok(audit::WriteTx::new(tx, seq, hash, self.backend))
     }
 }
 

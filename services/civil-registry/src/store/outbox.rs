@@ -195,11 +195,8 @@ impl Store {
             }
         }
         for chunk in done_keys.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "DELETE FROM outbox WHERE issue_key IN ({})",
-                placeholders.join(", ")
-            );
+            let placeholders = super::params(wtx.backend, chunk.len());
+            let sql = format!("DELETE FROM outbox WHERE issue_key IN ({})", placeholders);
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for key in chunk {
                 query = query.bind(key.clone());

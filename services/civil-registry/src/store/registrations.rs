@@ -162,10 +162,10 @@ impl Store {
         // 1. Requests stored before (retries), found with one query per chunk.
         let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
         for chunk in rows.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let placeholders = super::params(wtx.backend, chunk.len());
             let sql = format!(
                 "SELECT origin_unit_code, request_id, id, content_hash FROM registrations WHERE request_id IN ({})",
-                placeholders.join(", ")
+                placeholders
             );
             let mut query =
                 sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql));
@@ -295,6 +295,7 @@ impl Store {
         }
         insert_rows(
             &mut wtx.tx,
+            wtx.backend,
             "registrations",
             &[
                 "id",
@@ -320,7 +321,14 @@ impl Store {
             registration_rows,
         )
         .await?;
-        insert_rows(&mut wtx.tx, "outbox", OUTBOX_COLUMNS, outbox_rows).await?;
+        insert_rows(
+            &mut wtx.tx,
+            wtx.backend,
+            "outbox",
+            OUTBOX_COLUMNS,
+            outbox_rows,
+        )
+        .await?;
         wtx.commit().await?;
         Ok(outcomes
             .into_iter()
@@ -354,12 +362,11 @@ impl Store {
         if registrations.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> =
-            (1..=registrations.len()).map(|i| format!("${i}")).collect();
+        let placeholders = super::params(self.backend, registrations.len());
         let sql = format!(
             "SELECT registration_id, personal_id FROM cancelled_personal_ids WHERE registration_id IN ({}) \
              ORDER BY cancelled_at_ms, personal_id",
-            placeholders.join(", ")
+            placeholders
         );
         let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
         for r in registrations.iter() {
@@ -721,6 +728,7 @@ pub(crate) async fn insert_outbox(
 ) -> Result<(), sqlx::Error> {
     insert_rows(
         &mut wtx.tx,
+        wtx.backend,
         "outbox",
         OUTBOX_COLUMNS,
         vec![outbox_row(key, registration_id, kind, payload, now)],
