@@ -21,7 +21,7 @@ use crate::store::Store;
 use auth::{Authorizer, Role};
 
 /// Request messages of one batch stream processed concurrently (answers stay in order).
-const BATCH_PIPELINE: usize = 4;
+const BATCH_PIPELINE: usize = 16;
 /// Most items in one batch message.
 const MAX_BATCH_ITEMS: usize = 1000;
 

@@ -14,7 +14,7 @@ use crate::domain::citizen::{Citizen, CitizenStatus, Issuance};
 use crate::domain::errors::StoreError;
 use crate::domain::personal_id::{PersonalId, ProvinceCode, Sex};
 
-use super::classify;
+use super::{Backend, classify};
 
 pub(crate) const STATUS_ACTIVE: i64 = 1;
 pub(crate) const STATUS_CANCELLED: i64 = 2;
@@ -193,10 +193,13 @@ pub(crate) fn issuance(row: &AnyRow) -> Result<Issuance, StoreError> {
     })
 }
 
-/// `($a,$b,...),(...)` for `rows` rows of `cols` placeholders numbered from `first`.
-pub(crate) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    let mut n = first;
+/// `(?,?,...),(...)` (SQLite) or `($1,$2,...),(...)` (PostgreSQL) for `rows`
+/// rows of `cols` placeholders. SQLite gets anonymous `?`: sqlx resolves
+/// each named parameter with `sqlite3_bind_parameter_name`, a linear scan,
+/// which made binding a large statement quadratic in its parameter count.
+pub(crate) fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    let mut n = 1usize;
     for r in 0..rows {
         if r > 0 {
             out.push(',');
@@ -206,8 +209,7 @@ pub(crate) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
             if c > 0 {
                 out.push(',');
             }
-            out.push('$');
-            out.push_str(&n.to_string());
+            push_param(&mut out, backend, n);
             n += 1;
         }
         out.push(')');
@@ -215,10 +217,24 @@ pub(crate) fn placeholders(first: usize, rows: usize, cols: usize) -> String {
     out
 }
 
-/// `$a,$b,...` for an IN list.
-pub(crate) fn list(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// `?,?,...` or `$1,$2,...` for an IN list of `n` values.
+pub(crate) fn list(backend: Backend, n: usize) -> String {
+    let mut out = String::with_capacity(n * 6);
+    for i in 1..=n {
+        if i > 1 {
+            out.push(',');
+        }
+        push_param(&mut out, backend, i);
+    }
+    out
+}
+
+fn push_param(out: &mut String, backend: Backend, n: usize) {
+    use std::fmt::Write as _;
+    match backend {
+        Backend::Sqlite => out.push('?'),
+        Backend::Postgres => {
+            let _ = write!(out, "${n}");
+        }
+    }
 }
