@@ -17,6 +17,9 @@ use tokio::process::{Child, Command};
 pub const CIVIL_CLIENT_IDENTITY: &str = "civil-registry";
 /// Identity of the traffic tool's client certificate (read allow-list only).
 pub const TRAFFIC_CLIENT_IDENTITY: &str = "traffic-verifier";
+/// Identity of a client certificate signed by the same CA but on no allow-list (for the
+/// intruder tests).
+pub const STRANGER_CLIENT_IDENTITY: &str = "stranger";
 
 /// PEM files of the throwaway CA and the certificates signed by it.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct Certs {
     pub civil_client_key: PathBuf,
     pub traffic_client_cert: PathBuf,
     pub traffic_client_key: PathBuf,
+    pub stranger_client_cert: PathBuf,
+    pub stranger_client_key: PathBuf,
 }
 
 impl Certs {
@@ -82,6 +87,11 @@ impl Certs {
             vec![TRAFFIC_CLIENT_IDENTITY.into()],
             false,
         )?;
+        let (xc, xk) = leaf(
+            STRANGER_CLIENT_IDENTITY,
+            vec![STRANGER_CLIENT_IDENTITY.into()],
+            false,
+        )?;
         Ok(Self {
             ca,
             server_cert: write("server.pem", sc)?,
@@ -90,6 +100,8 @@ impl Certs {
             civil_client_key: write("civil-client-key.pem", ck)?,
             traffic_client_cert: write("traffic-client.pem", tc)?,
             traffic_client_key: write("traffic-client-key.pem", tk)?,
+            stranger_client_cert: write("stranger-client.pem", xc)?,
+            stranger_client_key: write("stranger-client-key.pem", xk)?,
         })
     }
 
@@ -300,6 +312,11 @@ impl ServiceProcess {
         }
     }
 
+    /// The process id, while it runs (for /proc measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `https://127.0.0.1:PORT` of the gRPC listener.
     pub fn uri(&self) -> String {
         format!("https://{}", self.grpc)
@@ -325,6 +342,7 @@ pub struct Stack {
     pub population: ServiceProcess,
     pub civil: ServiceProcess,
     civil_env: Vec<(String, String)>,
+    population_env: Vec<(String, String)>,
 }
 
 fn population_env(dir: &Path, certs: &Certs) -> Vec<(String, String)> {
@@ -428,6 +446,7 @@ impl Stack {
                 population,
                 civil,
                 civil_env: cenv,
+                population_env: penv,
             },
             tokens,
         ))
@@ -436,6 +455,17 @@ impl Stack {
     /// Runs a civil-registry subcommand against this stack's database and config.
     pub async fn civil_admin(&self, args: &[&str]) -> anyhow::Result<String> {
         run_admin(&self.bins.civil, &self.civil_env, &self.data_dir, args).await
+    }
+
+    /// Runs a population-registry subcommand against this stack's database and config.
+    pub async fn population_admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_admin(
+            &self.bins.population,
+            &self.population_env,
+            &self.data_dir,
+            args,
+        )
+        .await
     }
 
     /// Stops the civil registry first (its relay drains towards the population registry),

@@ -172,19 +172,28 @@ impl std::fmt::Display for UnitCode {
     }
 }
 
+/// The 63 province codes of the personal identification number (Circular 07/2016/TT-BCA).
+/// The 34 provinces of the 2025 merger keep codes from this list ("0" + the new
+/// administrative code), so it covers both. A code outside it would be committed here and
+/// then refused by the population registry, leaving the registration REJECTED: refusing it
+/// up front names the field to the official instead.
+const PROVINCE_CODES: &str = "001 002 004 006 008 010 011 012 014 015 017 019 020 022 024 025 026 027 030 031 033 034 035 036 037 038 040 042 044 045 046 048 049 051 052 054 056 058 060 062 064 066 067 068 070 072 074 075 077 079 080 082 083 084 086 087 089 091 092 093 094 095 096";
+
 /// A three-digit province code ("001").
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ProvinceCode(String);
 
 impl ProvinceCode {
-    /// Exactly three ASCII digits.
+    /// Exactly three ASCII digits naming a known province.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err("must be a three-digit province code".into())
+        if raw.len() != 3 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must be a three-digit province code".into());
         }
+        if !PROVINCE_CODES.split(' ').any(|c| c == raw) {
+            return Err("is not a known province code".into());
+        }
+        Ok(Self(raw.to_owned()))
     }
     /// The code.
     pub fn as_str(&self) -> &str {
