@@ -120,6 +120,17 @@ impl GrpcServer {
         self.config.max_message_bytes
     }
 
+    /// With mTLS (`tls.client_ca_file`), lets a client WITHOUT a certificate complete the
+    /// TLS handshake, so that the service refuses it itself with UNAUTHENTICATED (what a
+    /// gRPC contract can promise; a failed handshake only shows as a transport error) and
+    /// writes the attempt to its security log. A certificate that IS presented is still
+    /// verified against the client CA. Only for services whose every handler checks
+    /// [`crate::tls::client_identity`]; health and reflection then answer without one.
+    pub fn client_certificate_optional(mut self) -> Self {
+        self.tls = self.tls.map(|tls| tls.client_auth_optional(true));
+        self
+    }
+
     /// Adds a tonic service (a generated `FooServiceServer::new(impl)`).
     pub fn add_service<S>(mut self, svc: S) -> Self
     where

@@ -138,6 +138,9 @@ fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::ClientT
     Ok(config)
 }
 
+/// How long a client may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The tonic server TLS configuration for `tls`, or `None` for plaintext (logged as a
 /// warning). mTLS with a required client certificate when `client_ca_file` is set.
 pub(crate) fn server_tls(
@@ -154,10 +157,14 @@ pub(crate) fn server_tls(
              (or set server.tls.insecure_plaintext = true for local runs)"
         );
     };
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "server.tls.cert_file")?,
-        read(key, "server.tls.key_file")?,
-    ));
+    let mut config = tonic::transport::ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(cert, "server.tls.cert_file")?,
+            read(key, "server.tls.key_file")?,
+        ))
+        // tonic sets no handshake timeout: a client that opens a TCP connection and never
+        // speaks TLS would hold a socket and a task for ever.
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &tls.client_ca_file {
         config = config
             .client_ca_root(Certificate::from_pem(read(

@@ -61,7 +61,12 @@ impl App {
             cfg.minting.max_group_items,
         );
         let metrics_addr = service_kit::metrics::install(&cfg.metrics).await?;
-        let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET).await?;
+        // Every handler checks the caller's certificate (grpc/auth.rs), so a caller without
+        // one gets the contract's UNAUTHENTICATED and a security log line, not a bare
+        // handshake failure.
+        let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET)
+            .await?
+            .client_certificate_optional();
         let auth = Authorizer::new(&cfg.auth, !cfg.server.tls.insecure_plaintext);
         let service = Server::new(RegistryService::new(store.clone(), auth, provinces))
             .max_decoding_message_size(server.max_message_bytes());
