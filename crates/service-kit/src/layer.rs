@@ -117,7 +117,14 @@ where
         let deadline = client_timeout(request.headers())
             .map_or(server_deadline, |t| server_deadline.min(start + t));
         let max = self.layer.max_message_bytes;
-        let request = request.map(|body| tonic::body::Body::new(LimitedBody::new(body, max)));
+        let request = request.map(|body| {
+            tonic::body::Body::new(LimitedBody::new(
+                body,
+                max,
+                deadline,
+                self.layer.request_timeout,
+            ))
+        });
 
         let record = CallRecord {
             service,
@@ -303,10 +310,17 @@ impl Drop for CallRecord {
 
 pin_project! {
     /// Request body that fails as soon as a gRPC message header announces more than `max`
-    /// bytes, before the message is buffered.
+    /// bytes, before the message is buffered, and that fails with DEADLINE_EXCEEDED when
+    /// it is still waiting for the client at the call's deadline: the response future's
+    /// timeout ends once a streaming handler has answered, so without this a client that
+    /// opens a stream and goes silent would hold the call (and the connection's
+    /// concurrency slot's worth of state) for ever.
     struct LimitedBody<B> {
         #[pin]
         inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        request_timeout: Duration,
         max: usize,
         header: [u8; 5],
         header_len: usize,
@@ -315,9 +329,11 @@ pin_project! {
 }
 
 impl<B> LimitedBody<B> {
-    fn new(inner: B, max: usize) -> Self {
+    fn new(inner: B, max: usize, deadline: Instant, request_timeout: Duration) -> Self {
         Self {
             inner,
+            deadline: tokio::time::sleep_until(deadline.into()),
+            request_timeout,
             max,
             header: [0; 5],
             header_len: 0,
@@ -373,7 +389,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let polled = match this.inner.poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                ready!(this.deadline.poll(cx));
+                return Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
+                    format!(
+                        "the request stream was still open when the call's deadline (at most \
+                         the server's request timeout of {} ms) expired",
+                        this.request_timeout.as_millis()
+                    ),
+                )))));
+            }
+        };
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref()
                     && let Err(status) = scan(

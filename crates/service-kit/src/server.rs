@@ -25,6 +25,11 @@ use crate::{config::ServerConfig, layer::RpcLayer};
 /// Kubernetes gRPC probes ask for by default).
 const OVERALL: &str = "";
 
+/// How often the server pings an HTTP/2 connection (and probes it with TCP keepalive).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection is closed.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A bound, not yet serving gRPC server. See the module docs.
 #[derive(Debug)]
 pub struct GrpcServer {
@@ -193,7 +198,12 @@ impl GrpcServer {
                 .tls_config(tls)
                 .context("invalid server TLS configuration")?;
         }
+        // HTTP/2 pings find peers that vanished without closing (a dead NAT entry, a
+        // crashed host): their connections are closed instead of held for ever.
         let router = builder
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
             .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
             .layer(RpcLayer::new(
                 known_services,

@@ -413,11 +413,24 @@ impl Stack {
         bins: Binaries,
         plan: &Plan,
     ) -> anyhow::Result<(Self, Tokens)> {
+        Self::start_with_env(data_dir, bins, plan, &[]).await
+    }
+
+    /// [`Stack::start`] with extra environment variables for both services (each variable
+    /// carries its service's prefix, so it applies to one of them), e.g. a short
+    /// `POPULATION_REGISTRY_SERVER__REQUEST_TIMEOUT_MS` for the limits tests.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        bins: Binaries,
+        plan: &Plan,
+        extra_env: &[(String, String)],
+    ) -> anyhow::Result<(Self, Tokens)> {
         std::fs::create_dir_all(data_dir)?;
         let data_dir = std::fs::canonicalize(data_dir)?;
         let certs = Certs::create(&data_dir.join("tls"))?;
 
-        let penv = population_env(&data_dir, &certs);
+        let mut penv = population_env(&data_dir, &certs);
+        penv.extend(extra_env.iter().cloned());
         run_admin(&bins.population, &penv, &data_dir, &["migrate"]).await?;
         let population = ServiceProcess::start(
             "population-registry",
@@ -428,7 +441,8 @@ impl Stack {
         )
         .await?;
 
-        let cenv = civil_env(&data_dir, &certs, Some(&population));
+        let mut cenv = civil_env(&data_dir, &certs, Some(&population));
+        cenv.extend(extra_env.iter().cloned());
         let tokens = provision(&bins.civil, &cenv, &data_dir, plan).await?;
         let civil = ServiceProcess::start(
             "civil-registry",

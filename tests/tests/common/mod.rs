@@ -50,10 +50,19 @@ pub struct World {
 impl World {
     /// Starts both services (building them with cargo when this checkout changed them).
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// [`World::start`] with extra (prefixed) environment variables for the services.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let dir = tempfile::tempdir().expect("temp dir");
         let bins = locate_binaries(Build::Always).expect("service binaries");
         let plan = Plan::new(ProfileName::Pilot2016, 7, 0.001).expect("plan");
-        let (stack, tokens) = Stack::start(&dir.path().join("stack"), bins, &plan)
+        let (stack, tokens) = Stack::start_with_env(&dir.path().join("stack"), bins, &plan, &env)
             .await
             .expect("both services start");
         let other_ca = Certs::create(&dir.path().join("other-ca")).expect("other CA");
