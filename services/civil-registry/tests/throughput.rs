@@ -1,6 +1,8 @@
 //! Throughput of RegisterBirth on SQLite (WAL, synchronous=FULL) with numbers obtained from
 //! a fake population registry: a measurement, not a gate. Run with
-//! `cargo test --release -p civil-registry --test throughput -- --ignored --nocapture`.
+//! `cargo test --release -p civil-registry --test throughput -- --ignored --nocapture`
+//! (THROUGHPUT_TOTAL, THROUGHPUT_CONCURRENCY, THROUGHPUT_RELAY=0 for the register path
+//! alone, THROUGHPUT_BACKEND=postgres with TEST_POSTGRES_URL).
 
 mod support;
 
@@ -23,7 +25,11 @@ async fn register_birth_throughput_on_sqlite_with_full_sync() {
     let relay = std::env::var("THROUGHPUT_RELAY")
         .map(|v| v != "0")
         .unwrap_or(true);
-    let app = TestApp::start_with(Backend::Sqlite, |cfg| {
+    let backend = match std::env::var("THROUGHPUT_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
+    let app = TestApp::start_with(backend, |cfg| {
         cfg.relay.enabled = relay;
         if !relay {
             cfg.registration.wait_for_number_ms = 0;
@@ -67,7 +73,7 @@ async fn register_birth_throughput_on_sqlite_with_full_sync() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "relay={relay} registrations={total} concurrency={concurrency} seconds={elapsed:.2} per_second={:.0} issued_in_response={issued}",
+        "backend={backend:?} relay={relay} registrations={total} concurrency={concurrency} seconds={elapsed:.2} per_second={:.0} issued_in_response={issued}",
         total as f64 / elapsed
     );
     assert_eq!(app.count_registrations().await, total as i64);

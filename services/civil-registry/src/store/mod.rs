@@ -139,6 +139,11 @@ impl Store {
             .context("creating schema_migrations")?;
         for (version, sql) in migrations {
             let mut tx = self.begin_immediate().await?;
+            if self.backend == Backend::Postgres {
+                // Replicas starting together: one migrates, the others wait and then skip.
+                tx.execute("SELECT pg_advisory_xact_lock(730500104)")
+                    .await?;
+            }
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(*version)

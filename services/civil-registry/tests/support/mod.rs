@@ -56,7 +56,7 @@ macro_rules! both_backends {
 
 /// Units: a ministry, two provinces, a district with two communes, a commune elsewhere.
 pub const UNITS: &[(&str, &str, &str, &str, &str)] = &[
-    ("MOJ", "Bo Tu phap", "ministry", "000", ""),
+    ("MOJ", "Bo Tu phap", "ministry", "001", ""),
     ("P001", "Ha Noi", "province", "001", "MOJ"),
     ("D001", "Ba Dinh", "district", "001", "P001"),
     ("C001", "Phuc Xa", "commune", "001", "D001"),
