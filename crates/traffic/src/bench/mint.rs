@@ -423,12 +423,33 @@ async fn batch_phase(
     let next = Arc::new(AtomicU64::new(first_seq));
     let end = first_seq + numbers;
     let start = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    // Progress every 10 s: shows whether the rate decays as the database grows.
+    let progress = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick =
+                tokio::time::interval_at(start + Duration::from_secs(10), Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {:>6.0} s: {now} numbers, {:.0}/s over the last 10 s",
+                    start.elapsed().as_secs_f64(),
+                    (now - last) as f64 / 10.0
+                );
+                last = now;
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for ch in channels {
         let next = Arc::clone(&next);
         let records = Arc::clone(&records);
+        let done = Arc::clone(&done);
         tasks.push(tokio::spawn(async move {
-            one_stream(ch, records, next, end, batch_size, window).await
+            one_stream(ch, records, next, end, batch_size, window, done).await
         }));
     }
     let mut total = BatchResult::default();
@@ -445,6 +466,7 @@ async fn batch_phase(
         let _ = h.add(&sh);
     }
     total.seconds = start.elapsed().as_secs_f64();
+    progress.abort();
     total.msg_p50_ms = ms(h.value_at_quantile(0.5));
     total.msg_p99_ms = ms(h.value_at_quantile(0.99));
     ids.sort_unstable();
@@ -461,6 +483,7 @@ async fn one_stream(
     end: u64,
     batch_size: usize,
     window: usize,
+    done: Arc<AtomicU64>,
 ) -> anyhow::Result<StreamOutcome> {
     let mut client = PopulationRegistryServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
@@ -505,6 +528,7 @@ async fn one_stream(
         .map_err(|s| anyhow::anyhow!("BatchIssuePersonalIds stream: {s}"))?
     {
         sem.add_permits(1);
+        done.fetch_add(msg.results.len() as u64, Ordering::Relaxed);
         if let Some(sent) = sent_rx.recv().await {
             let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
         }
