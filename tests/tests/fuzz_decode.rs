@@ -20,8 +20,6 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
-#[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 /// Decodes `bytes` as one request type and runs its conversion. Returns whether it decoded.

@@ -22,6 +22,14 @@ const PERSONAL: [&str; 5] = [
     "Phạm Thị Lan",
 ];
 
+/// (what, acceptable codes, ErrorInfo reason when the service answered, outcome).
+type PopulationAttempt = (
+    &'static str,
+    Vec<Code>,
+    Option<&'static str>,
+    Result<(), tonic::Status>,
+);
+
 /// Security log lines (JSON, target `security`) of a log file.
 fn security_lines(log: &str) -> Vec<&str> {
     log.lines()
@@ -248,8 +256,7 @@ async fn intruders_are_refused_with_the_contract_codes_and_every_attempt_is_logg
     let citizen = || ppb::GetCitizenRequest {
         personal_id: "001216000001".into(),
     };
-    let mut pop_attempts: Vec<(&str, Vec<Code>, Option<&str>, Result<(), tonic::Status>)> =
-        Vec::new();
+    let mut pop_attempts: Vec<PopulationAttempt> = Vec::new();
     pop_attempts.push((
         "mint without a client certificate",
         vec![Code::Unauthenticated],
