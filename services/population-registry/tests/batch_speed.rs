@@ -20,7 +20,14 @@ async fn batch_minting_throughput_on_sqlite() {
         Some(db) if std::env::var("PROBE_POSTGRES").is_ok() => db,
         _ => TestDb::sqlite().await,
     };
-    let mut app = TestApp::spawn(&db).await;
+    let mut cfg = common::config(&db);
+    if let Some(n) = std::env::var("PROBE_GROUP_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.minting.max_group_items = n;
+    }
+    let mut app = TestApp::spawn_with(cfg).await;
     let messages: Vec<pb::BatchIssuePersonalIdsRequest> = (0..total / 1000)
         .map(|m| pb::BatchIssuePersonalIdsRequest {
             items: (0..1000)

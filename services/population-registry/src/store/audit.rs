@@ -32,15 +32,17 @@ fn canonical(
     request_id: &str,
     detail: &str,
 ) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!([
+    // A tuple serialises as the same JSON array as before, without building
+    // a `serde_json::Value` tree per entry.
+    serde_json::to_vec(&(
         seq,
         at_micros,
         action,
         format!("{personal_id:012}"),
         related_id.map(|r| format!("{r:012}")).unwrap_or_default(),
         request_id,
-        detail
-    ]))
+        detail,
+    ))
     .unwrap_or_default()
 }
 

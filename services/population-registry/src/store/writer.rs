@@ -808,6 +808,28 @@ async fn used_suffixes(tx: &mut Tx, b: BucketKey) -> Result<HashSet<u32>, TxErro
     Ok(used)
 }
 
+/// Which of the candidates' numbers are already in the table.
+async fn numbers_in_use(
+    tx: &mut Tx,
+    candidates: &[(usize, PersonalId)],
+) -> Result<HashSet<PersonalId>, TxError> {
+    let mut out = HashSet::new();
+    for chunk in pieces(candidates, IN_CHUNK) {
+        let sql = format!(
+            "SELECT personal_id FROM citizens WHERE personal_id IN ({})",
+            rows::list(tx.backend, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &(_, id) in chunk {
+            q = q.bind(id_i64(id));
+        }
+        for row in q.fetch_all(&mut *tx.tx).await? {
+            out.insert(id_from_i64(row.try_get(0)?)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Inserts the candidate rows, skipping numbers already taken; returns the
 /// numbers actually inserted.
 async fn insert_rows(
@@ -816,10 +838,18 @@ async fn insert_rows(
     candidates: &[(usize, PersonalId)],
 ) -> Result<HashSet<PersonalId>, TxError> {
     let mut inserted = HashSet::with_capacity(candidates.len());
-    for chunk in pieces(candidates, INSERT_CHUNK) {
+    // Numbers already in the table are left out up front: the lookup returns
+    // only those few rows, where a RETURNING clause would send one row per
+    // number across the driver.
+    let taken = numbers_in_use(tx, candidates).await?;
+    let free: Vec<(usize, PersonalId)> = candidates
+        .iter()
+        .copied()
+        .filter(|(_, id)| !taken.contains(id))
+        .collect();
+    for chunk in pieces(&free, INSERT_CHUNK) {
         let sql = format!(
-            "INSERT INTO citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING \
-             RETURNING personal_id",
+            "INSERT INTO citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
             rows::INSERT_COLUMNS,
             rows::placeholders(tx.backend, chunk.len(), rows::INSERT_COLUMN_COUNT)
         );
@@ -857,8 +887,31 @@ async fn insert_rows(
                 .bind(reg.registration_date.to_string())
                 .bind(rec.duplicate_key());
         }
+        let done = q.execute(&mut *tx.tx).await?;
+        if done.rows_affected() == chunk.len() as u64 {
+            inserted.extend(chunk.iter().map(|&(_, id)| id));
+            continue;
+        }
+        // Another writer took a number since the lookup (the chain-head lock
+        // makes this unexpected): ours are the rows that carry our key.
+        let sql = format!(
+            "SELECT personal_id, request_id FROM citizens WHERE personal_id IN ({})",
+            rows::list(tx.backend, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &(_, id) in chunk {
+            q = q.bind(id_i64(id));
+        }
+        let mine: HashMap<PersonalId, &str> = chunk
+            .iter()
+            .map(|&(i, id)| (id, rows_in[i].request_id))
+            .collect();
         for row in q.fetch_all(&mut *tx.tx).await? {
-            inserted.insert(id_from_i64(row.try_get(0)?)?);
+            let id = id_from_i64(row.try_get(0)?)?;
+            let key: String = row.try_get(1)?;
+            if mine.get(&id).is_some_and(|k| *k == key) {
+                inserted.insert(id);
+            }
         }
     }
     Ok(inserted)
