@@ -3,6 +3,8 @@
 //! re-checks the lease, so that of two replicas racing for a row only one gets it (the
 //! other's update re-evaluates the row after the first commits and skips it).
 
+use std::collections::HashMap;
+
 use uuid::Uuid;
 
 use super::{AuditEntry, Store, now_ms};
@@ -93,7 +95,66 @@ impl Store {
         let now = now_ms();
         let mut settled = Vec::new();
         let mut done_keys = Vec::new();
-        for completion in completions {
+        // First issues, the bulk of the traffic, are written back a chunk per statement.
+        let (first_issues, others): (Vec<&Completion>, Vec<&Completion>) = completions
+            .iter()
+            .partition(|c| matches!(c, Completion::Issued { item, .. } if item.kind == OutboundKind::Issue));
+        for chunk in first_issues.chunks(300) {
+            let mut sql = format!(
+                "UPDATE registrations SET status = 'ISSUED', issue_time_ms = {p1}, updated_at_ms = {p2}, \
+                 rejection_reason = NULL, personal_id = v.column3 FROM (VALUES ",
+                p1 = super::param(wtx.backend, 1),
+                p2 = super::param(wtx.backend, 2),
+            );
+            let mut n = 2;
+            for (i, _) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let p: Vec<String> = (1..=3).map(|k| super::param(wtx.backend, n + k)).collect();
+                n += 3;
+                sql.push_str(&format!("({}, {}, {})", p[0], p[1], p[2]));
+            }
+            sql.push_str(
+                ") AS v WHERE registrations.id = v.column1 AND registrations.issue_key = v.column2 \
+                 AND registrations.status = 'PENDING' RETURNING id",
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(now);
+            let mut numbers = HashMap::new();
+            for completion in chunk {
+                if let Completion::Issued { item, personal_id } = completion {
+                    query = query
+                        .bind(item.registration_id.to_string())
+                        .bind(item.key.clone())
+                        .bind(personal_id.clone());
+                    numbers.insert(item.registration_id.to_string(), (item, personal_id));
+                    done_keys.push(item.key.clone());
+                }
+            }
+            for rid in query.fetch_all(&mut *wtx.tx).await? {
+                let Some((item, personal_id)) = numbers.get(&rid) else {
+                    continue;
+                };
+                wtx.audit_now(AuditEntry {
+                    actor: "system:relay".into(),
+                    action: "personal_id.issued",
+                    entity: format!("registration/{rid}"),
+                    details: serde_json::json!({ "key": item.key }),
+                });
+                settled.push((
+                    item.registration_id,
+                    Settlement {
+                        status: PersonalIdStatus::Issued,
+                        personal_id: Some((*personal_id).clone()),
+                        rejection_reason: None,
+                        at_ms: now,
+                    },
+                ));
+            }
+        }
+        for completion in others {
             match completion {
                 Completion::Issued { item, personal_id } => {
                     let rid = item.registration_id.to_string();
