@@ -67,7 +67,7 @@ pub struct MintArgs {
     #[arg(long, default_value_t = 2)]
     pub streams: usize,
     /// Request messages in flight per stream before waiting for an answer.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub window: usize,
     /// Skip the unary and Echo phases (batch only).
     #[arg(long)]
@@ -474,6 +474,10 @@ async fn batch_phase(
     Ok(total)
 }
 
+/// Longest a BatchIssuePersonalIds stream is kept open (the server's request timeout,
+/// `server.request_timeout_ms`, default 30 s, bounds a whole streaming call).
+const STREAM_SESSION: Duration = Duration::from_secs(20);
+
 type StreamOutcome = (BatchResult, Vec<u64>, hdrhistogram::Histogram<u64>);
 
 async fn one_stream(
@@ -485,73 +489,81 @@ async fn one_stream(
     window: usize,
     done: Arc<AtomicU64>,
 ) -> anyhow::Result<StreamOutcome> {
-    let mut client = PopulationRegistryServiceClient::new(channel)
+    let client = PopulationRegistryServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel::<BatchIssuePersonalIdsRequest>(window);
-    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Instant>();
-    let sem = Arc::new(Semaphore::new(window));
-    let producer_sem = Arc::clone(&sem);
-    let producer = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = Arc::clone(&producer_sem).acquire_owned().await else {
-                break;
-            };
-            permit.forget();
-            let from = next.fetch_add(batch_size as u64, Ordering::Relaxed);
-            if from >= end {
-                break;
-            }
-            let to = (from + batch_size as u64).min(end);
-            let items = (from..to).map(|seq| records.issue(seq)).collect();
-            let _ = sent_tx.send(Instant::now());
-            if tx
-                .send(BatchIssuePersonalIdsRequest { items })
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let response = client
-        .batch_issue_personal_ids(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| anyhow::anyhow!("BatchIssuePersonalIds: {s}"))?;
-    let mut inbound = response.into_inner();
     let mut r = BatchResult::default();
     let mut ids = Vec::new();
     let mut h = histogram();
-    while let Some(msg) = inbound
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("BatchIssuePersonalIds stream: {s}"))?
-    {
-        sem.add_permits(1);
-        done.fetch_add(msg.results.len() as u64, Ordering::Relaxed);
-        if let Some(sent) = sent_rx.recv().await {
-            let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
-        }
-        for item in msg.results {
-            match item.outcome {
-                Some(Outcome::Issued(i)) => {
-                    r.issued += 1;
-                    if !i.newly_issued {
-                        r.not_new += 1;
-                    }
-                    if let Ok(n) = i.personal_id.parse::<u64>() {
-                        ids.push(n);
-                    }
+    while next.load(Ordering::Relaxed) < end {
+        let (tx, rx) = mpsc::channel::<BatchIssuePersonalIdsRequest>(window);
+        let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Instant>();
+        let sem = Arc::new(Semaphore::new(window));
+        let producer_sem = Arc::clone(&sem);
+        let session_start = Instant::now();
+        let records = Arc::clone(&records);
+        let next = Arc::clone(&next);
+        let producer = tokio::spawn(async move {
+            // The server's request timeout bounds a whole stream: close this one in time and
+            // open the next.
+            while session_start.elapsed() < STREAM_SESSION {
+                let Ok(permit) = Arc::clone(&producer_sem).acquire_owned().await else {
+                    break;
+                };
+                permit.forget();
+                let from = next.fetch_add(batch_size as u64, Ordering::Relaxed);
+                if from >= end {
+                    break;
                 }
-                Some(Outcome::Error(st)) => {
-                    *r.errors
-                        .entry(format!("{:?}", tonic::Code::from_i32(st.code)))
-                        .or_default() += 1;
+                let to = (from + batch_size as u64).min(end);
+                let items = (from..to).map(|seq| records.issue(seq)).collect();
+                let _ = sent_tx.send(Instant::now());
+                if tx
+                    .send(BatchIssuePersonalIdsRequest { items })
+                    .await
+                    .is_err()
+                {
+                    break;
                 }
-                None => *r.errors.entry("NoOutcome".into()).or_default() += 1,
+            }
+        });
+        let response = client
+            .clone()
+            .batch_issue_personal_ids(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| anyhow::anyhow!("BatchIssuePersonalIds: {s}"))?;
+        let mut inbound = response.into_inner();
+        while let Some(msg) = inbound
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("BatchIssuePersonalIds stream: {s}"))?
+        {
+            sem.add_permits(1);
+            done.fetch_add(msg.results.len() as u64, Ordering::Relaxed);
+            if let Some(sent) = sent_rx.recv().await {
+                let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
+            }
+            for item in msg.results {
+                match item.outcome {
+                    Some(Outcome::Issued(i)) => {
+                        r.issued += 1;
+                        if !i.newly_issued {
+                            r.not_new += 1;
+                        }
+                        if let Ok(n) = i.personal_id.parse::<u64>() {
+                            ids.push(n);
+                        }
+                    }
+                    Some(Outcome::Error(st)) => {
+                        *r.errors
+                            .entry(format!("{:?}", tonic::Code::from_i32(st.code)))
+                            .or_default() += 1;
+                    }
+                    None => *r.errors.entry("NoOutcome".into()).or_default() += 1,
+                }
             }
         }
+        producer.await.context("producer panicked")?;
     }
-    producer.await.context("producer panicked")?;
     Ok((r, ids, h))
 }
