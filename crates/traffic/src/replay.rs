@@ -73,6 +73,10 @@ pub struct Outcome {
     /// Final personal-id status name, or `ERROR:<code>`.
     pub status: String,
     pub personal_id: String,
+    /// The number RegisterBirth itself answered (printed on the certificate); empty when
+    /// it answered PENDING or not at all. It must never change afterwards.
+    #[serde(default)]
+    pub acknowledged_personal_id: String,
 }
 
 /// The replay's figures.
@@ -296,6 +300,24 @@ fn status_name(s: i32) -> String {
         .unwrap_or_else(|_| format!("UNKNOWN({s})"))
 }
 
+/// Whether a failed RegisterBirth is worth sending again. The same request_id makes every
+/// retry safe (the registry answers the registration it already stored), so besides the
+/// retryable codes, any status that the client built from a broken connection (it carries
+/// the transport error as its source: a process killed mid-call shows up as UNKNOWN or
+/// INTERNAL "h2 protocol error") is retried: the call may or may not have been committed.
+pub fn retryable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted => {
+            true
+        }
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
 async fn one(
     mut client: BirthRegistrationServiceClient<Channel>,
     item: Item,
@@ -311,13 +333,7 @@ async fn one(
         let req = authorized(item.request.clone(), &item.auth);
         match client.register_birth(req).await {
             Ok(resp) => break Ok(resp.into_inner()),
-            Err(s)
-                if attempt < retries
-                    && matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-            {
+            Err(s) if attempt < retries && retryable(&s) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
             }
@@ -332,6 +348,7 @@ async fn one(
         registration: String::new(),
         status: format!("ERROR:{code:?}"),
         personal_id: String::new(),
+        acknowledged_personal_id: String::new(),
     };
     let reg = match answer {
         Ok(pb::RegisterBirthResponse {
@@ -360,6 +377,7 @@ async fn one(
         pending,
         retried: attempt,
     });
+    let acknowledged_personal_id = reg.personal_id.clone();
     let mut reg = reg;
     let mut number_us =
         (reg.personal_id_status == pb::PersonalIdStatus::Issued as i32).then_some(latency_us);
@@ -396,6 +414,7 @@ async fn one(
             registration: reg.name,
             status: status_name(reg.personal_id_status),
             personal_id: reg.personal_id,
+            acknowledged_personal_id,
         },
         number_us,
         at: Instant::now(),

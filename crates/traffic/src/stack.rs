@@ -312,6 +312,16 @@ impl ServiceProcess {
         }
     }
 
+    /// SIGKILL: a crash, with no chance to drain, flush or release anything. Returns once
+    /// the process is gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if self.child.id().is_some() {
+            self.child.start_kill().context("kill -9")?;
+        }
+        self.child.wait().await?;
+        Ok(())
+    }
+
     /// The process id, while it runs (for /proc measurements).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -343,6 +353,8 @@ pub struct Stack {
     pub civil: ServiceProcess,
     civil_env: Vec<(String, String)>,
     population_env: Vec<(String, String)>,
+    /// Processes started after the first two (restarts, replicas): names their logs.
+    spawned: u32,
 }
 
 fn population_env(dir: &Path, certs: &Certs) -> Vec<(String, String)> {
@@ -461,6 +473,7 @@ impl Stack {
                 civil,
                 civil_env: cenv,
                 population_env: penv,
+                spawned: 0,
             },
             tokens,
         ))
@@ -480,6 +493,71 @@ impl Stack {
             args,
         )
         .await
+    }
+
+    /// Starts one more population-registry process on this stack's configuration plus
+    /// `extra` (later keys win: e.g. its own listen address or database), with its own log.
+    pub async fn spawn_population(
+        &mut self,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<ServiceProcess> {
+        self.spawned += 1;
+        let mut env = self.population_env.clone();
+        env.extend(extra.iter().cloned());
+        let log = self
+            .data_dir
+            .join(format!("population-registry.{}.log", self.spawned));
+        ServiceProcess::start(
+            "population-registry",
+            &self.bins.population,
+            &env,
+            &self.data_dir,
+            log,
+        )
+        .await
+    }
+
+    /// Starts one more civil-registry process (see [`Stack::spawn_population`]).
+    pub async fn spawn_civil(
+        &mut self,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<ServiceProcess> {
+        self.spawned += 1;
+        let mut env = self.civil_env.clone();
+        env.extend(extra.iter().cloned());
+        let log = self
+            .data_dir
+            .join(format!("civil-registry.{}.log", self.spawned));
+        ServiceProcess::start(
+            "civil-registry",
+            &self.bins.civil,
+            &env,
+            &self.data_dir,
+            log,
+        )
+        .await
+    }
+
+    /// Starts the population registry again on the address it had (after
+    /// `self.population.kill()`), as an orchestrator restarts a crashed process.
+    pub async fn restart_population(&mut self) -> anyhow::Result<()> {
+        self.population.kill().await?;
+        let addr = self.population.grpc.to_string();
+        self.population = self
+            .spawn_population(&[("POPULATION_REGISTRY_SERVER__LISTEN_ADDR".into(), addr)])
+            .await?;
+        Ok(())
+    }
+
+    /// Starts the civil registry again on the address it had (after
+    /// `self.civil.kill()`).
+    pub async fn restart_civil(&mut self) -> anyhow::Result<()> {
+        self.civil.kill().await?;
+        let addr = self.civil.grpc.to_string();
+        self.civil = self
+            .spawn_civil(&[("CIVIL_REGISTRY_SERVER__LISTEN_ADDR".into(), addr)])
+            .await?;
+        Ok(())
     }
 
     /// Stops the civil registry first (its relay drains towards the population registry),

@@ -386,6 +386,18 @@ pub async fn verify(
                     r.name.clone(),
                 );
             }
+            if !o.acknowledged_personal_id.is_empty() && o.acknowledged_personal_id != r.personal_id
+            {
+                violation(
+                    &mut v,
+                    &mut counts,
+                    "acknowledged-number-changed",
+                    format!(
+                        "{}: answered {}, now {:?}",
+                        r.name, o.acknowledged_personal_id, r.personal_id
+                    ),
+                );
+            }
             let ok = match want {
                 Expected::Eligible => {
                     r.status == cs::PersonalIdStatus::Issued as i32 && !r.personal_id.is_empty()

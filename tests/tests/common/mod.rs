@@ -361,3 +361,5 @@ pub fn fields_of(status: &tonic::Status) -> Vec<String> {
 
 /// A generous per-call deadline for requests in the tests.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(20);
+
+pub mod fleet;
