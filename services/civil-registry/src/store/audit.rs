@@ -162,10 +162,7 @@ pub(crate) async fn insert_rows(
     columns: &[&str],
     rows: Vec<Vec<Val>>,
 ) -> Result<(), sqlx::Error> {
-    let per_chunk = (4_000 / columns.len()).max(1);
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Val>> = rows.by_ref().take(per_chunk).collect();
+    for chunk in super::pieces(&rows) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
         let mut n = 0;
         for (i, _) in chunk.iter().enumerate() {
@@ -184,7 +181,7 @@ pub(crate) async fn insert_rows(
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
-            for v in row {
+            for v in row.iter().cloned() {
                 query = match v {
                     Val::I(x) => query.bind(x),
                     Val::S(x) => query.bind(x),

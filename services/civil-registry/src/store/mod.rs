@@ -65,6 +65,22 @@ pub(crate) fn params(backend: Backend, count: usize) -> String {
         .join(", ")
 }
 
+/// Splits `items` into pieces of a few fixed sizes, so that statements built for a piece
+/// have few distinct texts: each text is prepared (and on PostgreSQL planned) once per
+/// connection and then reused from the statement cache.
+pub(crate) fn pieces<T>(items: &[T]) -> Vec<&[T]> {
+    const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let size = SIZES.into_iter().find(|s| *s <= rest.len()).unwrap_or(1);
+        let (head, tail) = rest.split_at(size);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -99,7 +99,7 @@ impl Store {
         let (first_issues, others): (Vec<&Completion>, Vec<&Completion>) = completions
             .iter()
             .partition(|c| matches!(c, Completion::Issued { item, .. } if item.kind == OutboundKind::Issue));
-        for chunk in first_issues.chunks(300) {
+        for chunk in super::pieces(&first_issues) {
             let mut sql = format!(
                 "UPDATE registrations SET status = 'ISSUED', issue_time_ms = {p1}, updated_at_ms = {p2}, \
                  rejection_reason = NULL, personal_id = v.column3 FROM (VALUES ",
@@ -255,7 +255,7 @@ impl Store {
                 }
             }
         }
-        for chunk in done_keys.chunks(500) {
+        for chunk in super::pieces(&done_keys) {
             let placeholders = super::params(wtx.backend, chunk.len());
             let sql = format!("DELETE FROM outbox WHERE issue_key IN ({})", placeholders);
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -161,7 +161,7 @@ impl Store {
         let now = now_ms();
         // 1. Requests stored before (retries), found with one query per chunk.
         let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
-        for chunk in rows.chunks(500) {
+        for chunk in super::pieces(rows) {
             let placeholders = super::params(wtx.backend, chunk.len());
             let sql = format!(
                 "SELECT origin_unit_code, request_id, id, content_hash FROM registrations WHERE request_id IN ({})",
