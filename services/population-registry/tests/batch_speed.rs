@@ -65,3 +65,59 @@ async fn batch_minting_throughput_on_sqlite() {
     assert_eq!(minted as i64, total);
     app.stop().await;
 }
+
+/// Unary IssuePersonalId at concurrency 128 (plaintext, one process): calls/s and p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput probe, not a test"]
+async fn unary_minting_throughput_at_concurrency_128() {
+    let total: usize = std::env::var("PROBE_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000);
+    let db = match TestDb::postgres().await {
+        Some(db) if std::env::var("PROBE_POSTGRES").is_ok() => db,
+        _ => TestDb::sqlite().await,
+    };
+    let app = TestApp::spawn(&db).await;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..128)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= total {
+                        return latencies;
+                    }
+                    let mut b = birth(&format!("Trẻ {n}"), n as i64 + 1);
+                    b.registration_province_code =
+                        ["001", "079", "031", "048", "092"][n % 5].into();
+                    let t = Instant::now();
+                    client
+                        .issue_personal_id(issue(&format!("u{n}"), b))
+                        .await
+                        .expect("issued");
+                    latencies.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let p = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "RESULT unary c=128 calls={} seconds={secs:.2} per_s={:.0} p50_ms={:.1} p99_ms={:.1}",
+        all.len(),
+        all.len() as f64 / secs,
+        p(0.5),
+        p(0.99)
+    );
+    app.stop().await;
+}

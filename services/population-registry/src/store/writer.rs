@@ -68,6 +68,11 @@ fn pieces<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
 }
 /// Random rounds before a bucket's free suffixes are enumerated instead.
 const RANDOM_ROUNDS: usize = 6;
+/// Longest wait for more work when the previous group was large.
+const LINGER: Duration = Duration::from_millis(1);
+/// Group size from which the writer lingers (below it, callers are few and
+/// latency matters more than grouping).
+const LINGER_MIN_GROUP: usize = 8;
 /// Attempts of a transaction that lost a race to another replica.
 const ATTEMPTS: usize = 3;
 
@@ -160,6 +165,7 @@ impl Writer {
 
     /// Serves the queue until every sender is gone.
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<WriteCmd>) {
+        let mut last_group = 0;
         while let Some(first) = rx.recv().await {
             let mut issues = Vec::new();
             let mut reissues = Vec::new();
@@ -181,6 +187,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Under load, the callers answered by the last commit send their
+            // next requests a moment later; starting at once would commit
+            // those few alone and make the rest wait a whole extra commit.
+            // So when the last group was large, linger briefly for as many.
+            let want = last_group.min(self.max_group_items);
+            if last_group >= LINGER_MIN_GROUP && count < want {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while count < want {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(cmd)) => push(cmd, &mut count),
+                        _ => break,
+                    }
+                }
+            }
+            last_group = count;
             if !issues.is_empty() {
                 self.commit_issues(issues).await;
             }
