@@ -26,8 +26,9 @@ pub enum Mode {
     /// Resets open connections (RST: SO_LINGER 0, mid-call when calls are in flight) and
     /// every new one right after accepting it.
     Reset,
-    /// Forwards new connections until they have carried this many bytes (both directions
-    /// together), then resets them: the TLS handshake passes, the call dies part-way.
+    /// Forwards each connection until it has carried this many more bytes (both
+    /// directions together) since the mode began, then resets it: a new connection's TLS
+    /// handshake passes and its call dies part-way; an open connection dies mid-call.
     ResetAfter(u64),
     /// Accepts and never answers nor forwards: open connections stall (and resume when the
     /// mode changes back, as after a healed partition); connections accepted now stay
@@ -168,10 +169,9 @@ async fn connection(
     upstream: Option<SocketAddr>,
     mut mode: watch::Receiver<Mode>,
 ) {
-    let initial = *mode.borrow_and_update();
-    let limit = match initial {
-        Mode::PassThrough | Mode::Delay(_) => None,
-        Mode::ResetAfter(n) => Some(n),
+    let initial = *mode.borrow();
+    match initial {
+        Mode::PassThrough | Mode::Delay(_) | Mode::ResetAfter(_) => {}
         Mode::Drop => return,
         Mode::Reset | Mode::Refuse => return reset(&client),
         Mode::BlackHole => {
@@ -187,22 +187,19 @@ async fn connection(
         return reset(&client);
     };
     let _ = server.set_nodelay(true);
-    pump(client, server, mode, limit).await;
+    pump(client, server, mode).await;
 }
 
 /// Copies both ways until both sides are done, obeying mode changes on the way.
-async fn pump(
-    client: TcpStream,
-    server: TcpStream,
-    mut mode: watch::Receiver<Mode>,
-    limit: Option<u64>,
-) {
+async fn pump(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<Mode>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
     let (mut client_done, mut server_done) = (false, false);
+    // Bytes carried since the current mode began (for ResetAfter).
     let mut carried = 0u64;
+    let mut previous = None;
     let rst = |cw: &tokio::net::tcp::OwnedWriteHalf, sw: &tokio::net::tcp::OwnedWriteHalf| {
         reset(cw.as_ref());
         reset(sw.as_ref());
@@ -212,8 +209,17 @@ async fn pump(
             return;
         }
         let current = *mode.borrow_and_update();
+        if previous != Some(current) {
+            previous = Some(current);
+            carried = 0;
+        }
+        let mut limit = None;
         let delay = match current {
-            Mode::PassThrough | Mode::ResetAfter(_) => None,
+            Mode::PassThrough => None,
+            Mode::ResetAfter(n) => {
+                limit = Some(n);
+                None
+            }
             Mode::Delay(d) => Some(d),
             Mode::Drop => {
                 let _ = cw.shutdown().await;
