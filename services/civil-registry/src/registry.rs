@@ -162,13 +162,13 @@ impl Registry {
         .map_err(|d| Self::deny(caller, "register", d))?;
         let decision = decide(&birth.record, birth.registered_on);
         let id = Uuid::now_v7();
-        let row = NewRow {
+        let row = NewRow::new(
             id,
             birth,
-            unit: caller.unit.clone(),
-            official_id: caller.official_id.clone(),
+            caller.unit.clone(),
+            caller.official_id.clone(),
             decision,
-        };
+        );
         // Subscribe before the commit: the relay may write the number back before this
         // task runs again, and the notification must not be missed.
         let mut settled = self.waiters.subscribe(id);

@@ -31,6 +31,12 @@ async fn register_birth_throughput_on_sqlite_with_full_sync() {
     };
     let app = TestApp::start_with(backend, |cfg| {
         cfg.relay.enabled = relay;
+        if let Some(n) = std::env::var("THROUGHPUT_IN_FLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.relay.max_in_flight_batches = n;
+        }
         if !relay {
             cfg.registration.wait_for_number_ms = 0;
         }

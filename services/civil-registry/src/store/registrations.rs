@@ -32,6 +32,34 @@ pub struct NewRow {
     pub official_id: String,
     /// The eligibility decision.
     pub decision: Decision,
+    /// [`NewBirth::content_hash`], computed by the caller's task rather than inside the
+    /// writer's transaction.
+    pub content_hash: String,
+    /// The record as stored (JSON), computed likewise.
+    pub record_json: String,
+}
+
+impl NewRow {
+    /// A row with its digests computed.
+    pub fn new(
+        id: Uuid,
+        birth: NewBirth,
+        unit: Unit,
+        official_id: String,
+        decision: Decision,
+    ) -> Self {
+        let content_hash = birth.content_hash();
+        let record_json = serde_json::to_string(&birth.record).unwrap_or_default();
+        Self {
+            id,
+            birth,
+            unit,
+            official_id,
+            decision,
+            content_hash,
+            record_json,
+        }
+    }
 }
 
 /// What became of one insert.
@@ -185,7 +213,7 @@ impl Store {
                 row.unit.code.as_str().to_owned(),
                 row.birth.request_id.as_str().to_owned(),
             );
-            let hash = row.birth.content_hash();
+            let hash = row.content_hash.clone();
             if let Some((id, stored_hash)) = stored.get(&key) {
                 outcomes[i] = Some(if *stored_hash == hash {
                     InsertOutcome::Existing(Uuid::parse_str(id).map_err(decode_err)?)
@@ -273,7 +301,7 @@ impl Store {
                 Val::S(registration.rule_version.clone()),
                 Val::OS(issue_key.clone()),
                 Val::I(0),
-                Val::S(serde_json::to_string(&registration.record).map_err(decode_err)?),
+                Val::S(row.record_json.clone()),
                 Val::I(now),
                 Val::I(now),
             ]);
