@@ -61,20 +61,29 @@ impl RegistryService {
         }
         metrics::histogram!("population_registry_batch_message_items")
             .record(msg.items.len() as f64);
+        // Only the request ids outlive validation: each message's protobuf
+        // data is freed before its items wait for the writer, which keeps
+        // memory flat however many messages are in flight.
+        let mut request_ids = Vec::with_capacity(msg.items.len());
+        let mut parsed = Vec::with_capacity(msg.items.len());
+        for (i, item) in msg.items.into_iter().enumerate() {
+            parsed.push(convert::issue_request(&item, &self.provinces).map_err(|v| {
+                let path = format!("items[{i}]");
+                v.into_iter().map(|v| v.under(&path)).collect::<Vec<_>>()
+            }));
+            request_ids.push(item.request_id);
+        }
         let mut outcomes: Vec<Option<Result<pb::IssuePersonalIdResponse, Status>>> =
-            Vec::with_capacity(msg.items.len());
+            Vec::with_capacity(parsed.len());
         let mut valid: Vec<IssueRequest> = Vec::new();
         let mut valid_pos = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (i, item) in msg.items.iter().enumerate() {
-            let path = format!("items[{i}]");
-            let parsed = convert::issue_request(item, &self.provinces)
-                .map_err(|v| v.into_iter().map(|v| v.under(&path)).collect::<Vec<_>>());
+        for (i, parsed) in parsed.into_iter().enumerate() {
             match parsed {
-                Ok(_) if !seen.insert(item.request_id.as_str()) => {
+                Ok(_) if !seen.insert(request_ids[i].as_str()) => {
                     outcomes.push(Some(Err(status::issue(IssueError::Invalid(vec![
                         crate::domain::birth::Violation::new(
-                            format!("{path}.request_id"),
+                            format!("items[{i}].request_id"),
                             "appears more than once in this message",
                         ),
                     ])))));
@@ -87,6 +96,7 @@ impl RegistryService {
                 Err(v) => outcomes.push(Some(Err(status::issue(IssueError::Invalid(v))))),
             }
         }
+        drop(seen);
         if !valid.is_empty() {
             match self.store.issue(valid).await {
                 Ok(results) => {
@@ -102,12 +112,11 @@ impl RegistryService {
                 }
             }
         }
-        let results = msg
-            .items
-            .iter()
+        let results = request_ids
+            .into_iter()
             .zip(outcomes)
-            .map(|(item, outcome)| pb::BatchIssueResult {
-                request_id: item.request_id.clone(),
+            .map(|(request_id, outcome)| pb::BatchIssueResult {
+                request_id,
                 outcome: Some(match outcome {
                     Some(Ok(issued)) => pb::batch_issue_result::Outcome::Issued(issued),
                     Some(Err(s)) => pb::batch_issue_result::Outcome::Error(status::to_rpc(&s)),
