@@ -472,6 +472,33 @@ async fn a_permanent_refusal_marks_the_registration_rejected(backend: Backend) {
     );
     assert!(r.personal_id.is_empty());
     assert_eq!(app.fake.received(), 1, "a permanent refusal is not retried");
+    // An official corrects the record; it is asked for again under a new key.
+    let mut child = r.child.clone().unwrap();
+    child.full_name = "Accepted Child".into();
+    let correction = pb::CorrectBirthRegistrationRequest {
+        request_id: "fix-rejected".into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "name misspelt".into(),
+    };
+    let corrected = app
+        .client()
+        .await
+        .correct_birth_registration(auth(correction, &app.token("reg_c001")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !corrected.personal_id_reissued,
+        "a first issue, not a re-issue"
+    );
+    let after = app.settled("reg_c001", &r.name).await;
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert!(after.rejection_reason.is_empty());
+    assert_eq!(app.fake.conflicts(), 0);
     app.stop().await;
 }
 

@@ -270,3 +270,59 @@ impl<P: PopulationRegistry> Relay<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_attempt_with_jitter_and_stays_under_the_cap() {
+        let cfg = RelayConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1_000,
+            ..RelayConfig::default()
+        };
+        for _ in 0..100 {
+            let first = backoff(&cfg, 1).as_millis();
+            let third = backoff(&cfg, 3).as_millis();
+            let late = backoff(&cfg, 40).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            assert!((200..=400).contains(&third), "{third}");
+            assert!((500..=1_000).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_after_the_threshold_and_closes_on_success() {
+        let mut breaker = Breaker {
+            threshold: 3,
+            open_for: Duration::from_secs(60),
+            failures: 0,
+            open_until: None,
+        };
+        breaker.record(false);
+        breaker.record(false);
+        assert!(breaker.wait().is_none(), "still closed below the threshold");
+        breaker.record(false);
+        assert!(breaker.wait().is_some(), "open at the threshold");
+        breaker.record(true);
+        assert!(breaker.wait().is_none(), "closed after a success");
+    }
+
+    #[test]
+    fn waiters_receive_the_settlement_of_their_registration_only() {
+        let waiters = Waiters::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut rx_a = waiters.subscribe(a);
+        let mut rx_b = waiters.subscribe(b);
+        let settlement = Settlement {
+            status: crate::domain::model::PersonalIdStatus::Issued,
+            personal_id: Some("001221028568".into()),
+            rejection_reason: None,
+            at_ms: 1,
+        };
+        waiters.notify(&[(a, settlement.clone())]);
+        assert_eq!(rx_a.try_recv().ok(), Some(settlement));
+        assert!(rx_b.try_recv().is_err());
+    }
+}
