@@ -158,7 +158,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Concurrent requests served per client connection; more wait.
     pub concurrency_limit_per_connection: usize,
-    /// Upper bound on one call's duration (a shorter client deadline wins).
+    /// Upper bound on a unary call's duration, and on the silence between the messages of
+    /// a request stream (a shorter client deadline wins).
     pub request_timeout_ms: u64,
     /// TLS for the server.
     pub tls: ServerTlsConfig,

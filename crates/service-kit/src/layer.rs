@@ -114,14 +114,14 @@ where
         // dropping our future); the server's own limit is enforced here so that the client
         // gets the correct DEADLINE_EXCEEDED.
         let server_deadline = start + self.layer.request_timeout;
-        let deadline = client_timeout(request.headers())
-            .map_or(server_deadline, |t| server_deadline.min(start + t));
+        let client_deadline = client_timeout(request.headers()).map(|t| start + t);
+        let deadline = client_deadline.map_or(server_deadline, |d| server_deadline.min(d));
         let max = self.layer.max_message_bytes;
         let request = request.map(|body| {
             tonic::body::Body::new(LimitedBody::new(
                 body,
                 max,
-                deadline,
+                client_deadline,
                 self.layer.request_timeout,
             ))
         });
@@ -311,15 +311,17 @@ impl Drop for CallRecord {
 pin_project! {
     /// Request body that fails as soon as a gRPC message header announces more than `max`
     /// bytes, before the message is buffered, and that fails with DEADLINE_EXCEEDED when
-    /// it is still waiting for the client at the call's deadline: the response future's
-    /// timeout ends once a streaming handler has answered, so without this a client that
-    /// opens a stream and goes silent would hold the call (and the connection's
-    /// concurrency slot's worth of state) for ever.
+    /// the client has sent nothing for the server's request timeout, or at the client's
+    /// own deadline: the response future's timeout ends once a streaming handler has
+    /// answered, so without this a client that opens a stream and goes silent would hold
+    /// the call for ever. The server's limit is an idle limit on request streams, not a
+    /// total one, so that a long backfill over one busy stream is never cut off.
     struct LimitedBody<B> {
         #[pin]
         inner: B,
         #[pin]
         deadline: tokio::time::Sleep,
+        client_deadline: Option<Instant>,
         request_timeout: Duration,
         max: usize,
         header: [u8; 5],
@@ -329,10 +331,18 @@ pin_project! {
 }
 
 impl<B> LimitedBody<B> {
-    fn new(inner: B, max: usize, deadline: Instant, request_timeout: Duration) -> Self {
+    fn new(
+        inner: B,
+        max: usize,
+        client_deadline: Option<Instant>,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
-            deadline: tokio::time::sleep_until(deadline.into()),
+            deadline: tokio::time::sleep_until(
+                next_idle_deadline(request_timeout, client_deadline).into(),
+            ),
+            client_deadline,
             request_timeout,
             max,
             header: [0; 5],
@@ -395,8 +405,8 @@ where
                 ready!(this.deadline.poll(cx));
                 return Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
                     format!(
-                        "the request stream was still open when the call's deadline (at most \
-                         the server's request timeout of {} ms) expired",
+                        "the request stream sent nothing for the server's request timeout of \
+                         {} ms, or reached the client's deadline",
                         this.request_timeout.as_millis()
                     ),
                 )))));
@@ -404,6 +414,8 @@ where
         };
         match polled {
             Some(Ok(frame)) => {
+                this.deadline
+                    .reset(next_idle_deadline(*this.request_timeout, *this.client_deadline).into());
                 if let Some(data) = frame.data_ref()
                     && let Err(status) = scan(
                         data,
@@ -439,6 +451,12 @@ fn split_path(path: &str) -> (&str, &str) {
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?;
     value.parse::<i32>().ok().map(Code::from_i32)
+}
+
+/// When a request stream that stays silent from now on is cut off.
+fn next_idle_deadline(idle: Duration, client_deadline: Option<Instant>) -> Instant {
+    let idle_deadline = Instant::now() + idle;
+    client_deadline.map_or(idle_deadline, |d| d.min(idle_deadline))
 }
 
 /// The client's `grpc-timeout` header (e.g. `100m`, `5S`).

@@ -341,3 +341,57 @@ async fn a_plaintext_client_channel_needs_explicit_consent() {
 
     assert!(error.to_string().contains("insecure_plaintext"), "{error}");
 }
+
+#[tokio::test]
+async fn a_busy_request_stream_outlives_the_request_timeout_and_an_idle_one_is_cut_off() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let config = service_kit::ServerConfig {
+        request_timeout_ms: 300,
+        ..plaintext_config()
+    };
+    let server = TestServer::start(&config).await;
+    let mut client = ServerReflectionClient::new(plaintext_channel(server.addr).await);
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("reflection call")
+        .into_inner();
+
+    // A message every 100 ms for 1 s: more than three request timeouts in all.
+    let opened = Instant::now();
+    let mut answered = 0;
+    while opened.elapsed() < Duration::from_secs(1) {
+        sender.send(list()).await.expect("stream open");
+        responses.next().await.expect("a response").expect("ok");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then silence, with the stream still open.
+    let silent_since = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("the server ends an idle stream");
+
+    assert!(answered >= 8, "every message answered: {answered}");
+    // The handler sees its request stream fail and ends the call (reflection answers the
+    // end of its input by closing its output): no further response, either way.
+    match cut {
+        None => {}
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::DeadlineExceeded),
+        Some(Ok(response)) => panic!("an idle stream got a response: {response:?}"),
+    }
+    assert!(
+        silent_since.elapsed() < Duration::from_secs(2),
+        "cut about one request timeout after the last message"
+    );
+    drop(sender);
+    server.stop().await;
+}
