@@ -162,9 +162,10 @@ pub async fn connect_pool(cfg: &DatabaseConfig) -> anyhow::Result<(AnyPool, Back
                     // Durability is never traded for speed: every commit is fsynced.
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
-                    // A page cache that holds the hot index pages of a large
-                    // group (SQLite's default is 2 MiB): misses cost a pread each.
-                    conn.execute("PRAGMA cache_size = -32768").await?;
+                    // A page cache for the hot index pages of a large group
+                    // (SQLite's default is 2 MiB; misses cost a pread each),
+                    // small enough to keep the process well under its memory budget.
+                    conn.execute("PRAGMA cache_size = -16384").await?;
                     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {busy}")))
                         .await?;
                 }
