@@ -88,7 +88,8 @@ pub struct RelayConfig {
     pub enabled: bool,
     /// Most rows per call (BatchIssuePersonalIds accepts up to 1,000).
     pub batch_size: i64,
-    /// Batches in flight at once per replica.
+    /// Batches in flight at once per replica. Fewer, larger batches cost fewer commits;
+    /// more hide the population registry's latency.
     pub max_in_flight_batches: usize,
     /// How long a replica owns the rows it took; after that another may retry them.
     pub lease_ms: i64,
@@ -109,7 +110,7 @@ impl Default for RelayConfig {
         Self {
             enabled: true,
             batch_size: 500,
-            max_in_flight_batches: 4,
+            max_in_flight_batches: 2,
             lease_ms: 30_000,
             backoff_initial_ms: 200,
             backoff_max_ms: 60_000,
