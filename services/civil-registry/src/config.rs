@@ -110,7 +110,7 @@ impl Default for RelayConfig {
         Self {
             enabled: true,
             batch_size: 500,
-            max_in_flight_batches: 2,
+            max_in_flight_batches: 4,
             lease_ms: 30_000,
             backoff_initial_ms: 200,
             backoff_max_ms: 60_000,
