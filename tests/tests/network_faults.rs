@@ -80,6 +80,12 @@ fn faults() -> Vec<Fault> {
             bites: Bite::Pending,
         },
         Fault {
+            name: "black hole after the connection was cut (the relay reconnects into it)",
+            mode: Mode::BlackHole,
+            lasts: black_hole,
+            bites: Bite::Pending,
+        },
+        Fault {
             name: "long outage (connection refused)",
             mode: Mode::Refuse,
             lasts: outage,
@@ -127,6 +133,12 @@ async fn the_relay_recovers_from_every_network_fault_and_register_birth_answers_
         let channels = fleet.channels(&fleet.stack.civil.uri(), 2);
         if matches!(fault.mode, Mode::Reset) {
             proxy.set_mode(Mode::Delay(Duration::from_millis(200)));
+        } else if fault.name.starts_with("black hole after") {
+            // Cut the open connection first, so the relay's next connection (TCP accepted,
+            // TLS handshake never answered) lands in the black hole.
+            proxy.set_mode(Mode::Reset);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            proxy.set_mode(fault.mode);
         } else {
             proxy.set_mode(fault.mode);
         }

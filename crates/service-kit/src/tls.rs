@@ -82,7 +82,8 @@ pub fn client_identity<T>(req: &tonic::Request<T>) -> Option<ClientIdentity> {
 /// A channel to `uri`: `https://host:port` with TLS (CA from `tls.ca_file`, client
 /// certificate for mTLS when `cert_file` and `key_file` are set), `http://` only with
 /// `tls.insecure_plaintext`. Connects lazily, so it can be built before the peer is up;
-/// `connect_timeout` bounds each connection attempt; HTTP/2 keepalive detects dead peers.
+/// `connect_timeout` bounds each connection attempt (the TCP connect and the TLS handshake
+/// each); HTTP/2 keepalive detects dead peers.
 pub fn client_channel(
     uri: &str,
     tls: &ClientTlsConfig,
@@ -108,7 +109,10 @@ pub fn client_channel(
             bail!("{uri}: plaintext http:// needs tls.insecure_plaintext = true; use https://")
         }
         ("https", true) => bail!("{uri}: https:// contradicts tls.insecure_plaintext = true"),
-        ("https", false) => endpoint.tls_config(client_tls(tls)?)?,
+        // The handshake gets its own bound: a peer (or middlebox) that accepts the TCP
+        // connection and never answers would otherwise hold the channel's only connection
+        // attempt for ever, and the channel would never become ready again.
+        ("https", false) => endpoint.tls_config(client_tls(tls)?.timeout(connect_timeout))?,
         (other, _) => bail!("{uri}: unsupported scheme {other:?} (use https:// or http://)"),
     };
     Ok(endpoint.connect_lazy())
