@@ -197,6 +197,8 @@ struct Listed {
     id: String,
     name: String,
     unit_code: String,
+    registration_number: i64,
+    book_number: String,
     status: i32,
     personal_id: String,
     reasons: Reasons,
@@ -441,6 +443,32 @@ pub async fn verify(
             );
         }
     }
+    // What the population registry stored for a key is what the civil registry holds
+    // (a retry that sent changed content under the same key would show here).
+    let by_id: HashMap<&str, &Listed> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
+    for i in &issuances {
+        if let (Some(r), Some(reference)) = (by_id.get(i.request_id.as_str()), &i.registration)
+            && (reference.unit_code != r.unit_code
+                || reference.registration_number != r.registration_number
+                || reference.book_number != r.book_number)
+        {
+            violation(
+                &mut v,
+                &mut counts,
+                "content-drift",
+                format!(
+                    "{}: population holds {} no. {} book {}, civil {} no. {} book {}",
+                    r.name,
+                    reference.unit_code,
+                    reference.registration_number,
+                    reference.book_number,
+                    r.unit_code,
+                    r.registration_number,
+                    r.book_number
+                ),
+            );
+        }
+    }
     report.population_active = pop_active.len() as u64;
     for (id, number) in &civil_issued {
         match pop_active.get(id) {
@@ -651,6 +679,8 @@ async fn list_all(
                 id: r.id,
                 name: r.name,
                 unit_code: r.unit_code,
+                registration_number: r.registration_number,
+                book_number: r.book_number,
                 status: r.personal_id_status,
                 personal_id: r.personal_id,
                 reasons: Reasons::from_proto(&r.ineligibility_reasons),
