@@ -3,10 +3,15 @@
 //! TLS/mTLS per config, per-call tracing and metrics ([`crate::layer`]), limits, and a
 //! bounded graceful shutdown.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     body::Body,
     server::NamedService,
@@ -19,7 +24,11 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
 };
 
-use crate::{config::ServerConfig, layer::RpcLayer};
+use crate::{
+    config::ServerConfig,
+    layer::RpcLayer,
+    tls::{ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT},
+};
 
 /// Health service name that stands for the whole server (what `grpc_health_probe` and
 /// Kubernetes gRPC probes ask for by default).
@@ -36,7 +45,8 @@ pub struct GrpcServer {
     config: ServerConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<ServerTlsMaterial>,
+    client_certificate_optional: bool,
     /// The plaintext health-only listener and its service, when configured.
     health_probe: Option<(TcpListener, HealthServer<HealthService>)>,
     routes: Routes,
@@ -51,7 +61,7 @@ impl GrpcServer {
         cfg: &ServerConfig,
         file_descriptor_set: &'static [u8],
     ) -> anyhow::Result<Self> {
-        let tls = crate::tls::server_tls(&cfg.tls)?;
+        let tls = ServerTlsMaterial::read(&cfg.tls)?;
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("server.listen_addr: cannot bind {}", cfg.listen_addr))?;
@@ -92,6 +102,7 @@ impl GrpcServer {
             listener,
             local_addr,
             tls,
+            client_certificate_optional: false,
             health_probe,
             routes,
             health_reporter,
@@ -132,7 +143,7 @@ impl GrpcServer {
     /// verified against the client CA. Only for services whose every handler checks
     /// [`crate::tls::client_identity`]; health and reflection then answer without one.
     pub fn client_certificate_optional(mut self) -> Self {
-        self.tls = self.tls.map(|tls| tls.client_auth_optional(true));
+        self.client_certificate_optional = true;
         self
     }
 
@@ -167,11 +178,15 @@ impl GrpcServer {
             listener,
             local_addr,
             tls,
+            client_certificate_optional,
             health_probe,
             routes,
             health_reporter,
             service_names,
         } = self;
+        let acceptor = tls
+            .map(|tls| tls.acceptor(client_certificate_optional))
+            .transpose()?;
 
         let mut health_names: Vec<&'static str> = service_names.clone();
         health_names.push(OVERALL);
@@ -192,15 +207,9 @@ impl GrpcServer {
             ]
             .map(String::from),
         );
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .context("invalid server TLS configuration")?;
-        }
         // HTTP/2 pings find peers that vanished without closing (a dead NAT entry, a
         // crashed host): their connections are closed instead of held for ever.
-        let router = builder
+        let router = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -240,8 +249,25 @@ impl GrpcServer {
         });
 
         tracing::info!(%local_addr, services = ?service_names, "gRPC server serving");
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        // TLS is accepted here rather than by tonic so that a refused handshake (no client
+        // certificate, one from another CA, a client that never speaks) is written to the
+        // security log: it never reaches a handler that could.
+        let (serve, accept_task): (Pin<Box<dyn Future<Output = _> + Send>>, _) = match acceptor {
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+                    None,
+                )
+            }
+            Some(acceptor) => {
+                let (incoming, accept_task) = tls_incoming(listener, acceptor);
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal)),
+                    Some(accept_task),
+                )
+            }
+        };
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         let drain_deadline = async move {
             match draining_rx.await {
@@ -262,6 +288,10 @@ impl GrpcServer {
                 );
             }
         }
+        if let Some(accept_task) = accept_task {
+            accept_task.abort();
+            let _ = accept_task.await;
+        }
         let _ = probe_stop_tx.send(());
         if let Some(probe_task) = probe_task {
             probe_task
@@ -271,4 +301,57 @@ impl GrpcServer {
         }
         Ok(())
     }
+}
+
+/// Accepts TCP connections and completes their TLS handshakes (each in its own task,
+/// bounded by [`TLS_HANDSHAKE_TIMEOUT`]); refused handshakes go to the security log with
+/// the peer's address only. The accept loop stops when the returned stream is dropped or
+/// the task is aborted, which closes the listener.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> (
+    ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (connections, incoming) = mpsc::channel(64);
+    let accept_task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = connections.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = connections.send(Ok(tls)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(target: "security", %peer, %error, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            target: "security",
+                            %peer,
+                            timeout_ms = TLS_HANDSHAKE_TIMEOUT.as_millis(),
+                            "TLS handshake not completed in time"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    (ReceiverStream::new(incoming), accept_task)
 }

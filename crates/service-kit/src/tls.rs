@@ -1,9 +1,19 @@
 //! TLS and mutual TLS (rustls with the ring provider): server configuration, client
 //! channels, and the verified client identity handlers use for authorization.
 
-use std::{path::Path, sync::Once, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Once},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::WebPkiClientVerifier,
+};
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Channel, Endpoint, Identity};
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
@@ -145,39 +155,86 @@ fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::ClientT
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The tonic server TLS configuration for `tls`, or `None` for plaintext (logged as a
-/// warning). mTLS with a required client certificate when `client_ca_file` is set.
-pub(crate) fn server_tls(
-    tls: &ServerTlsConfig,
-) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-    if tls.insecure_plaintext {
-        tracing::warn!("TLS is off: serving plaintext gRPC (server.tls.insecure_plaintext)");
-        return Ok(None);
+/// Server TLS material read at bind time; the acceptor is built from it so that
+/// [`crate::GrpcServer::client_certificate_optional`] can relax client authentication.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerTlsMaterial {
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    client_roots: Option<Arc<RootCertStore>>,
+}
+
+impl ServerTlsMaterial {
+    /// Reads `tls`, or `None` for plaintext (logged as a warning).
+    pub(crate) fn read(tls: &ServerTlsConfig) -> anyhow::Result<Option<Self>> {
+        if tls.insecure_plaintext {
+            tracing::warn!("TLS is off: serving plaintext gRPC (server.tls.insecure_plaintext)");
+            return Ok(None);
+        }
+        install_crypto_provider();
+        let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+            bail!(
+                "server.tls.cert_file and server.tls.key_file are required \
+                 (or set server.tls.insecure_plaintext = true for local runs)"
+            );
+        };
+        let cert_chain = CertificateDer::pem_slice_iter(&read(cert, "server.tls.cert_file")?)
+            .collect::<Result<Vec<_>, _>>()
+            .context("server.tls.cert_file: not a PEM certificate chain")?;
+        let key = PrivateKeyDer::from_pem_slice(&read(key, "server.tls.key_file")?)
+            .context("server.tls.key_file: not a PEM private key")?;
+        let client_roots = match &tls.client_ca_file {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&read(ca, "server.tls.client_ca_file")?)
+                {
+                    roots
+                        .add(cert.context("server.tls.client_ca_file: not a PEM certificate")?)
+                        .context("server.tls.client_ca_file: unusable CA certificate")?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let material = Self {
+            cert_chain,
+            key: Arc::new(key),
+            client_roots,
+        };
+        // Fail at bind, not at the first connection.
+        material.acceptor(false)?;
+        Ok(Some(material))
     }
-    install_crypto_provider();
-    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
-        bail!(
-            "server.tls.cert_file and server.tls.key_file are required \
-             (or set server.tls.insecure_plaintext = true for local runs)"
-        );
-    };
-    let mut config = tonic::transport::ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(cert, "server.tls.cert_file")?,
-            read(key, "server.tls.key_file")?,
-        ))
-        // tonic sets no handshake timeout: a client that opens a TCP connection and never
-        // speaks TLS would hold a socket and a task for ever.
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
-    if let Some(ca) = &tls.client_ca_file {
-        config = config
-            .client_ca_root(Certificate::from_pem(read(
-                ca,
-                "server.tls.client_ca_file",
-            )?))
-            .client_auth_optional(false);
+
+    /// A rustls acceptor speaking HTTP/2; with client roots, mTLS (the client certificate
+    /// verified against them, and required unless `client_certificate_optional`).
+    pub(crate) fn acceptor(
+        &self,
+        client_certificate_optional: bool,
+    ) -> anyhow::Result<TlsAcceptor> {
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder(roots.clone());
+                let verifier = if client_certificate_optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .context("server.tls.client_ca_file: unusable")?,
+                )
+            }
+        };
+        let mut config = builder
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+            .context("server.tls.key_file does not match server.tls.cert_file")?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
-    Ok(Some(config))
 }
 
 fn read(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
