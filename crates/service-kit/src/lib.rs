@@ -36,6 +36,7 @@ pub mod echo;
 pub mod healthcheck;
 pub mod layer;
 pub mod metrics;
+pub mod pki;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -181,7 +181,7 @@ async fn a_handler_sees_the_full_client_identity_and_can_match_it() {
 
     assert_eq!(
         reply.message,
-        "CN=population-client, O=Kit Tests|population-client|population-client.test|spiffe://test/population-client"
+        "CN=population-client|population-client|population-client.test|spiffe://test/population-client"
     );
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 }

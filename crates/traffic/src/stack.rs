@@ -6,6 +6,7 @@
 use crate::client::{ClientTls, Tokens};
 use crate::profile::{MINISTRY_UNIT, Plan};
 use anyhow::{Context as _, bail};
+use service_kit::pki::ThrowawayCa;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,71 +38,24 @@ pub struct Certs {
 
 impl Certs {
     /// Creates a CA, one server certificate (localhost, 127.0.0.1) for both services and
-    /// the two client certificates under `dir`.
+    /// the client certificates under `dir`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        std::fs::create_dir_all(dir)?;
-        let write = |name: &str, pem: String| -> anyhow::Result<PathBuf> {
-            let p = dir.join(name);
-            std::fs::write(&p, pem).with_context(|| format!("writing {}", p.display()))?;
-            Ok(p)
-        };
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "traffic pilot throwaway CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let ca = write("ca.pem", ca_cert.pem())?;
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf =
-            |cn: &str, sans: Vec<String>, server: bool| -> anyhow::Result<(String, String)> {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(sans)?;
-                params.distinguished_name.push(DnType::CommonName, cn);
-                params.extended_key_usages = vec![if server {
-                    ExtendedKeyUsagePurpose::ServerAuth
-                } else {
-                    ExtendedKeyUsagePurpose::ClientAuth
-                }];
-                let cert = params.signed_by(&key, &issuer)?;
-                Ok((cert.pem(), key.serialize_pem()))
-            };
-        let (sc, sk) = leaf(
-            "localhost",
-            vec!["localhost".into(), "127.0.0.1".into()],
-            true,
-        )?;
-        let (cc, ck) = leaf(
-            CIVIL_CLIENT_IDENTITY,
-            vec![CIVIL_CLIENT_IDENTITY.into()],
-            false,
-        )?;
-        let (tc, tk) = leaf(
-            TRAFFIC_CLIENT_IDENTITY,
-            vec![TRAFFIC_CLIENT_IDENTITY.into()],
-            false,
-        )?;
-        let (xc, xk) = leaf(
-            STRANGER_CLIENT_IDENTITY,
-            vec![STRANGER_CLIENT_IDENTITY.into()],
-            false,
-        )?;
+        let ca = ThrowawayCa::create(dir, "traffic pilot")?;
+        let server = ca.server_cert("server", &["localhost", "127.0.0.1"])?;
+        let client = |identity: &str| ca.client_cert(identity, identity, &[identity]);
+        let civil = client(CIVIL_CLIENT_IDENTITY)?;
+        let traffic = client(TRAFFIC_CLIENT_IDENTITY)?;
+        let stranger = client(STRANGER_CLIENT_IDENTITY)?;
         Ok(Self {
-            ca,
-            server_cert: write("server.pem", sc)?,
-            server_key: write("server-key.pem", sk)?,
-            civil_client_cert: write("civil-client.pem", cc)?,
-            civil_client_key: write("civil-client-key.pem", ck)?,
-            traffic_client_cert: write("traffic-client.pem", tc)?,
-            traffic_client_key: write("traffic-client-key.pem", tk)?,
-            stranger_client_cert: write("stranger-client.pem", xc)?,
-            stranger_client_key: write("stranger-client-key.pem", xk)?,
+            ca: ca.ca_file().to_path_buf(),
+            server_cert: server.cert_file,
+            server_key: server.key_file,
+            civil_client_cert: civil.cert_file,
+            civil_client_key: civil.key_file,
+            traffic_client_cert: traffic.cert_file,
+            traffic_client_key: traffic.key_file,
+            stranger_client_cert: stranger.cert_file,
+            stranger_client_key: stranger.key_file,
         })
     }
 

@@ -13,10 +13,8 @@ use contracts::mps::population::v1::population_registry_service_client::Populati
 use population_registry::app::App;
 use population_registry::config::Config;
 use population_registry::store::Store;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+pub use service_kit::pki::IssuedCert;
+use service_kit::pki::ThrowawayCa;
 use sqlx::Connection as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -214,78 +212,35 @@ pub fn issue(request_id: &str, birth: pb::BirthRecord) -> pb::IssuePersonalIdReq
 /// A certificate authority that can issue server and client certificates, all written as
 /// PEM files in a temporary directory.
 pub struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    pub cert_pem: String,
+    ca: ThrowawayCa,
     pub dir: tempfile::TempDir,
     pub ca_file: PathBuf,
 }
 
-pub struct IssuedCert {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
 impl TestCa {
     pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("self-signed CA");
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, cert.pem()).expect("write CA");
-        Self {
-            issuer: Issuer::new(params, key),
-            cert_pem: cert.pem(),
-            dir,
-            ca_file,
-        }
+        let ca = ThrowawayCa::create(dir.path(), name).expect("CA");
+        let ca_file = ca.ca_file().to_path_buf();
+        Self { ca, dir, ca_file }
     }
 
     /// A server certificate for `localhost` and 127.0.0.1.
     pub fn server_cert(&self) -> IssuedCert {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue("server", params)
+        self.ca
+            .server_cert("server", &["localhost", "127.0.0.1"])
+            .expect("server certificate")
     }
 
     /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
     /// `spiffe://test/{name}`.
     pub fn client_cert(&self, name: &str) -> IssuedCert {
-        let mut params =
-            CertificateParams::new(vec![format!("{name}.test")]).expect("client params");
-        params.subject_alt_names.push(SanType::URI(
-            format!("spiffe://test/{name}").try_into().expect("uri"),
-        ));
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Kit Tests");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(name, params)
-    }
-
-    fn issue(&self, name: &str, params: CertificateParams) -> IssuedCert {
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let cert_file = self.dir.path().join(format!("{name}.pem"));
-        let key_file = self.dir.path().join(format!("{name}.key"));
-        std::fs::write(&cert_file, cert.pem()).expect("write cert");
-        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
-        IssuedCert {
-            cert_file,
-            key_file,
-        }
+        self.ca
+            .client_cert(
+                name,
+                name,
+                &[&format!("{name}.test"), &format!("spiffe://test/{name}")],
+            )
+            .expect("client certificate")
     }
 }
