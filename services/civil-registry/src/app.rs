@@ -12,15 +12,19 @@ use contracts::moj::civilstatus::v1::birth_registration_service_server::{
     BirthRegistrationServiceServer, SERVICE_NAME,
 };
 use service_kit::GrpcServer;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic_health::ServingStatus;
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseConfig};
 use crate::grpc::BirthRegistrationApi;
-use crate::registry::Registry;
+use crate::registry::{Handoff, Registry};
 use crate::relay::client::GrpcPopulationRegistry;
 use crate::relay::{Relay, Waiters};
-use crate::store::{Store, now_ms};
+use crate::store::{Backend, Store, now_ms};
+
+/// Rows the writer may hand to the relay in memory before it leaves further rows to the
+/// relay's poll (bounds the memory of a backlog while the population registry is away).
+const HANDOFF_QUEUE: usize = 16_384;
 
 /// A built, bound, not yet serving civil registry.
 #[derive(Debug)]
@@ -29,6 +33,7 @@ pub struct App {
     server: GrpcServer,
     metrics_addr: Option<SocketAddr>,
     store: Store,
+    writer_store: Store,
     registry: Registry,
     writer: tokio::task::JoinHandle<()>,
     relay: Option<Relay<GrpcPopulationRegistry>>,
@@ -43,23 +48,54 @@ impl App {
         let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET).await?;
         let waiters = Arc::new(Waiters::default());
         let wake = Arc::new(Notify::new());
-        let (registry, writer) = Registry::start(
-            store.clone(),
-            &cfg.registration,
-            waiters.clone(),
-            wake.clone(),
-        );
         let relay = if cfg.relay.enabled {
             let client = GrpcPopulationRegistry::new(&cfg.population_registry)?;
             Some(Relay::new(
                 store.clone(),
                 Arc::new(client),
                 cfg.relay.clone(),
-                waiters,
-                wake,
+                waiters.clone(),
+                wake.clone(),
             ))
         } else {
             None
+        };
+        let (handoff, handed) = match &relay {
+            Some(relay) => {
+                let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+                let handoff = Handoff {
+                    tx,
+                    owner: relay.owner().to_owned(),
+                    lease_ms: cfg.relay.lease_ms,
+                };
+                (Some(handoff), Some(rx))
+            }
+            None => (None, None),
+        };
+        // The writer keeps one connection of its own: in WAL mode a connection drops its
+        // page cache whenever another connection wrote since its last transaction, so a
+        // writer that moved between pooled connections re-read its index pages every group.
+        let writer_store =
+            if store.backend() == Backend::Sqlite && !cfg.database.url.contains(":memory:") {
+                Store::connect(&DatabaseConfig {
+                    max_connections: 1,
+                    ..cfg.database.clone()
+                })
+                .await?
+            } else {
+                store.clone()
+            };
+        let (registry, writer) = Registry::start(
+            store.clone(),
+            writer_store.clone(),
+            &cfg.registration,
+            waiters,
+            wake,
+            handoff,
+        );
+        let relay = match (relay, handed) {
+            (Some(relay), Some(rx)) => Some(relay.with_handoff(rx, registry.write_back())),
+            (relay, _) => relay,
         };
         let api = BirthRegistrationServiceServer::new(BirthRegistrationApi::new(registry.clone()))
             .max_decoding_message_size(server.max_message_bytes());
@@ -69,6 +105,7 @@ impl App {
             server,
             metrics_addr,
             store,
+            writer_store,
             registry,
             writer,
             relay,
@@ -94,6 +131,7 @@ impl App {
             cfg,
             server,
             store,
+            writer_store,
             registry,
             writer,
             relay,
@@ -115,12 +153,15 @@ impl App {
                 let _ = stop_tx.send(true);
             })
             .await;
-        if let Some(task) = relay_task {
+        if let Some(mut task) = relay_task {
             let bound = Duration::from_millis(cfg.population_registry.call_timeout_ms + 1_000);
-            if tokio::time::timeout(bound, task).await.is_err() {
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
                 tracing::warn!(
                     "relay did not stop in time; its leased rows will be retried after the lease expires"
                 );
+                // It holds a way into the writer: stop it so that the writer can finish.
+                task.abort();
+                let _ = task.await;
             }
         }
         health_task.abort();
@@ -128,6 +169,7 @@ impl App {
         drop(registry);
         let _ = writer.await;
         store.close().await;
+        writer_store.close().await;
         result
     }
 }

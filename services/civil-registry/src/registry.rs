@@ -17,9 +17,11 @@ use crate::domain::model::{
     Caller, Correction, NewBirth, PersonalIdStatus, Registration, UnitLevel,
 };
 use crate::domain::policy;
+use crate::domain::population::Outbound;
 use crate::relay::Waiters;
 use crate::store::{
-    InsertOutcome, ListFilter, NewRow, PageCursor, StatsGrouping, StatsRow, Store, is_unavailable,
+    Completion, InsertOutcome, Lease, ListFilter, NewRow, PageCursor, StatsGrouping, StatsRow,
+    Store, is_unavailable, now_ms,
 };
 
 /// Log target of security-relevant refusals (ids only).
@@ -43,9 +45,49 @@ fn db_error(e: sqlx::Error) -> RegistryError {
     }
 }
 
-struct WriteJob {
-    row: NewRow,
-    reply: oneshot::Sender<Result<(InsertOutcome, Option<Registration>), RegistryError>>,
+type InsertReply = oneshot::Sender<Result<(InsertOutcome, Option<Registration>), RegistryError>>;
+
+/// Work for the writer's next group commit.
+enum WriteJob {
+    /// A RegisterBirth.
+    Register { row: NewRow, reply: InsertReply },
+    /// Relay outcomes to write back (joined to the next group commit rather than a
+    /// transaction of their own).
+    Complete {
+        completions: Vec<Completion>,
+        reply: oneshot::Sender<Result<(), RegistryError>>,
+    },
+}
+
+/// The in-memory path from the writer to this process's relay: eligible registrations'
+/// outbox rows are committed already leased to the relay and handed over right after the
+/// commit, each with its lease end.
+#[derive(Clone, Debug)]
+pub struct Handoff {
+    /// To the relay.
+    pub tx: mpsc::Sender<(Outbound, i64)>,
+    /// The relay's lease owner name.
+    pub owner: String,
+    /// Lease length.
+    pub lease_ms: i64,
+}
+
+/// The relay's way to write outcomes back through the writer's group commit.
+#[derive(Clone, Debug)]
+pub struct WriteBack(mpsc::Sender<WriteJobBox>);
+
+impl WriteBack {
+    /// Writes relay outcomes back in the writer's next group commit; returns once durable
+    /// (the waiters of settled registrations are woken by then).
+    pub async fn complete(&self, completions: Vec<Completion>) -> Result<(), RegistryError> {
+        let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Box::new(WriteJob::Complete { completions, reply }))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
 }
 
 /// Filters of a list call, validated.
@@ -91,9 +133,16 @@ type WriteJobBox = Box<WriteJob>;
 
 impl std::fmt::Debug for WriteJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteJob")
-            .field("id", &self.row.id)
-            .finish_non_exhaustive()
+        match self {
+            Self::Register { row, .. } => f
+                .debug_struct("Register")
+                .field("id", &row.id)
+                .finish_non_exhaustive(),
+            Self::Complete { completions, .. } => f
+                .debug_struct("Complete")
+                .field("items", &completions.len())
+                .finish_non_exhaustive(),
+        }
     }
 }
 
@@ -101,16 +150,20 @@ impl Registry {
     /// Starts the writer task; it ends when every `Registry` clone is dropped.
     pub fn start(
         store: Store,
+        writer_store: Store,
         cfg: &RegistrationConfig,
         waiters: Arc<Waiters>,
         wake: Arc<Notify>,
+        handoff: Option<Handoff>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.writer_queue.max(1));
         let writer = tokio::spawn(writer_loop(
-            store.clone(),
+            writer_store,
             rx,
             cfg.writer_batch_max.max(1),
             wake.clone(),
+            waiters.clone(),
+            handoff,
         ));
         let registry = Self {
             store,
@@ -120,6 +173,11 @@ impl Registry {
             wait_for_number: Duration::from_millis(cfg.wait_for_number_ms),
         };
         (registry, writer)
+    }
+
+    /// The relay's path into the writer's group commits.
+    pub fn write_back(&self) -> WriteBack {
+        WriteBack(self.writer.clone())
     }
 
     /// The caller behind a bearer token.
@@ -175,7 +233,7 @@ impl Registry {
         let (reply, answer) = oneshot::channel();
         let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
         self.writer
-            .send(Box::new(WriteJob { row, reply }))
+            .send(Box::new(WriteJob::Register { row, reply }))
             .await
             .map_err(|_| stopped())?;
         let outcome = answer.await.map_err(|_| stopped());
@@ -386,11 +444,24 @@ impl Registry {
     }
 }
 
+fn copy_error(error: &RegistryError) -> RegistryError {
+    match error {
+        RegistryError::Unavailable(e) => RegistryError::Unavailable(anyhow::anyhow!("{e}")),
+        other => RegistryError::Unexpected(anyhow::anyhow!("{other}")),
+    }
+}
+
+/// The single writer: each turn takes everything queued (up to `max` jobs) and commits it
+/// in ONE transaction, starting as soon as the previous commit ended: registrations with
+/// their audit entries and outbox rows, and the relay's outcomes. No timer, no waiting for
+/// a full group.
 async fn writer_loop(
     store: Store,
     mut rx: mpsc::Receiver<WriteJobBox>,
     max: usize,
     wake: Arc<Notify>,
+    waiters: Arc<Waiters>,
+    handoff: Option<Handoff>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -401,48 +472,131 @@ async fn writer_loop(
             }
         }
         metrics::histogram!("civil_registry_writer_batch_size").record(jobs.len() as f64);
-        let rows: Vec<NewRow> = jobs.iter().map(|j| j.row.clone()).collect();
-        match store.insert_registrations(&rows).await {
-            Ok(outcomes) => {
-                let queued = jobs.iter().zip(&outcomes).any(|(j, o)| {
-                    matches!(o.0, InsertOutcome::Created(_)) && j.row.decision.is_eligible()
-                });
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
+        let mut rows = Vec::new();
+        let mut inserts = Vec::new();
+        let mut completions = Vec::new();
+        let mut completed = Vec::new();
+        for job in jobs {
+            match *job {
+                WriteJob::Register { row, reply } => {
+                    rows.push(row);
+                    inserts.push(reply);
                 }
-                if queued {
+                WriteJob::Complete {
+                    completions: c,
+                    reply,
+                } => {
+                    completions.extend(c);
+                    completed.push(reply);
+                }
+            }
+        }
+        let eligible = rows.iter().filter(|r| r.decision.is_eligible()).count();
+        // Lease in the commit only what the relay's queue can take now (only this task
+        // sends on it, so the room cannot shrink before the send); the rest is claimed by
+        // the relay's poll.
+        let lease = handoff
+            .as_ref()
+            .filter(|h| eligible > 0 && h.tx.capacity() >= eligible)
+            .map(|h| Lease {
+                owner: h.owner.clone(),
+                until_ms: now_ms() + h.lease_ms,
+            });
+        match store.write_group(&rows, lease.as_ref(), &completions).await {
+            Ok(written) => {
+                waiters.notify(&written.settled);
+                for reply in completed {
+                    let _ = reply.send(Ok(()));
+                }
+                let queued = rows.iter().zip(&written.outcomes).any(|(r, o)| {
+                    matches!(o.0, InsertOutcome::Created(_)) && r.decision.is_eligible()
+                });
+                for (reply, outcome) in inserts.into_iter().zip(written.outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+                hand_over(handoff.as_ref(), lease.as_ref(), written.leased, &wake);
+                if queued && lease.is_none() {
                     wake.notify_one();
                 }
             }
-            Err(e) if jobs.len() > 1 => {
+            Err(e) if rows.len() + usize::from(!completions.is_empty()) > 1 => {
                 // One row's failure must not fail its neighbours: commit them one by one.
-                tracing::warn!(error = %e, rows = jobs.len(), "grouped registration commit failed; retrying one by one");
-                for job in jobs {
+                tracing::warn!(error = %e, rows = rows.len(), "grouped commit failed; retrying one by one");
+                if !completions.is_empty() {
+                    let result = store.write_group(&[], None, &completions).await;
+                    let result = match result {
+                        Ok(written) => {
+                            waiters.notify(&written.settled);
+                            Ok(())
+                        }
+                        Err(e) => Err(db_error(e)),
+                    };
+                    for reply in completed {
+                        let _ = reply.send(result.as_ref().map(|_| ()).map_err(copy_error));
+                    }
+                }
+                for (row, reply) in rows.into_iter().zip(inserts) {
+                    let eligible = row.decision.is_eligible();
+                    let lease = handoff
+                        .as_ref()
+                        .filter(|h| eligible && h.tx.capacity() >= 1)
+                        .map(|h| Lease {
+                            owner: h.owner.clone(),
+                            until_ms: now_ms() + h.lease_ms,
+                        });
                     let result = store
-                        .insert_registrations(std::slice::from_ref(&job.row))
+                        .write_group(std::slice::from_ref(&row), lease.as_ref(), &[])
                         .await;
-                    let eligible = job.row.decision.is_eligible();
-                    let reply = result.map_err(db_error).and_then(|mut o| {
-                        o.pop()
-                            .ok_or_else(|| RegistryError::Unexpected(anyhow::anyhow!("no outcome")))
-                    });
-                    if eligible && matches!(reply, Ok((InsertOutcome::Created(_), _))) {
+                    let reply_value = match result {
+                        Ok(mut written) => {
+                            hand_over(
+                                handoff.as_ref(),
+                                lease.as_ref(),
+                                std::mem::take(&mut written.leased),
+                                &wake,
+                            );
+                            written.outcomes.pop().ok_or_else(|| {
+                                RegistryError::Unexpected(anyhow::anyhow!("no outcome"))
+                            })
+                        }
+                        Err(e) => Err(db_error(e)),
+                    };
+                    if eligible
+                        && lease.is_none()
+                        && matches!(reply_value, Ok((InsertOutcome::Created(_), _)))
+                    {
                         wake.notify_one();
                     }
-                    let _ = job.reply.send(reply);
+                    let _ = reply.send(reply_value);
                 }
             }
             Err(e) => {
                 let error = db_error(e);
-                for job in jobs {
-                    let _ = job.reply.send(Err(match &error {
-                        RegistryError::Unavailable(e) => {
-                            RegistryError::Unavailable(anyhow::anyhow!("{e}"))
-                        }
-                        other => RegistryError::Unexpected(anyhow::anyhow!("{other}")),
-                    }));
+                for reply in inserts {
+                    let _ = reply.send(Err(copy_error(&error)));
+                }
+                for reply in completed {
+                    let _ = reply.send(Err(copy_error(&error)));
                 }
             }
+        }
+    }
+}
+
+/// Gives rows leased in a commit to the relay. A row that does not fit (it always should)
+/// stays leased until its lease expires, then the relay's poll claims it.
+fn hand_over(
+    handoff: Option<&Handoff>,
+    lease: Option<&Lease>,
+    leased: Vec<Outbound>,
+    wake: &Notify,
+) {
+    let (Some(handoff), Some(lease)) = (handoff, lease) else {
+        return;
+    };
+    for item in leased {
+        if handoff.tx.try_send((item, lease.until_ms)).is_err() {
+            wake.notify_one();
         }
     }
 }

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::config::RelayConfig;
 use crate::domain::model::Settlement;
-use crate::domain::population::{Outcome, PopulationRegistry};
+use crate::domain::population::{Outbound, Outcome, PopulationRegistry};
+use crate::registry::WriteBack;
 use crate::store::{Completion, Store, now_ms};
 
 /// RegisterBirth callers waiting for their number, woken by the relay of this process when
@@ -94,6 +95,14 @@ impl Breaker {
     }
 }
 
+/// The next row handed over, or never when there is no handoff.
+async fn next_handed(handed: &mut Option<Handed>) -> Option<(Outbound, i64)> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Exponential backoff with full jitter in [d/2, d], capped.
 pub fn backoff(cfg: &RelayConfig, attempts: i64) -> Duration {
     let exp = attempts.clamp(1, 30) as u32 - 1;
@@ -115,7 +124,12 @@ pub struct Relay<P> {
     wake: Arc<Notify>,
     owner: String,
     breaker: Arc<Mutex<Breaker>>,
+    handoff: Arc<Mutex<Option<Handed>>>,
+    write_back: Option<WriteBack>,
 }
+
+/// Rows handed over by the writer in memory, each with its lease end.
+type Handed = mpsc::Receiver<(Outbound, i64)>;
 
 impl<P> Clone for Relay<P> {
     fn clone(&self) -> Self {
@@ -127,6 +141,8 @@ impl<P> Clone for Relay<P> {
             wake: self.wake.clone(),
             owner: self.owner.clone(),
             breaker: self.breaker.clone(),
+            handoff: self.handoff.clone(),
+            write_back: self.write_back.clone(),
         }
     }
 }
@@ -154,6 +170,25 @@ impl<P: PopulationRegistry> Relay<P> {
             wake,
             owner: format!("relay-{}", Uuid::new_v4()),
             breaker: Arc::new(Mutex::new(breaker)),
+            handoff: Arc::new(Mutex::new(None)),
+            write_back: None,
+        }
+    }
+
+    /// The name this relay leases rows under.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The hot path: rows the writer committed already leased to this relay arrive on
+    /// `handed` right after their commit, and outcomes go back through the writer's group
+    /// commit. Polling and claiming stay for everything else (retries, rows of a crashed
+    /// replica, rows the queue had no room for).
+    pub fn with_handoff(self, handed: Handed, write_back: WriteBack) -> Self {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(handed);
+        Self {
+            write_back: Some(write_back),
+            ..self
         }
     }
 
@@ -162,6 +197,13 @@ impl<P: PopulationRegistry> Relay<P> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight_batches.max(1)));
         let idle = Duration::from_millis(self.cfg.idle_poll_ms.max(1));
+        let batch = self.cfg.batch_size.clamp(1, 1000) as usize;
+        let mut handed = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut next_poll = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -178,41 +220,73 @@ impl<P: PopulationRegistry> Relay<P> {
                 }
                 continue;
             }
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.changed() => continue,
+                item = next_handed(&mut handed) => match item {
+                    Some(item) => Some(item),
+                    None => {
+                        handed = None;
+                        continue;
+                    }
+                },
+                _ = self.wake.notified() => None,
+                _ = tokio::time::sleep_until(next_poll) => None,
+            };
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => continue,
             };
-            let items = match self
-                .store
-                .claim_outbox(
-                    &self.owner,
-                    self.cfg.batch_size.clamp(1, 1000),
-                    self.cfg.lease_ms,
-                )
-                .await
-            {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::warn!(target: "civil_registry::relay", error = %e, "claiming outbox rows failed");
-                    drop(permit);
-                    tokio::select! {
-                        _ = tokio::time::sleep(idle) => {}
-                        _ = shutdown.changed() => {}
+            let items = if let Some(first) = first {
+                // Everything handed over meanwhile goes in the same batch. A row whose lease
+                // would not cover the call is left to the poll, which leases it afresh.
+                let mut raw = Vec::with_capacity(batch);
+                raw.push(first);
+                if let Some(rx) = handed.as_mut() {
+                    while raw.len() < batch {
+                        match rx.try_recv() {
+                            Ok(item) => raw.push(item),
+                            Err(_) => break,
+                        }
                     }
-                    continue;
+                }
+                let fresh_until = now_ms() + self.cfg.lease_ms / 2;
+                let items: Vec<Outbound> = raw
+                    .into_iter()
+                    .filter(|(_, until)| *until > fresh_until)
+                    .map(|(item, _)| item)
+                    .collect();
+                items
+            } else {
+                match self
+                    .store
+                    .claim_outbox(&self.owner, batch as i64, self.cfg.lease_ms)
+                    .await
+                {
+                    Ok(items) if items.is_empty() => {
+                        let due = self.store.next_outbox_due().await.ok().flatten();
+                        let sleep = due.map_or(idle, |due| {
+                            Duration::from_millis(
+                                (due - now_ms()).clamp(1, idle.as_millis() as i64) as u64,
+                            )
+                        });
+                        next_poll = tokio::time::Instant::now() + sleep;
+                        items
+                    }
+                    Ok(items) => {
+                        // More may be due: claim again as soon as a slot is free.
+                        next_poll = tokio::time::Instant::now();
+                        items
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "civil_registry::relay", error = %e, "claiming outbox rows failed");
+                        next_poll = tokio::time::Instant::now() + idle;
+                        Vec::new()
+                    }
                 }
             };
             if items.is_empty() {
                 drop(permit);
-                let due = self.store.next_outbox_due().await.ok().flatten();
-                let sleep = due.map_or(idle, |due| {
-                    Duration::from_millis((due - now_ms()).clamp(1, idle.as_millis() as i64) as u64)
-                });
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(sleep) => {}
-                    _ = shutdown.changed() => {}
-                }
                 continue;
             }
             let this = self.clone();
@@ -227,7 +301,7 @@ impl<P: PopulationRegistry> Relay<P> {
             .await;
     }
 
-    async fn deliver(&self, items: Vec<crate::domain::population::Outbound>) {
+    async fn deliver(&self, items: Vec<Outbound>) {
         let outcomes = self.registry.send(&items).await;
         let all_retry = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
         self.breaker
@@ -257,16 +331,22 @@ impl<P: PopulationRegistry> Relay<P> {
                 }
             })
             .collect();
-        match self.store.complete_outbox(&completions).await {
-            Ok(settled) => self.waiters.notify(&settled),
-            // The leases expire and the rows go out again with the same content: the
-            // population registry answers the same number for the same key.
-            Err(e) => {
-                tracing::warn!(target: "civil_registry::relay", error = %e, "writing relay outcomes failed")
+        // On failure the leases expire and the rows go out again with the same content:
+        // the population registry answers the same number for the same key.
+        if let Some(write_back) = &self.write_back {
+            if let Err(e) = write_back.complete(completions).await {
+                tracing::warn!(target: "civil_registry::relay", error = %e, "writing relay outcomes failed");
             }
-        }
-        if !all_retry {
-            self.wake.notify_one();
+        } else {
+            match self.store.complete_outbox(&completions).await {
+                Ok(settled) => self.waiters.notify(&settled),
+                Err(e) => {
+                    tracing::warn!(target: "civil_registry::relay", error = %e, "writing relay outcomes failed")
+                }
+            }
+            if !all_retry {
+                self.wake.notify_one();
+            }
         }
     }
 }

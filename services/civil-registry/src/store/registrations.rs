@@ -13,9 +13,10 @@ use super::{AuditEntry, Store, now_ms};
 use crate::domain::eligibility::{Decision, IneligibilityReason};
 use crate::domain::error::RegistryError;
 use crate::domain::model::{
-    BirthRecord, Correction, NewBirth, PersonalIdStatus, Registration, Unit, UnitCode, book_number,
+    BirthRecord, Correction, NewBirth, PersonalIdStatus, Registration, Settlement, Unit, UnitCode,
+    book_number,
 };
-use crate::domain::population::OutboundKind;
+use crate::domain::population::{Outbound, OutboundKind};
 use crate::domain::service::{CorrectionAction, plan_correction};
 use crate::relay::encode;
 
@@ -186,183 +187,37 @@ impl Store {
         rows: &[NewRow],
     ) -> Result<Vec<(InsertOutcome, Option<Registration>)>, sqlx::Error> {
         let mut wtx = self.begin_write().await?;
-        let now = now_ms();
-        // 1. Requests stored before (retries), found with one query per chunk.
-        let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
-        for chunk in super::pieces(rows) {
-            let placeholders = super::params(wtx.backend, chunk.len());
-            let sql = format!(
-                "SELECT origin_unit_code, request_id, id, content_hash FROM registrations WHERE request_id IN ({})",
-                placeholders
-            );
-            let mut query =
-                sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql));
-            for row in chunk {
-                query = query.bind(row.birth.request_id.as_str().to_owned());
-            }
-            for (unit, request_id, id, hash) in query.fetch_all(&mut *wtx.tx).await? {
-                stored.insert((unit, request_id), (id, hash));
-            }
-        }
-        // 2. Decide each row; new rows get their number per unit and year, gapless.
-        let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; rows.len()];
-        let mut fresh: Vec<(usize, String)> = Vec::new();
-        let mut per_book: HashMap<(String, i32), Vec<usize>> = HashMap::new();
-        for (i, row) in rows.iter().enumerate() {
-            let key = (
-                row.unit.code.as_str().to_owned(),
-                row.birth.request_id.as_str().to_owned(),
-            );
-            let hash = row.content_hash.clone();
-            if let Some((id, stored_hash)) = stored.get(&key) {
-                outcomes[i] = Some(if *stored_hash == hash {
-                    InsertOutcome::Existing(Uuid::parse_str(id).map_err(decode_err)?)
-                } else {
-                    InsertOutcome::Conflict
-                });
-                continue;
-            }
-            stored.insert(key.clone(), (row.id.to_string(), hash.clone()));
-            fresh.push((i, hash));
-            per_book
-                .entry((key.0, row.birth.registered_on.year()))
-                .or_default()
-                .push(i);
-        }
-        let mut numbers: HashMap<usize, i64> = HashMap::new();
-        let mut books: Vec<_> = per_book.into_iter().collect();
-        // A fixed order of counter updates keeps concurrent writers from deadlocking.
-        books.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((unit, year), members) in books {
-            let k = members.len() as i64;
-            let last: i64 = sqlx::query_scalar(
-                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, $3) \
-                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
-                 RETURNING last_number",
-            )
-            .bind(unit)
-            .bind(i64::from(year))
-            .bind(k)
-            .fetch_one(&mut *wtx.tx)
-            .await?;
-            for (j, i) in members.into_iter().enumerate() {
-                numbers.insert(i, last - k + 1 + j as i64);
-            }
-        }
-        // 3. Registrations, outbox rows and audit entries, multi-row.
-        let mut registration_rows = Vec::with_capacity(fresh.len());
-        let mut outbox_rows = Vec::new();
-        let mut created = HashMap::new();
-        for (i, hash) in fresh {
-            let row = &rows[i];
-            let number = numbers[&i];
-            let year = row.birth.registered_on.year();
-            let status = if row.decision.is_eligible() {
-                PersonalIdStatus::Pending
-            } else {
-                PersonalIdStatus::NotEligible
-            };
-            let registration = Registration {
-                id: row.id,
-                request_id: row.birth.request_id.as_str().to_owned(),
-                unit_code: row.unit.code.clone(),
-                official_id: row.official_id.clone(),
-                registration_number: number,
-                book_number: book_number(number, year),
-                registered_on: row.birth.registered_on,
-                record: row.birth.record.clone(),
-                status,
-                personal_id: None,
-                reasons: row.decision.reasons.clone(),
-                rule_version: row.decision.rule_version.to_owned(),
-                rejection_reason: None,
-                cancelled_personal_ids: Vec::new(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                issued_at_ms: None,
-            };
-            let id = row.id.to_string();
-            let issue_key = row.decision.is_eligible().then(|| id.clone());
-            let mask = IneligibilityReason::mask(&registration.reasons);
-            registration_rows.push(vec![
-                Val::S(id.clone()),
-                Val::S(row.unit.code.as_str().to_owned()),
-                Val::S(registration.request_id.clone()),
-                Val::S(hash),
-                Val::S(row.unit.code.as_str().to_owned()),
-                Val::S(row.official_id.clone()),
-                Val::I(i64::from(year)),
-                Val::I(number),
-                Val::S(registration.book_number.clone()),
-                Val::S(registration.registered_on.format("%Y-%m-%d").to_string()),
-                Val::S(registration.record.kind.as_str().to_owned()),
-                Val::S(status.as_str().to_owned()),
-                Val::I(mask),
-                Val::S(registration.rule_version.clone()),
-                Val::OS(issue_key.clone()),
-                Val::I(0),
-                Val::S(row.record_json.clone()),
-                Val::I(now),
-                Val::I(now),
-            ]);
-            if let Some(key) = issue_key {
-                let payload = encode::issue_request(&registration, &row.unit, &key);
-                outbox_rows.push(outbox_row(&key, &id, OutboundKind::Issue, payload, now));
-            }
-            wtx.audit_now(AuditEntry {
-                actor: row.official_id.clone(),
-                action: "registration.create",
-                entity: format!("registration/{id}"),
-                details: serde_json::json!({
-                    "unit": row.unit.code.as_str(), "number": number, "status": status.as_str(),
-                    "reasons": mask, "rule": registration.rule_version,
-                }),
-            });
-            outcomes[i] = Some(InsertOutcome::Created(row.id));
-            created.insert(i, registration);
-        }
-        insert_rows(
-            &mut wtx.tx,
-            wtx.backend,
-            "registrations",
-            &[
-                "id",
-                "origin_unit_code",
-                "request_id",
-                "content_hash",
-                "unit_code",
-                "official_id",
-                "reg_year",
-                "registration_number",
-                "book_number",
-                "registered_on",
-                "kind",
-                "status",
-                "reasons",
-                "rule_version",
-                "issue_key",
-                "issue_generation",
-                "record",
-                "created_at_ms",
-                "updated_at_ms",
-            ],
-            registration_rows,
-        )
-        .await?;
-        insert_rows(
-            &mut wtx.tx,
-            wtx.backend,
-            "outbox",
-            OUTBOX_COLUMNS,
-            outbox_rows,
-        )
-        .await?;
+        let (outcomes, _) = insert_registrations_tx(&mut wtx, rows, None).await?;
         wtx.commit().await?;
-        Ok(outcomes
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| (o.unwrap_or(InsertOutcome::Conflict), created.remove(&i)))
-            .collect())
+        Ok(outcomes)
+    }
+
+    /// One group commit of the writer: registrations (their outbox rows leased to `lease`
+    /// when given) and relay outcomes, in ONE transaction. Returns the insert outcomes, the
+    /// outbox rows leased in it (to hand to the relay in memory) and what was settled.
+    pub async fn write_group(
+        &self,
+        rows: &[NewRow],
+        lease: Option<&Lease>,
+        completions: &[super::Completion],
+    ) -> Result<GroupWritten, sqlx::Error> {
+        let mut wtx = self.begin_write().await?;
+        let settled = if completions.is_empty() {
+            Vec::new()
+        } else {
+            super::outbox::complete_outbox_tx(&mut wtx, completions).await?
+        };
+        let (outcomes, leased) = if rows.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            insert_registrations_tx(&mut wtx, rows, lease).await?
+        };
+        wtx.commit().await?;
+        Ok(GroupWritten {
+            outcomes,
+            leased,
+            settled,
+        })
     }
 
     /// A registration with its current unit.
@@ -727,6 +582,18 @@ const OUTBOX_COLUMNS: &[&str] = &[
     "created_at_ms",
 ];
 
+const OUTBOX_LEASED_COLUMNS: &[&str] = &[
+    "issue_key",
+    "registration_id",
+    "kind",
+    "payload",
+    "attempts",
+    "next_attempt_ms",
+    "lease_until_ms",
+    "created_at_ms",
+    "lease_owner",
+];
+
 fn outbox_row(
     key: &str,
     registration_id: &str,
@@ -762,4 +629,246 @@ pub(crate) async fn insert_outbox(
         vec![outbox_row(key, registration_id, kind, payload, now)],
     )
     .await
+}
+
+/// Outbox rows written already leased to this process's relay, which gets them in memory
+/// right after the commit: no poll and no lease round trip on the way to the population
+/// registry. The lease keeps them safe across crashes and replicas exactly like a claimed
+/// row: if they are not answered before it expires, any relay claims them again.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The relay's owner name.
+    pub owner: String,
+    /// Lease end (ms since the epoch).
+    pub until_ms: i64,
+}
+
+/// What one group commit wrote.
+#[derive(Debug, Default)]
+pub struct GroupWritten {
+    /// One per registration row, in order.
+    pub outcomes: Vec<(InsertOutcome, Option<Registration>)>,
+    /// Outbox rows leased in the commit.
+    pub leased: Vec<Outbound>,
+    /// Registrations settled by the relay outcomes.
+    pub settled: Vec<(Uuid, Settlement)>,
+}
+
+type Inserted = (Vec<(InsertOutcome, Option<Registration>)>, Vec<Outbound>);
+
+async fn insert_registrations_tx(
+    wtx: &mut super::audit::WriteTx,
+    rows: &[NewRow],
+    lease: Option<&Lease>,
+) -> Result<Inserted, sqlx::Error> {
+    let now = now_ms();
+
+    // 1. Requests stored before (retries), found with one query per chunk.
+    let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
+    for chunk in super::pieces(rows) {
+        // By (unit, request_id) pairs, the UNIQUE index's columns: `request_id IN (...)`
+        // alone cannot use that index and scanned the whole table on every group.
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "({}, {})",
+                    super::param(wtx.backend, 2 * i + 1),
+                    super::param(wtx.backend, 2 * i + 2)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT r.origin_unit_code, r.request_id, r.id, r.content_hash FROM (VALUES {}) AS v \
+             JOIN registrations r ON r.origin_unit_code = v.column1 AND r.request_id = v.column2",
+            pairs.join(", ")
+        );
+        let mut query =
+            sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.unit.code.as_str().to_owned())
+                .bind(row.birth.request_id.as_str().to_owned());
+        }
+        for (unit, request_id, id, hash) in query.fetch_all(&mut *wtx.tx).await? {
+            stored.insert((unit, request_id), (id, hash));
+        }
+    }
+    // 2. Decide each row; new rows get their number per unit and year, gapless.
+    let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; rows.len()];
+    let mut fresh: Vec<(usize, String)> = Vec::new();
+    let mut per_book: HashMap<(String, i32), Vec<usize>> = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let key = (
+            row.unit.code.as_str().to_owned(),
+            row.birth.request_id.as_str().to_owned(),
+        );
+        let hash = row.content_hash.clone();
+        if let Some((id, stored_hash)) = stored.get(&key) {
+            outcomes[i] = Some(if *stored_hash == hash {
+                InsertOutcome::Existing(Uuid::parse_str(id).map_err(decode_err)?)
+            } else {
+                InsertOutcome::Conflict
+            });
+            continue;
+        }
+        stored.insert(key.clone(), (row.id.to_string(), hash.clone()));
+        fresh.push((i, hash));
+        per_book
+            .entry((key.0, row.birth.registered_on.year()))
+            .or_default()
+            .push(i);
+    }
+    let mut numbers: HashMap<usize, i64> = HashMap::new();
+    let mut books: Vec<_> = per_book.into_iter().collect();
+    // A fixed order of counter updates keeps concurrent writers from deadlocking.
+    books.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((unit, year), members) in books {
+        let k = members.len() as i64;
+        let last: i64 = sqlx::query_scalar(
+                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, $3) \
+                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
+                 RETURNING last_number",
+            )
+            .bind(unit)
+            .bind(i64::from(year))
+            .bind(k)
+            .fetch_one(&mut *wtx.tx)
+            .await?;
+        for (j, i) in members.into_iter().enumerate() {
+            numbers.insert(i, last - k + 1 + j as i64);
+        }
+    }
+    // 3. Registrations, outbox rows and audit entries, multi-row.
+    let mut registration_rows = Vec::with_capacity(fresh.len());
+    let mut outbox_rows = Vec::new();
+    let mut leased = Vec::new();
+    let mut created = HashMap::new();
+    for (i, hash) in fresh {
+        let row = &rows[i];
+        let number = numbers[&i];
+        let year = row.birth.registered_on.year();
+        let status = if row.decision.is_eligible() {
+            PersonalIdStatus::Pending
+        } else {
+            PersonalIdStatus::NotEligible
+        };
+        let registration = Registration {
+            id: row.id,
+            request_id: row.birth.request_id.as_str().to_owned(),
+            unit_code: row.unit.code.clone(),
+            official_id: row.official_id.clone(),
+            registration_number: number,
+            book_number: book_number(number, year),
+            registered_on: row.birth.registered_on,
+            record: row.birth.record.clone(),
+            status,
+            personal_id: None,
+            reasons: row.decision.reasons.clone(),
+            rule_version: row.decision.rule_version.to_owned(),
+            rejection_reason: None,
+            cancelled_personal_ids: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            issued_at_ms: None,
+        };
+        let id = row.id.to_string();
+        let issue_key = row.decision.is_eligible().then(|| id.clone());
+        let mask = IneligibilityReason::mask(&registration.reasons);
+        registration_rows.push(vec![
+            Val::S(id.clone()),
+            Val::S(row.unit.code.as_str().to_owned()),
+            Val::S(registration.request_id.clone()),
+            Val::S(hash),
+            Val::S(row.unit.code.as_str().to_owned()),
+            Val::S(row.official_id.clone()),
+            Val::I(i64::from(year)),
+            Val::I(number),
+            Val::S(registration.book_number.clone()),
+            Val::S(registration.registered_on.format("%Y-%m-%d").to_string()),
+            Val::S(registration.record.kind.as_str().to_owned()),
+            Val::S(status.as_str().to_owned()),
+            Val::I(mask),
+            Val::S(registration.rule_version.clone()),
+            Val::OS(issue_key.clone()),
+            Val::I(0),
+            Val::S(row.record_json.clone()),
+            Val::I(now),
+            Val::I(now),
+        ]);
+        if let Some(key) = issue_key {
+            let payload = encode::issue_request(&registration, &row.unit, &key);
+            let mut row_vals = outbox_row(&key, &id, OutboundKind::Issue, payload.clone(), now);
+            if let Some(lease) = lease {
+                // attempts = 1 and the lease taken, as a claim would have left it.
+                row_vals[4] = Val::I(1);
+                row_vals[6] = Val::I(lease.until_ms);
+                row_vals.push(Val::OS(Some(lease.owner.clone())));
+                leased.push(Outbound {
+                    key: key.clone(),
+                    registration_id: row.id,
+                    kind: OutboundKind::Issue,
+                    payload,
+                    attempts: 1,
+                });
+            } else {
+                row_vals.push(Val::OS(None));
+            }
+            outbox_rows.push(row_vals);
+        }
+        wtx.audit_now(AuditEntry {
+            actor: row.official_id.clone(),
+            action: "registration.create",
+            entity: format!("registration/{id}"),
+            details: serde_json::json!({
+                "unit": row.unit.code.as_str(), "number": number, "status": status.as_str(),
+                "reasons": mask, "rule": registration.rule_version,
+            }),
+        });
+        outcomes[i] = Some(InsertOutcome::Created(row.id));
+        created.insert(i, registration);
+    }
+    insert_rows(
+        &mut wtx.tx,
+        wtx.backend,
+        "registrations",
+        &[
+            "id",
+            "origin_unit_code",
+            "request_id",
+            "content_hash",
+            "unit_code",
+            "official_id",
+            "reg_year",
+            "registration_number",
+            "book_number",
+            "registered_on",
+            "kind",
+            "status",
+            "reasons",
+            "rule_version",
+            "issue_key",
+            "issue_generation",
+            "record",
+            "created_at_ms",
+            "updated_at_ms",
+        ],
+        registration_rows,
+    )
+    .await?;
+    insert_rows(
+        &mut wtx.tx,
+        wtx.backend,
+        "outbox",
+        OUTBOX_LEASED_COLUMNS,
+        outbox_rows,
+    )
+    .await?;
+    Ok((
+        outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| (o.unwrap_or(InsertOutcome::Conflict), created.remove(&i)))
+            .collect(),
+        leased,
+    ))
 }
