@@ -146,7 +146,8 @@ impl App {
             Duration::from_millis(cfg.database.health_check_interval_ms.max(10)),
             stop_rx.clone(),
         ));
-        let metrics_task = tokio::spawn(sample_metrics(store.clone(), stop_rx));
+        let metrics_task = tokio::spawn(sample_metrics(store.clone(), stop_rx.clone()));
+        let checkpoint_task = tokio::spawn(checkpoints(store.clone(), stop_rx));
         let result = server
             .serve(async move {
                 shutdown.await;
@@ -166,6 +167,7 @@ impl App {
         }
         health_task.abort();
         metrics_task.abort();
+        checkpoint_task.abort();
         drop(registry);
         let _ = writer.await;
         store.close().await;
@@ -208,6 +210,19 @@ async fn watch_database(
             }
             health.set_service_status(SERVICE_NAME, status).await;
             health.set_service_status("", status).await;
+        }
+    }
+}
+
+/// Background WAL checkpoints (SQLite), every 250 ms.
+async fn checkpoints(store: Store, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = store.checkpoint().await {
+            tracing::debug!(error = %e, "background WAL checkpoint failed");
         }
     }
 }

@@ -722,20 +722,46 @@ async fn insert_registrations_tx(
     let mut books: Vec<_> = per_book.into_iter().collect();
     // A fixed order of counter updates keeps concurrent writers from deadlocking.
     books.sort_by(|a, b| a.0.cmp(&b.0));
-    for ((unit, year), members) in books {
-        let k = members.len() as i64;
-        let last: i64 = sqlx::query_scalar(
-                "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES ($1, $2, $3) \
-                 ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
-                 RETURNING last_number",
-            )
-            .bind(unit)
-            .bind(i64::from(year))
-            .bind(k)
-            .fetch_one(&mut *wtx.tx)
-            .await?;
-        for (j, i) in members.into_iter().enumerate() {
-            numbers.insert(i, last - k + 1 + j as i64);
+    // One multi-row upsert per piece instead of one statement per book: a group spans
+    // dozens of books. Rows go in the sorted order above.
+    for piece in super::pieces(&books) {
+        let values: Vec<String> = (0..piece.len())
+            .map(|i| {
+                format!(
+                    "({}, {}, {})",
+                    super::param(wtx.backend, 3 * i + 1),
+                    super::param(wtx.backend, 3 * i + 2),
+                    super::param(wtx.backend, 3 * i + 3)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES {} \
+             ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
+             RETURNING unit_code, reg_year, last_number",
+            values.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql));
+        for ((unit, year), members) in piece {
+            query = query
+                .bind(unit.clone())
+                .bind(i64::from(*year))
+                .bind(members.len() as i64);
+        }
+        let lasts: HashMap<(String, i64), i64> = query
+            .fetch_all(&mut *wtx.tx)
+            .await?
+            .into_iter()
+            .map(|(unit, year, last)| ((unit, year), last))
+            .collect();
+        for ((unit, year), members) in piece {
+            let last = *lasts
+                .get(&(unit.clone(), i64::from(*year)))
+                .ok_or_else(|| decode_err("register counter missing"))?;
+            let k = members.len() as i64;
+            for (j, i) in members.iter().enumerate() {
+                numbers.insert(*i, last - k + 1 + j as i64);
+            }
         }
     }
     // 3. Registrations, outbox rows and audit entries, multi-row.
