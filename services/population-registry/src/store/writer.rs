@@ -66,6 +66,8 @@ fn pieces<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
         Some(head)
     })
 }
+/// Candidates from which taken numbers are looked up before the INSERT.
+const LOOKUP_BEFORE_INSERT_MIN: usize = 256;
 /// Random rounds before a bucket's free suffixes are enumerated instead.
 const RANDOM_ROUNDS: usize = 6;
 /// Longest wait for more work when the previous group was large.
@@ -862,7 +864,15 @@ async fn insert_rows(
     // Numbers already in the table are left out up front: the lookup returns
     // only those few rows, where a RETURNING clause would send one row per
     // number across the driver.
-    let taken = numbers_in_use(tx, candidates).await?;
+    // A small group (unary calls, up to a few hundred) skips the lookup: a
+    // collision there is rare and costs only the fallback query below (at
+    // most a few hundred rows), while the lookup would cost every group one
+    // more round trip to the database thread.
+    let taken = if candidates.len() >= LOOKUP_BEFORE_INSERT_MIN {
+        numbers_in_use(tx, candidates).await?
+    } else {
+        HashSet::new()
+    };
     let free: Vec<(usize, PersonalId)> = candidates
         .iter()
         .copied()
