@@ -399,6 +399,28 @@ pub struct Parent {
     pub personal_id: Option<KnownPersonalId>,
 }
 
+impl Parent {
+    /// Ethnic group as written, empty when unknown (the contracts' convention).
+    pub fn ethnicity_text(&self) -> &str {
+        self.ethnicity.as_ref().map_or("", |v| v.as_str())
+    }
+
+    /// Nationality code, empty when unknown.
+    pub fn nationality_text(&self) -> &str {
+        self.nationality.as_ref().map_or("", |v| v.as_str())
+    }
+
+    /// Residence, empty when unknown.
+    pub fn residence_text(&self) -> &str {
+        self.residence.as_ref().map_or("", |v| v.as_str())
+    }
+
+    /// The parent's own number, empty when unknown.
+    pub fn personal_id_text(&self) -> &str {
+        self.personal_id.as_ref().map_or("", |v| v.as_str())
+    }
+}
+
 /// Who asked for the registration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Requester {

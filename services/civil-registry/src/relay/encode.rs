@@ -22,26 +22,10 @@ fn parent(p: &Parent) -> pop::Parent {
     pop::Parent {
         full_name: p.full_name.as_str().to_owned(),
         year_of_birth: p.year_of_birth.unwrap_or(0),
-        ethnicity: p
-            .ethnicity
-            .as_ref()
-            .map(|e| e.as_str().to_owned())
-            .unwrap_or_default(),
-        nationality: p
-            .nationality
-            .as_ref()
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default(),
-        residence: p
-            .residence
-            .as_ref()
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default(),
-        personal_id: p
-            .personal_id
-            .as_ref()
-            .map(|i| i.as_str().to_owned())
-            .unwrap_or_default(),
+        ethnicity: p.ethnicity_text().to_owned(),
+        nationality: p.nationality_text().to_owned(),
+        residence: p.residence_text().to_owned(),
+        personal_id: p.personal_id_text().to_owned(),
     }
 }
 
