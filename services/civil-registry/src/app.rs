@@ -89,6 +89,7 @@ impl App {
             store.clone(),
             writer_store.clone(),
             &cfg.registration,
+            &cfg.auth,
             waiters,
             wake,
             handoff,

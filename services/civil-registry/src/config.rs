@@ -25,6 +25,26 @@ pub struct Config {
     pub relay: RelayConfig,
     /// RegisterBirth.
     pub registration: RegistrationConfig,
+    /// Officials' bearer tokens.
+    pub auth: AuthConfig,
+}
+
+/// Officials' bearer tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How long a token found valid is trusted without reading the database again, so a
+    /// busy official's calls do not each cost a query. A revoked token is refused within
+    /// this time. 0 reads the database on every call.
+    pub token_cache_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_cache_ms: 10_000,
+        }
+    }
 }
 
 /// The service's own database.

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::config::RegistrationConfig;
+use crate::config::{AuthConfig, RegistrationConfig};
 use crate::domain::eligibility::decide;
 use crate::domain::error::{AuthFailure, Denied, RegistryError};
 use crate::domain::model::{
@@ -118,6 +118,49 @@ pub struct NamedStatsRow {
     pub row: StatsRow,
 }
 
+/// Callers of recently checked tokens, by token hash. Only tokens found valid are kept, so
+/// a new official's token works at once; a revoked one is refused once its entry expires.
+#[derive(Debug)]
+struct TokenCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+/// Entries kept at most (far above the number of officials of a province); past it the
+/// cache starts again empty rather than growing without bound.
+const TOKEN_CACHE_MAX: usize = 100_000;
+
+impl TokenCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<Caller> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, hash: String, caller: &Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (caller.clone(), std::time::Instant::now()));
+    }
+}
+
 /// The birth register's use cases.
 #[derive(Clone, Debug)]
 pub struct Registry {
@@ -126,6 +169,7 @@ pub struct Registry {
     waiters: Arc<Waiters>,
     wake: Arc<Notify>,
     wait_for_number: Duration,
+    tokens: Arc<TokenCache>,
 }
 
 /// Boxed so the channel's element is small.
@@ -152,6 +196,7 @@ impl Registry {
         store: Store,
         writer_store: Store,
         cfg: &RegistrationConfig,
+        auth: &AuthConfig,
         waiters: Arc<Waiters>,
         wake: Arc<Notify>,
         handoff: Option<Handoff>,
@@ -171,6 +216,7 @@ impl Registry {
             waiters,
             wake,
             wait_for_number: Duration::from_millis(cfg.wait_for_number_ms),
+            tokens: Arc::new(TokenCache::new(Duration::from_millis(auth.token_cache_ms))),
         };
         (registry, writer)
     }
@@ -186,13 +232,20 @@ impl Registry {
             tracing::warn!(target: SECURITY_TARGET, reason = "TOKEN_MISSING", "unauthenticated call");
             return Err(RegistryError::Unauthenticated(AuthFailure::TokenMissing));
         };
+        let hash = token_hash(token);
+        if let Some(caller) = self.tokens.get(&hash) {
+            return Ok(caller);
+        }
         match self
             .store
-            .caller_by_token_hash(&token_hash(token))
+            .caller_by_token_hash(&hash)
             .await
             .map_err(db_error)?
         {
-            Some(caller) => Ok(caller),
+            Some(caller) => {
+                self.tokens.put(hash, &caller);
+                Ok(caller)
+            }
             None => {
                 tracing::warn!(target: SECURITY_TARGET, reason = "TOKEN_INVALID", "unauthenticated call");
                 Err(RegistryError::Unauthenticated(AuthFailure::TokenInvalid))

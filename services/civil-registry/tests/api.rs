@@ -890,7 +890,49 @@ async fn two_replicas_relay_together_and_send_every_row_once(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_token_revoked_while_in_use_is_refused_once_the_token_cache_expires(backend: Backend) {
+    // Arrange: a short cache, and an official whose token has just been used.
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 300).await;
+    register(&app, "reg_c001", birth("c-1")).await.unwrap();
+
+    // Act: revoke the account in the database, as `admin officials revoke` does.
+    assert!(app.store.revoke_official("reg_c001", "test").await.unwrap());
+    let within_cache = register(&app, "reg_c001", birth("c-2")).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after_cache = register(&app, "reg_c001", birth("c-3")).await.unwrap_err();
+
+    // Assert: trusted only until the entry expires, then refused with the contract reason.
+    assert!(within_cache.is_ok(), "{within_cache:?}");
+    assert_eq!(
+        (
+            after_cache.code(),
+            reason_of(&after_cache).unwrap_or_default()
+        ),
+        (Code::PermissionDenied, "ACCOUNT_REVOKED".into())
+    );
+    app.stop().await;
+}
+
+async fn without_the_token_cache_a_revoked_token_is_refused_at_once(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 0).await;
+    register(&app, "reg_c001", birth("c-1")).await.unwrap();
+
+    // Act
+    assert!(app.store.revoke_official("reg_c001", "test").await.unwrap());
+    let refused = register(&app, "reg_c001", birth("c-2")).await.unwrap_err();
+
+    // Assert
+    assert_eq!(
+        (refused.code(), reason_of(&refused).unwrap_or_default()),
+        (Code::PermissionDenied, "ACCOUNT_REVOKED".into())
+    );
+    app.stop().await;
+}
+
 both_backends!(
+    a_token_revoked_while_in_use_is_refused_once_the_token_cache_expires,
+    without_the_token_cache_a_revoked_token_is_refused_at_once,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,
     ineligible_births_are_registered_with_their_reason_and_never_sent,
