@@ -53,8 +53,10 @@ impl App {
         if cfg.database.migrate_on_start {
             store::migrate(&pool, backend).await?;
         }
+        let writer_pool = store::connect_writer(&cfg.database, &pool).await?;
         let store = Store::start(
             pool,
+            writer_pool,
             backend,
             &cfg.database,
             policy,
