@@ -13,6 +13,11 @@ use traffic::replay::{self, Mode, ReplayOptions};
 use traffic::stack::Build;
 use traffic::verify::{self, Expectation, Targets, read_unit_provinces};
 
+/// mimalloc, as the civil registry: the load generator and the Echo baseline it serves
+/// allocate per call.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "traffic", version, about)]
 struct Cli {
