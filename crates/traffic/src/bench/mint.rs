@@ -6,7 +6,7 @@
 
 use super::load::{Phase, closed_loop, histogram, ms};
 use super::proc::{self, Proc};
-use super::records::RecordGen;
+use super::records::{Order, RecordGen};
 use super::{Dirs, machine_json, run_id};
 use crate::client::connect_channels;
 use crate::stack::{Build, Certs, TRAFFIC_CLIENT_IDENTITY, locate_binaries};
@@ -72,6 +72,11 @@ pub struct MintArgs {
     /// Skip the unary and Echo phases (batch only).
     #[arg(long)]
     pub batch_only: bool,
+    /// Order of the requests: `register` (by date, at the national daily rate, as live
+    /// traffic and a register-order backfill come) or `spread` (every bucket and date in
+    /// turn: the page cache's worst case).
+    #[arg(long, value_enum, default_value = "register")]
+    pub order: Order,
     #[command(flatten)]
     pub dirs: Dirs,
 }
@@ -160,7 +165,7 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
     let certs = Certs::create(&dir.join("tls"))?;
     let warmup = Duration::from_secs_f64(args.warmup);
     let seconds = Duration::from_secs_f64(args.seconds);
-    let records = Arc::new(RecordGen::new(&run));
+    let records = Arc::new(RecordGen::new(&run, args.order));
     let payload_bytes = records.issue(0).encoded_len();
     let mut out = Map::new();
     out.insert(
@@ -168,6 +173,10 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
         json!(format!("{:?}", args.backend).to_lowercase()),
     );
     out.insert("numbers".into(), json!(args.numbers));
+    out.insert(
+        "order".into(),
+        json!(format!("{:?}", args.order).to_lowercase()),
+    );
     out.insert("request_bytes".into(), json!(payload_bytes));
     out.insert("loadavg_start".into(), json!(proc::loadavg()));
     machine_json(&mut out);
