@@ -128,6 +128,10 @@ impl Store {
                         // 8 MiB of page cache per connection instead of SQLite's 2 MB: the
                         // writer otherwise re-reads index pages from the OS on every group.
                         conn.execute("PRAGMA cache_size = -8192").await?;
+                        // Statement journals and IN-list b-trees in memory, not in a
+                        // temporary file written on every statement (not part of
+                        // durability: the WAL is).
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                         // Checkpoints run off the commit path (`Store::checkpoint`, called
                         // by a background task); the automatic one is only a backstop. A
                         // commit is durable once its WAL frames are fsynced either way.

@@ -193,6 +193,11 @@ async fn open_pool(
                         "PRAGMA cache_size = -{cache_kib}"
                     )))
                     .await?;
+                    // Statement journals (each multi-row INSERT keeps one so that a
+                    // failing statement undoes only itself) and IN-list b-trees stay in
+                    // memory instead of a temporary file written on every statement.
+                    // They are not part of durability: the WAL is.
+                    conn.execute("PRAGMA temp_store = MEMORY").await?;
                     // Checkpoints run off the commit path (see `checkpointer`):
                     // the auto-checkpoint threshold is only a backstop should the
                     // background task fall behind. Durability is unchanged: with
