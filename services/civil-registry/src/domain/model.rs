@@ -4,7 +4,7 @@
 
 use chrono::{Datelike, FixedOffset, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// Registration dates are civil dates in Asia/Ho_Chi_Minh, which has had no daylight saving
 /// since 1975: a fixed +07:00 offset is exact and avoids a time-zone database dependency.
@@ -17,7 +17,14 @@ pub fn today_in_vietnam() -> NaiveDate {
 pub type Invalid = String;
 
 fn clean_text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
-    let text: String = raw.trim().nfc().collect();
+    let trimmed = raw.trim();
+    // Most input is NFC already (all ASCII is): the quick check spares the
+    // decompose/recompose pass and its allocations.
+    let text: String = if is_nfc_quick(trimmed.chars()) == IsNormalized::Yes {
+        trimmed.to_owned()
+    } else {
+        trimmed.nfc().collect()
+    };
     let len = text.chars().count();
     if len < min {
         return Err(if min == 1 {

@@ -162,10 +162,11 @@ pub(crate) async fn insert_rows(
     columns: &[&str],
     rows: Vec<Vec<Val>>,
 ) -> Result<(), sqlx::Error> {
-    for chunk in super::pieces(&rows) {
+    let mut rest = rows.into_iter();
+    for size in super::piece_sizes(rest.len()) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
         let mut n = 0;
-        for (i, _) in chunk.iter().enumerate() {
+        for i in 0..size {
             if i > 0 {
                 sql.push_str(", ");
             }
@@ -180,8 +181,8 @@ pub(crate) async fn insert_rows(
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            for v in row.iter().cloned() {
+        for row in rest.by_ref().take(size) {
+            for v in row {
                 query = match v {
                     Val::I(x) => query.bind(x),
                     Val::S(x) => query.bind(x),

@@ -68,16 +68,30 @@ pub(crate) fn params(backend: Backend, count: usize) -> String {
 
 /// Splits `items` into pieces of a few fixed sizes, so that statements built for a piece
 /// have few distinct texts: each text is prepared (and on PostgreSQL planned) once per
-/// connection and then reused from the statement cache.
+/// connection and then reused from the statement cache. Powers of two: a group of n rows
+/// takes at most log2(n) + 1 statements per table (each one a round trip to the
+/// database thread), and 9 sizes of the writer's few statement shapes stay within
+/// sqlx's statement cache (100 per connection).
 pub(crate) fn pieces<T>(items: &[T]) -> Vec<&[T]> {
-    const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
-    let mut out = Vec::new();
     let mut rest = items;
-    while !rest.is_empty() {
-        let size = SIZES.into_iter().find(|s| *s <= rest.len()).unwrap_or(1);
-        let (head, tail) = rest.split_at(size);
-        out.push(head);
-        rest = tail;
+    piece_sizes(items.len())
+        .into_iter()
+        .map(|size| {
+            let (head, tail) = rest.split_at(size);
+            rest = tail;
+            head
+        })
+        .collect()
+}
+
+/// The sizes `pieces` cuts `len` items into, in order.
+pub(crate) fn piece_sizes(mut len: usize) -> Vec<usize> {
+    const SIZES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
+    let mut out = Vec::new();
+    while len > 0 {
+        let size = SIZES.into_iter().find(|s| *s <= len).unwrap_or(1);
+        out.push(size);
+        len -= size;
     }
     out
 }
@@ -271,5 +285,25 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
                         .is_ok_and(|c| c & 0xff == 10 || c & 0xff == 5))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_every_item_in_order_with_one_statement_per_set_bit_below_256() {
+        for len in [0usize, 1, 2, 3, 46, 255, 256, 257, 1000] {
+            let items: Vec<usize> = (0..len).collect();
+            let cut = pieces(&items);
+            assert_eq!(cut.concat(), items, "len {len}");
+            assert!(
+                cut.iter()
+                    .all(|p| p.len().is_power_of_two() && p.len() <= 256)
+            );
+            let expected = len / 256 + (len % 256).count_ones() as usize;
+            assert_eq!(cut.len(), expected, "len {len}");
+        }
     }
 }
