@@ -15,7 +15,7 @@ use service_kit::GrpcServer;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic_health::ServingStatus;
 
-use crate::config::{Config, DatabaseConfig};
+use crate::config::Config;
 use crate::grpc::BirthRegistrationApi;
 use crate::registry::{Handoff, Registry};
 use crate::relay::client::GrpcPopulationRegistry;
@@ -77,11 +77,7 @@ impl App {
         // writer that moved between pooled connections re-read its index pages every group.
         let writer_store =
             if store.backend() == Backend::Sqlite && !cfg.database.url.contains(":memory:") {
-                Store::connect(&DatabaseConfig {
-                    max_connections: 1,
-                    ..cfg.database.clone()
-                })
-                .await?
+                Store::connect_writer(&cfg.database).await?
             } else {
                 store.clone()
             };

@@ -41,12 +41,23 @@ pub struct Store {
     backend: Backend,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_initial.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_registrations_status.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_registrations_status.sql"),
+    ),
+];
 
 /// The `n`-th (1-based) bind parameter for statements built at run time. SQLite gets
 /// anonymous `?` parameters: sqlx resolves named or numbered ones by asking SQLite for each
@@ -104,6 +115,25 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens the pool (creating the SQLite file's directory if needed). Does not migrate.
     pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::open(cfg, false).await
+    }
+
+    /// The group-commit writer's own single SQLite connection (see `App::build`), whose
+    /// statement journals stay in memory: its statements are bounded multi-row writes,
+    /// while the readers' aggregates over a whole year may sort more than memory should
+    /// hold and keep spilling to temporary files.
+    pub async fn connect_writer(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::open(
+            &DatabaseConfig {
+                max_connections: 1,
+                ..cfg.clone()
+            },
+            true,
+        )
+        .await
+    }
+
+    async fn open(cfg: &DatabaseConfig, temp_in_memory: bool) -> anyhow::Result<Self> {
         install_default_drivers();
         let backend = if cfg.url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -142,10 +172,12 @@ impl Store {
                         // 8 MiB of page cache per connection instead of SQLite's 2 MB: the
                         // writer otherwise re-reads index pages from the OS on every group.
                         conn.execute("PRAGMA cache_size = -8192").await?;
-                        // Statement journals and IN-list b-trees in memory, not in a
-                        // temporary file written on every statement (not part of
-                        // durability: the WAL is).
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        if temp_in_memory {
+                            // Statement journals in memory, not in a temporary file
+                            // written on every statement (not part of durability: the
+                            // WAL is).
+                            conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        }
                         // Checkpoints run off the commit path (`Store::checkpoint`, called
                         // by a background task); the automatic one is only a backstop. A
                         // commit is durable once its WAL frames are fsynced either way.

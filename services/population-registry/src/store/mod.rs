@@ -147,7 +147,7 @@ impl std::fmt::Debug for Store {
 
 /// Opens a pool for `cfg.url` without starting the writer (for admin commands).
 pub async fn connect_pool(cfg: &DatabaseConfig) -> anyhow::Result<(AnyPool, Backend)> {
-    open_pool(cfg, cfg.max_connections.max(2), READER_CACHE_KIB).await
+    open_pool(cfg, cfg.max_connections.max(2), READER_CACHE_KIB, false).await
 }
 
 /// The writer's own connection on SQLite. In WAL mode a connection drops its page cache
@@ -161,7 +161,7 @@ pub async fn connect_writer(cfg: &DatabaseConfig, shared: &AnyPool) -> anyhow::R
     if backend != Backend::Sqlite || cfg.url.contains(":memory:") {
         return Ok(shared.clone());
     }
-    Ok(open_pool(cfg, 1, WRITER_CACHE_KIB).await?.0)
+    Ok(open_pool(cfg, 1, WRITER_CACHE_KIB, true).await?.0)
 }
 
 /// Page cache of each reading connection (lookups touch a few pages each).
@@ -169,10 +169,14 @@ const READER_CACHE_KIB: u32 = 4 * 1024;
 /// Page cache of the writer's connection: the index pages one group dirties.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
+/// `temp_in_memory`: statement journals in memory, for the writer only. Its statements are
+/// bounded multi-row writes; the readers' aggregates over years of citizens may sort more
+/// than memory should hold and keep spilling to temporary files.
 async fn open_pool(
     cfg: &DatabaseConfig,
     connections: u32,
     cache_kib: u32,
+    temp_in_memory: bool,
 ) -> anyhow::Result<(AnyPool, Backend)> {
     install_default_drivers();
     let backend = Backend::of_url(&cfg.url)?;
@@ -193,11 +197,13 @@ async fn open_pool(
                         "PRAGMA cache_size = -{cache_kib}"
                     )))
                     .await?;
-                    // Statement journals (each multi-row INSERT keeps one so that a
-                    // failing statement undoes only itself) and IN-list b-trees stay in
-                    // memory instead of a temporary file written on every statement.
-                    // They are not part of durability: the WAL is.
-                    conn.execute("PRAGMA temp_store = MEMORY").await?;
+                    if temp_in_memory {
+                        // Statement journals (each multi-row INSERT keeps one so that a
+                        // failing statement undoes only itself) and IN-list b-trees stay
+                        // in memory instead of a temporary file written on every
+                        // statement. They are not part of durability: the WAL is.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                    }
                     // Checkpoints run off the commit path (see `checkpointer`):
                     // the auto-checkpoint threshold is only a backstop should the
                     // background task fall behind. Durability is unchanged: with
@@ -566,11 +572,15 @@ impl Store {
     ) -> Result<IssuancePage, StoreError> {
         self.check_available()?;
         bounded(self.inner.timeout, async {
+            // `|| ''` keeps the planner off the registration-date index, whose plan sorted
+            // the whole date range again for every page (quadratic over a national
+            // year). Pages walk the number index from the cursor instead, so listing a
+            // range end to end reads that index once.
             let found = sqlx::query(
                 "SELECT personal_id, request_id, status, replaced_by, issue_time, unit_code, \
                  registration_number, book_number, registration_date FROM citizens \
-                 WHERE registration_date >= $1 AND registration_date <= $2 AND personal_id > $3 \
-                 ORDER BY personal_id LIMIT $4",
+                 WHERE registration_date || '' >= $1 AND registration_date || '' <= $2 \
+                 AND personal_id > $3 ORDER BY personal_id LIMIT $4",
             )
             .bind(range.from.to_string())
             .bind(range.to.to_string())
