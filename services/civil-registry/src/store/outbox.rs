@@ -190,6 +190,24 @@ impl Store {
 
 /// [`Store::complete_outbox`] inside a caller's write transaction (the writer's group
 /// commit).
+/// The relay's audit entry for a registration it settled, and the settlement for the
+/// waiters (woken once the transaction commits).
+fn settle(
+    wtx: &mut super::audit::WriteTx,
+    settled: &mut Vec<(Uuid, Settlement)>,
+    item: &Outbound,
+    action: &'static str,
+    settlement: Settlement,
+) {
+    wtx.audit_now(AuditEntry {
+        actor: "system:relay".into(),
+        action,
+        entity: format!("registration/{}", item.registration_id),
+        details: serde_json::json!({ "key": item.key }),
+    });
+    settled.push((item.registration_id, settlement));
+}
+
 pub(crate) async fn complete_outbox_tx(
     wtx: &mut super::audit::WriteTx,
     completions: &[Completion],
@@ -241,21 +259,18 @@ pub(crate) async fn complete_outbox_tx(
             let Some((item, personal_id)) = numbers.get(&rid) else {
                 continue;
             };
-            wtx.audit_now(AuditEntry {
-                actor: "system:relay".into(),
-                action: "personal_id.issued",
-                entity: format!("registration/{rid}"),
-                details: serde_json::json!({ "key": item.key }),
-            });
-            settled.push((
-                item.registration_id,
+            settle(
+                wtx,
+                &mut settled,
+                item,
+                "personal_id.issued",
                 Settlement {
                     status: PersonalIdStatus::Issued,
                     personal_id: Some((*personal_id).clone()),
                     rejection_reason: None,
                     at_ms: now,
                 },
-            ));
+            );
         }
     }
     for completion in others {
@@ -288,25 +303,23 @@ pub(crate) async fn complete_outbox_tx(
                     .await?
                     .rows_affected();
                 if done > 0 {
-                    wtx.audit_now(AuditEntry {
-                        actor: "system:relay".into(),
-                        action: if item.kind == OutboundKind::Reissue {
-                            "personal_id.reissued"
-                        } else {
-                            "personal_id.issued"
-                        },
-                        entity: format!("registration/{rid}"),
-                        details: serde_json::json!({ "key": item.key }),
-                    });
-                    settled.push((
-                        item.registration_id,
+                    let action = if item.kind == OutboundKind::Reissue {
+                        "personal_id.reissued"
+                    } else {
+                        "personal_id.issued"
+                    };
+                    settle(
+                        wtx,
+                        &mut settled,
+                        item,
+                        action,
                         Settlement {
                             status: PersonalIdStatus::Issued,
                             personal_id: Some(personal_id.clone()),
                             rejection_reason: None,
                             at_ms: now,
                         },
-                    ));
+                    );
                 }
                 done_keys.push(item.key.clone());
             }
@@ -324,21 +337,18 @@ pub(crate) async fn complete_outbox_tx(
                     .await?
                     .rows_affected();
                 if done > 0 {
-                    wtx.audit_now(AuditEntry {
-                        actor: "system:relay".into(),
-                        action: "personal_id.rejected",
-                        entity: format!("registration/{rid}"),
-                        details: serde_json::json!({ "key": item.key }),
-                    });
-                    settled.push((
-                        item.registration_id,
+                    settle(
+                        wtx,
+                        &mut settled,
+                        item,
+                        "personal_id.rejected",
                         Settlement {
                             status: PersonalIdStatus::Rejected,
                             personal_id: None,
                             rejection_reason: Some(reason.clone()),
                             at_ms: now,
                         },
-                    ));
+                    );
                 }
                 done_keys.push(item.key.clone());
             }

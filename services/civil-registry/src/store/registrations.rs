@@ -580,36 +580,29 @@ const OUTBOX_COLUMNS: &[&str] = &[
     "next_attempt_ms",
     "lease_until_ms",
     "created_at_ms",
-];
-
-const OUTBOX_LEASED_COLUMNS: &[&str] = &[
-    "issue_key",
-    "registration_id",
-    "kind",
-    "payload",
-    "attempts",
-    "next_attempt_ms",
-    "lease_until_ms",
-    "created_at_ms",
     "lease_owner",
 ];
 
+/// An outbox row, due now; with `lease`, already leased to that relay (attempts = 1 and
+/// the lease taken, as a claim would have left it).
 fn outbox_row(
     key: &str,
     registration_id: &str,
     kind: OutboundKind,
     payload: Vec<u8>,
     now: i64,
+    lease: Option<&Lease>,
 ) -> Vec<Val> {
     vec![
         Val::S(key.to_owned()),
         Val::S(registration_id.to_owned()),
         Val::S(kind.as_str().to_owned()),
         Val::B(payload),
-        Val::I(0),
+        Val::I(i64::from(lease.is_some())),
         Val::I(now),
-        Val::I(0),
+        Val::I(lease.map_or(0, |l| l.until_ms)),
         Val::I(now),
+        Val::OS(lease.map(|l| l.owner.clone())),
     ]
 }
 
@@ -626,7 +619,7 @@ pub(crate) async fn insert_outbox(
         wtx.backend,
         "outbox",
         OUTBOX_COLUMNS,
-        vec![outbox_row(key, registration_id, kind, payload, now)],
+        vec![outbox_row(key, registration_id, kind, payload, now, None)],
     )
     .await
 }
@@ -823,12 +816,15 @@ async fn insert_registrations_tx(
         ]);
         if let Some(key) = issue_key {
             let payload = encode::issue_request(&registration, &row.unit, &key);
-            let mut row_vals = outbox_row(&key, &id, OutboundKind::Issue, payload.clone(), now);
-            if let Some(lease) = lease {
-                // attempts = 1 and the lease taken, as a claim would have left it.
-                row_vals[4] = Val::I(1);
-                row_vals[6] = Val::I(lease.until_ms);
-                row_vals.push(Val::OS(Some(lease.owner.clone())));
+            outbox_rows.push(outbox_row(
+                &key,
+                &id,
+                OutboundKind::Issue,
+                payload.clone(),
+                now,
+                lease,
+            ));
+            if lease.is_some() {
                 leased.push(Outbound {
                     key: key.clone(),
                     registration_id: row.id,
@@ -836,10 +832,7 @@ async fn insert_registrations_tx(
                     payload,
                     attempts: 1,
                 });
-            } else {
-                row_vals.push(Val::OS(None));
             }
-            outbox_rows.push(row_vals);
         }
         wtx.audit_now(AuditEntry {
             actor: row.official_id.clone(),
@@ -885,7 +878,7 @@ async fn insert_registrations_tx(
         &mut wtx.tx,
         wtx.backend,
         "outbox",
-        OUTBOX_LEASED_COLUMNS,
+        OUTBOX_COLUMNS,
         outbox_rows,
     )
     .await?;
