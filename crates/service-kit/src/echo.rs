@@ -40,7 +40,12 @@ impl EchoService for EchoServer {
         request: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
         let client_identity = crate::tls::client_identity(&request)
-            .map(|identity| identity.common_name.unwrap_or(identity.subject))
+            .map(|identity| {
+                identity
+                    .common_name
+                    .clone()
+                    .unwrap_or_else(|| identity.subject.clone())
+            })
             .unwrap_or_default();
         let request = request.into_inner();
         if request.delay_ms > 0 {

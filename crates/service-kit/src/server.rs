@@ -7,10 +7,10 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::
 
 use anyhow::Context as _;
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::mpsc,
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     body::Body,
@@ -27,7 +27,7 @@ use tonic_health::{
 use crate::{
     config::ServerConfig,
     layer::RpcLayer,
-    tls::{ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT},
+    tls::{ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT, TlsConnection},
 };
 
 /// Health service name that stands for the whole server (what `grpc_health_probe` and
@@ -311,7 +311,7 @@ fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> (
-    ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    ReceiverStream<Result<TlsConnection, std::io::Error>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (connections, incoming) = mpsc::channel(64);
@@ -336,7 +336,7 @@ fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = connections.send(Ok(tls)).await;
+                        let _ = connections.send(Ok(TlsConnection::new(tls))).await;
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(target: "security", %peer, %error, "TLS handshake refused");

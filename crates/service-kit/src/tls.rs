@@ -2,8 +2,12 @@
 //! channels, and the verified client identity handlers use for authorization.
 
 use std::{
+    io::IoSlice,
+    net::SocketAddr,
     path::Path,
+    pin::Pin,
     sync::{Arc, Once},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -13,8 +17,10 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
     server::WebPkiClientVerifier,
 };
-use tokio_rustls::TlsAcceptor;
-use tonic::transport::{Certificate, Channel, Endpoint, Identity};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tonic::transport::{Certificate, Channel, Endpoint, Identity, server::Connected};
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
 use crate::config::{ClientTlsConfig, ServerTlsConfig};
@@ -82,11 +88,101 @@ impl ClientIdentity {
 
 /// The verified client certificate's identity: `None` over plaintext, without a client
 /// certificate, or when the certificate cannot be parsed. rustls has already verified the
-/// chain against the configured client CA before a request reaches a handler.
-pub fn client_identity<T>(req: &tonic::Request<T>) -> Option<ClientIdentity> {
-    let certificates = req.peer_certs()?;
-    let leaf = certificates.first()?;
-    ClientIdentity::from_der(leaf.as_ref()).ok()
+/// chain against the configured client CA before a request reaches a handler; the kit's
+/// server parses the certificate once per connection ([`TlsConnection`]), not per call.
+pub fn client_identity<T>(req: &tonic::Request<T>) -> Option<Arc<ClientIdentity>> {
+    req.extensions()
+        .get::<ConnectionInfo>()?
+        .client_identity
+        .clone()
+}
+
+/// What the kit's server knows of a TLS connection, in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub remote_addr: Option<SocketAddr>,
+    /// The verified client certificate's identity, parsed at the handshake.
+    pub client_identity: Option<Arc<ClientIdentity>>,
+}
+
+/// A server-side TLS connection that carries its [`ConnectionInfo`] to tonic.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    info: ConnectionInfo,
+}
+
+impl TlsConnection {
+    /// Wraps an accepted connection, parsing the client certificate (if any) once.
+    pub fn new(stream: TlsStream<TcpStream>) -> Self {
+        let (tcp, session) = stream.get_ref();
+        let client_identity = session
+            .peer_certificates()
+            .and_then(|certificates| certificates.first())
+            .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok())
+            .map(Arc::new);
+        let info = ConnectionInfo {
+            remote_addr: tcp.peer_addr().ok(),
+            client_identity,
+        };
+        Self { stream, info }
+    }
+}
+
+impl std::fmt::Debug for TlsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnection")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// A channel to `uri`: `https://host:port` with TLS (CA from `tls.ca_file`, client

@@ -130,7 +130,7 @@ async fn a_handler_sees_the_full_client_identity_and_can_match_it() {
                 message: format!(
                     "{}|{}|{}|{}",
                     identity.subject,
-                    identity.common_name.unwrap_or_default(),
+                    identity.common_name.clone().unwrap_or_default(),
                     identity.dns_names.join(","),
                     identity.uris.join(",")
                 ),
