@@ -191,6 +191,12 @@ impl Store {
                             "PRAGMA busy_timeout = {busy_timeout_ms}"
                         )))
                         .await?;
+                    } else {
+                        // Every execution is planned with its values: a generic plan
+                        // cached while a table was empty (a fresh deployment, before the
+                        // first ANALYZE) would scan the whole table on every later call.
+                        conn.execute("SET plan_cache_mode = force_custom_plan")
+                            .await?;
                     }
                     Ok(())
                 })

@@ -224,6 +224,13 @@ async fn open_pool(
                     .await?;
                     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {busy}")))
                         .await?;
+                } else {
+                    // Every execution is planned with its values. A generic plan is
+                    // cached per statement after five runs, and one cached while the
+                    // table was empty (a fresh deployment, before the first ANALYZE)
+                    // scans the whole table on every later lookup.
+                    conn.execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
                 }
                 Ok(())
             })
