@@ -104,6 +104,45 @@ impl ThrowawayCa {
     }
 }
 
+/// A throwaway CA in a temporary directory that is removed with it: what a test needs for
+/// mTLS between a server on `localhost` and named clients.
+#[derive(Debug)]
+pub struct TempCa {
+    ca: ThrowawayCa,
+    /// The CA certificate (`ca.pem` in the temporary directory).
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TempCa {
+    /// Creates the CA (see [`ThrowawayCa::create`]) in a fresh temporary directory.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let ca = ThrowawayCa::create(dir.path(), name)?;
+        let ca_file = ca.ca_file().to_path_buf();
+        Ok(Self {
+            ca,
+            ca_file,
+            _dir: dir,
+        })
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1.
+    pub fn server_cert(&self) -> anyhow::Result<IssuedCert> {
+        self.ca.server_cert("server", &["localhost", "127.0.0.1"])
+    }
+
+    /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
+    /// `spiffe://test/{name}`.
+    pub fn client_cert(&self, name: &str) -> anyhow::Result<IssuedCert> {
+        self.ca.client_cert(
+            name,
+            name,
+            &[&format!("{name}.test"), &format!("spiffe://test/{name}")],
+        )
+    }
+}
+
 fn san(name: &str) -> anyhow::Result<SanType> {
     Ok(if let Ok(ip) = name.parse() {
         SanType::IpAddress(ip)

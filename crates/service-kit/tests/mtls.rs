@@ -5,14 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{IssuedCert, TestCa, TestServer, plaintext_config};
+use common::{TestServer, plaintext_config};
+use service_kit::pki::{IssuedCert, TempCa as TestCa};
 use service_kit::{
     ClientTlsConfig, ServerConfig, ServerTlsConfig,
     echo::{EchoRequest, EchoServiceClient},
 };
 
 fn mtls_server_config(ca: &TestCa) -> ServerConfig {
-    let server_cert = ca.server_cert();
+    let server_cert = ca.server_cert().expect("server certificate");
     ServerConfig {
         tls: ServerTlsConfig {
             insecure_plaintext: false,
@@ -51,9 +52,11 @@ async fn call(uri: &str, tls: &ClientTlsConfig) -> Result<String, tonic::Status>
 
 #[tokio::test]
 async fn with_mtls_a_client_with_a_certificate_from_the_trusted_ca_is_identified() {
-    let ca = TestCa::new("trusted");
+    let ca = TestCa::new("trusted").expect("CA");
     let server = TestServer::start(&mtls_server_config(&ca)).await;
-    let client_cert = ca.client_cert("civil-registry");
+    let client_cert = ca
+        .client_cert("civil-registry")
+        .expect("client certificate");
 
     let identity = call(
         &format!("https://localhost:{}", server.addr.port()),
@@ -67,7 +70,7 @@ async fn with_mtls_a_client_with_a_certificate_from_the_trusted_ca_is_identified
 
 #[tokio::test]
 async fn with_mtls_a_client_without_a_certificate_is_refused() {
-    let ca = TestCa::new("trusted");
+    let ca = TestCa::new("trusted").expect("CA");
     let server = TestServer::start(&mtls_server_config(&ca)).await;
 
     let result = call(
@@ -88,10 +91,12 @@ async fn with_mtls_a_client_without_a_certificate_is_refused() {
 
 #[tokio::test]
 async fn with_mtls_a_client_with_a_certificate_from_another_ca_is_refused() {
-    let ca = TestCa::new("trusted");
-    let other_ca = TestCa::new("rogue");
+    let ca = TestCa::new("trusted").expect("CA");
+    let other_ca = TestCa::new("rogue").expect("CA");
     let server = TestServer::start(&mtls_server_config(&ca)).await;
-    let rogue_cert = other_ca.client_cert("civil-registry");
+    let rogue_cert = other_ca
+        .client_cert("civil-registry")
+        .expect("client certificate");
 
     // The client trusts the real server CA but presents the rogue CA's certificate.
     let result = call(
@@ -138,7 +143,7 @@ async fn a_handler_sees_the_full_client_identity_and_can_match_it() {
             }))
         }
     }
-    let ca = TestCa::new("trusted");
+    let ca = TestCa::new("trusted").expect("CA");
     let server = service_kit::GrpcServer::bind(
         &mtls_server_config(&ca),
         service_kit::echo::FILE_DESCRIPTOR_SET,
@@ -152,8 +157,10 @@ async fn a_handler_sees_the_full_client_identity_and_can_match_it() {
         let _ = stop_rx.await;
     }));
     let uri = format!("https://localhost:{}", addr.port());
-    let allowed = ca.client_cert("population-client");
-    let other = ca.client_cert("someone-else");
+    let allowed = ca
+        .client_cert("population-client")
+        .expect("client certificate");
+    let other = ca.client_cert("someone-else").expect("client certificate");
 
     let channel = service_kit::tls::client_channel(
         &uri,
@@ -188,9 +195,9 @@ async fn a_handler_sees_the_full_client_identity_and_can_match_it() {
 
 #[tokio::test]
 async fn healthcheck_works_over_mtls() {
-    let ca = TestCa::new("trusted");
+    let ca = TestCa::new("trusted").expect("CA");
     let server = TestServer::start(&mtls_server_config(&ca)).await;
-    let client_cert = ca.client_cert("kubelet");
+    let client_cert = ca.client_cert("kubelet").expect("client certificate");
     let uri = format!("https://localhost:{}", server.addr.port());
 
     let serving =
@@ -202,7 +209,7 @@ async fn healthcheck_works_over_mtls() {
 
 #[tokio::test]
 async fn with_mtls_the_plaintext_probe_listener_answers_health_and_nothing_else() {
-    let ca = TestCa::new("trusted");
+    let ca = TestCa::new("trusted").expect("CA");
     let config = ServerConfig {
         health_listen_addr: Some("127.0.0.1:0".parse().expect("address")),
         ..mtls_server_config(&ca)

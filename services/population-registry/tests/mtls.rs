@@ -4,17 +4,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, TestApp, TestCa, TestDb, birth, config, issue};
+use common::{Client, TestApp, TestDb, birth, config, issue};
 use contracts::mps::population::v1 as pb;
 use population_registry::config::AuthConfig;
 use population_registry::domain::errors::AuthError;
 use population_registry::grpc::auth::{Authorizer, Role};
 use service_kit::config::ClientTlsConfig;
+use service_kit::pki::TempCa as TestCa;
 use service_kit::status::reason_of;
 use tonic::Code;
 
 fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client {
-    let cert = name.map(|n| ca.client_cert(n));
+    let cert = name.map(|n| ca.client_cert(n).expect("client certificate"));
     let tls = ClientTlsConfig {
         insecure_plaintext: false,
         ca_file: Some(ca.ca_file.clone()),
@@ -32,7 +33,7 @@ fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client
 }
 
 async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
-    let server = ca.server_cert();
+    let server = ca.server_cert().expect("server certificate");
     let mut cfg = config(db);
     cfg.server.tls.insecure_plaintext = false;
     cfg.server.tls.cert_file = Some(server.cert_file);
@@ -46,7 +47,7 @@ async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
 #[tokio::test]
 async fn only_identities_on_the_allow_list_of_a_role_may_call_it() {
     let db = TestDb::sqlite().await;
-    let ca = TestCa::new("registry");
+    let ca = TestCa::new("registry").expect("CA");
     let app = mtls_app(&db, &ca).await;
     let mut minter = client(app.addr, &ca, Some("civil-registry"));
     let mut auditor = client(app.addr, &ca, Some("auditor"));
@@ -92,7 +93,7 @@ async fn only_identities_on_the_allow_list_of_a_role_may_call_it() {
 #[tokio::test]
 async fn a_caller_without_a_client_certificate_is_turned_away() {
     let db = TestDb::sqlite().await;
-    let ca = TestCa::new("registry");
+    let ca = TestCa::new("registry").expect("CA");
     let app = mtls_app(&db, &ca).await;
     let mut anonymous = client(app.addr, &ca, None);
 

@@ -1,18 +1,15 @@
 //! Shared arrangements for the kit's tests: a plaintext or TLS Echo server on
-//! 127.0.0.1:0 with a shutdown trigger, clients, and a throwaway PKI made with rcgen.
+//! 127.0.0.1:0 with a shutdown trigger, and clients (mTLS tests use `pki::TempCa`).
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use service_kit::{
     GrpcServer, ServerConfig, ServerTlsConfig,
     echo::{EchoServer, EchoServiceClient},
-    pki::ThrowawayCa,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
-
-pub use service_kit::pki::IssuedCert;
 
 /// A server config on 127.0.0.1:0, plaintext, short drain.
 pub fn plaintext_config() -> ServerConfig {
@@ -91,40 +88,4 @@ pub async fn plaintext_channel(addr: SocketAddr) -> Channel {
 
 pub async fn echo_client(addr: SocketAddr) -> EchoServiceClient<Channel> {
     EchoServiceClient::new(plaintext_channel(addr).await)
-}
-
-/// A certificate authority that can issue server and client certificates, all written as
-/// PEM files in a temporary directory.
-pub struct TestCa {
-    ca: ThrowawayCa,
-    pub dir: tempfile::TempDir,
-    pub ca_file: PathBuf,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ThrowawayCa::create(dir.path(), name).expect("CA");
-        let ca_file = ca.ca_file().to_path_buf();
-        Self { ca, dir, ca_file }
-    }
-
-    /// A server certificate for `localhost` and 127.0.0.1.
-    pub fn server_cert(&self) -> IssuedCert {
-        self.ca
-            .server_cert("server", &["localhost", "127.0.0.1"])
-            .expect("server certificate")
-    }
-
-    /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
-    /// `spiffe://test/{name}`.
-    pub fn client_cert(&self, name: &str) -> IssuedCert {
-        self.ca
-            .client_cert(
-                name,
-                name,
-                &[&format!("{name}.test"), &format!("spiffe://test/{name}")],
-            )
-            .expect("client certificate")
-    }
 }

@@ -4,7 +4,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use contracts::google::r#type::Date;
@@ -13,8 +12,6 @@ use contracts::mps::population::v1::population_registry_service_client::Populati
 use population_registry::app::App;
 use population_registry::config::Config;
 use population_registry::store::Store;
-pub use service_kit::pki::IssuedCert;
-use service_kit::pki::ThrowawayCa;
 use sqlx::Connection as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -206,41 +203,5 @@ pub fn issue(request_id: &str, birth: pb::BirthRecord) -> pb::IssuePersonalIdReq
     pb::IssuePersonalIdRequest {
         request_id: request_id.to_owned(),
         birth: Some(birth),
-    }
-}
-
-/// A certificate authority that can issue server and client certificates, all written as
-/// PEM files in a temporary directory.
-pub struct TestCa {
-    ca: ThrowawayCa,
-    pub dir: tempfile::TempDir,
-    pub ca_file: PathBuf,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ThrowawayCa::create(dir.path(), name).expect("CA");
-        let ca_file = ca.ca_file().to_path_buf();
-        Self { ca, dir, ca_file }
-    }
-
-    /// A server certificate for `localhost` and 127.0.0.1.
-    pub fn server_cert(&self) -> IssuedCert {
-        self.ca
-            .server_cert("server", &["localhost", "127.0.0.1"])
-            .expect("server certificate")
-    }
-
-    /// A client certificate with common name `name`, DNS SAN `{name}.test` and URI SAN
-    /// `spiffe://test/{name}`.
-    pub fn client_cert(&self, name: &str) -> IssuedCert {
-        self.ca
-            .client_cert(
-                name,
-                name,
-                &[&format!("{name}.test"), &format!("spiffe://test/{name}")],
-            )
-            .expect("client certificate")
     }
 }
