@@ -164,7 +164,11 @@ pub(crate) async fn insert_rows(
 ) -> Result<(), sqlx::Error> {
     let mut rest = rows.into_iter();
     for size in super::piece_sizes(rest.len()) {
-        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let mut sql = format!(
+            "{} {table} ({}) VALUES ",
+            super::insert_into(backend),
+            columns.join(", ")
+        );
         let mut n = 0;
         for i in 0..size {
             if i > 0 {

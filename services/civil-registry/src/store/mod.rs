@@ -69,6 +69,19 @@ pub(crate) fn param(backend: Backend, n: usize) -> String {
     }
 }
 
+/// The verb of the group commit's multi-row INSERTs. On SQLite, `OR FAIL`: with the
+/// default `ABORT`, a statement that may fail part-way keeps a statement journal (a copy
+/// of every page it touches, so that it can undo only itself). A failed statement here
+/// always rolls back its whole transaction, so there is nothing to undo statement by
+/// statement. (An immediate foreign key still makes SQLite keep one for the
+/// `registrations` rows.) PostgreSQL has no such clause and no such cost.
+pub(crate) fn insert_into(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "INSERT OR FAIL INTO",
+        Backend::Postgres => "INSERT INTO",
+    }
+}
+
 /// `count` parameters separated by commas, numbered from 1.
 pub(crate) fn params(backend: Backend, count: usize) -> String {
     (1..=count)

@@ -729,9 +729,10 @@ async fn insert_registrations_tx(
             })
             .collect();
         let sql = format!(
-            "INSERT INTO register_counters (unit_code, reg_year, last_number) VALUES {} \
+            "{} register_counters (unit_code, reg_year, last_number) VALUES {} \
              ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
              RETURNING unit_code, reg_year, last_number",
+            super::insert_into(wtx.backend),
             values.join(", ")
         );
         let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql));

@@ -630,8 +630,9 @@ impl Writer {
         let pairs: Vec<(&Entry, &(String, String))> = tx.audit.iter().zip(&hashes).collect();
         for chunk in pieces(&pairs, INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO audit_log (seq, at_micros, action, personal_id, related_id, \
+                "{} audit_log (seq, at_micros, action, personal_id, related_id, \
                  request_id, detail, prev_hash, hash) VALUES {}",
+                rows::insert_into(tx.backend),
                 rows::placeholders(tx.backend, chunk.len(), 9)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -665,8 +666,9 @@ impl Writer {
             .collect();
         for chunk in pieces(&deltas, INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO buckets (prefix, issued) VALUES {} ON CONFLICT (prefix) \
+                "{} buckets (prefix, issued) VALUES {} ON CONFLICT (prefix) \
                  DO UPDATE SET issued = buckets.issued + excluded.issued",
+                rows::insert_into(tx.backend),
                 rows::placeholders(tx.backend, chunk.len(), 2)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -880,7 +882,8 @@ async fn insert_rows(
         .collect();
     for chunk in pieces(&free, INSERT_CHUNK) {
         let sql = format!(
-            "INSERT INTO citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
+            "{} citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
+            rows::insert_into(tx.backend),
             rows::INSERT_COLUMNS,
             rows::placeholders(tx.backend, chunk.len(), rows::INSERT_COLUMN_COUNT)
         );
