@@ -302,6 +302,14 @@ impl Store {
     /// Starts a write transaction positioned on the audit chain's head.
     async fn begin_write(&self) -> Result<audit::WriteTx, sqlx::Error> {
         let mut tx = self.begin_immediate().await?;
+        if self.backend == Backend::Postgres {
+            // A write transaction only looks rows up by key. Without statistics (autovacuum
+            // off, or before its first ANALYZE) the planner takes each value of an IN list
+            // to match 0.5% of the table and would scan all of it for a long list.
+            sqlx::query("SET LOCAL enable_seqscan = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let sql = match self.backend {
             Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
             Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",

@@ -279,6 +279,15 @@ impl Writer {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
+        if self.backend == Backend::Postgres {
+            // The writer only looks rows up by key. Without statistics (autovacuum off,
+            // or before its first ANALYZE) the planner takes each value of an IN list to
+            // match 0.5% of the table, and chose a parallel scan of every citizen for a
+            // group's 2,048 duplicate keys.
+            sqlx::query("SET LOCAL enable_seqscan = off")
+                .execute(&mut *tx)
+                .await?;
+        }
         let sql = match self.backend {
             Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
             Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
