@@ -109,8 +109,6 @@ impl ThrowawayCa {
 #[derive(Debug)]
 pub struct TempCa {
     ca: ThrowawayCa,
-    /// The CA certificate (`ca.pem` in the temporary directory).
-    pub ca_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -119,12 +117,12 @@ impl TempCa {
     pub fn new(name: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let ca = ThrowawayCa::create(dir.path(), name)?;
-        let ca_file = ca.ca_file().to_path_buf();
-        Ok(Self {
-            ca,
-            ca_file,
-            _dir: dir,
-        })
+        Ok(Self { ca, _dir: dir })
+    }
+
+    /// The CA certificate (`ca.pem` in the temporary directory).
+    pub fn ca_file(&self) -> &Path {
+        self.ca.ca_file()
     }
 
     /// A server certificate for `localhost` and 127.0.0.1.

@@ -3,7 +3,6 @@
 
 use std::{
     io::IoSlice,
-    net::SocketAddr,
     path::Path,
     pin::Pin,
     sync::{Arc, Once},
@@ -100,8 +99,6 @@ pub fn client_identity<T>(req: &tonic::Request<T>) -> Option<Arc<ClientIdentity>
 /// What the kit's server knows of a TLS connection, in every request's extensions.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
-    /// The peer's address.
-    pub remote_addr: Option<SocketAddr>,
     /// The verified client certificate's identity, parsed at the handshake.
     pub client_identity: Option<Arc<ClientIdentity>>,
 }
@@ -115,16 +112,14 @@ pub struct TlsConnection {
 impl TlsConnection {
     /// Wraps an accepted connection, parsing the client certificate (if any) once.
     pub fn new(stream: TlsStream<TcpStream>) -> Self {
-        let (tcp, session) = stream.get_ref();
-        let client_identity = session
+        let client_identity = stream
+            .get_ref()
+            .1
             .peer_certificates()
             .and_then(|certificates| certificates.first())
             .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok())
             .map(Arc::new);
-        let info = ConnectionInfo {
-            remote_addr: tcp.peer_addr().ok(),
-            client_identity,
-        };
+        let info = ConnectionInfo { client_identity };
         Self { stream, info }
     }
 }

@@ -19,7 +19,7 @@ fn mtls_server_config(ca: &TestCa) -> ServerConfig {
             insecure_plaintext: false,
             cert_file: Some(server_cert.cert_file),
             key_file: Some(server_cert.key_file),
-            client_ca_file: Some(ca.ca_file.clone()),
+            client_ca_file: Some(ca.ca_file().to_path_buf()),
         },
         ..plaintext_config()
     }
@@ -28,7 +28,7 @@ fn mtls_server_config(ca: &TestCa) -> ServerConfig {
 fn client_tls(ca: &TestCa, cert: Option<&IssuedCert>) -> ClientTlsConfig {
     ClientTlsConfig {
         insecure_plaintext: false,
-        ca_file: Some(ca.ca_file.clone()),
+        ca_file: Some(ca.ca_file().to_path_buf()),
         cert_file: cert.map(|c| c.cert_file.clone()),
         key_file: cert.map(|c| c.key_file.clone()),
         server_name: Some("localhost".into()),
