@@ -18,7 +18,7 @@ fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client
     let cert = name.map(|n| ca.client_cert(n).expect("client certificate"));
     let tls = ClientTlsConfig {
         insecure_plaintext: false,
-        ca_file: Some(ca.ca_file.clone()),
+        ca_file: Some(ca.ca_file().to_path_buf()),
         cert_file: cert.as_ref().map(|c| c.cert_file.clone()),
         key_file: cert.as_ref().map(|c| c.key_file.clone()),
         server_name: Some("localhost".into()),
@@ -38,7 +38,7 @@ async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
     cfg.server.tls.insecure_plaintext = false;
     cfg.server.tls.cert_file = Some(server.cert_file);
     cfg.server.tls.key_file = Some(server.key_file);
-    cfg.server.tls.client_ca_file = Some(ca.ca_file.clone());
+    cfg.server.tls.client_ca_file = Some(ca.ca_file().to_path_buf());
     cfg.auth.minting_allowed = vec!["civil-registry".into()];
     cfg.auth.read_allowed = vec!["spiffe://test/auditor".into()];
     TestApp::spawn_with(cfg).await

@@ -91,8 +91,8 @@ pub(crate) fn params(backend: Backend, count: usize) -> String {
 }
 
 /// Splits `items` into pieces of a few fixed sizes, so that statements built for a piece
-/// have few distinct texts: each text is prepared (and on PostgreSQL planned) once per
-/// connection and then reused from the statement cache. Powers of two: a group of n rows
+/// have few distinct texts: each text is prepared once per connection and then reused
+/// from the statement cache. Powers of two: a group of n rows
 /// takes at most log2(n) + 1 statements per table (each one a round trip to the
 /// database thread), and 9 sizes of the writer's few statement shapes stay within
 /// sqlx's statement cache (100 per connection).

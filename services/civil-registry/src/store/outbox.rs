@@ -188,8 +188,6 @@ impl Store {
     }
 }
 
-/// [`Store::complete_outbox`] inside a caller's write transaction (the writer's group
-/// commit).
 /// The relay's audit entry for a registration it settled, and the settlement for the
 /// waiters (woken once the transaction commits).
 fn settle(
@@ -208,6 +206,8 @@ fn settle(
     settled.push((item.registration_id, settlement));
 }
 
+/// [`Store::complete_outbox`] inside a caller's write transaction (the writer's group
+/// commit).
 pub(crate) async fn complete_outbox_tx(
     wtx: &mut super::audit::WriteTx,
     completions: &[Completion],
