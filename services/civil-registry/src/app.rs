@@ -77,7 +77,7 @@ impl App {
         // writer that moved between pooled connections re-read its index pages every group.
         let writer_store =
             if store.backend() == Backend::Sqlite && !cfg.database.url.contains(":memory:") {
-                Store::connect_writer(&cfg.database).await?
+                store.writer(&cfg.database).await?
             } else {
                 store.clone()
             };

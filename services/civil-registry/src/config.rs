@@ -57,7 +57,8 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Longest wait for a pooled connection before a call answers UNAVAILABLE.
     pub acquire_timeout_ms: u64,
-    /// SQLite: how long a statement waits for another writer's lock.
+    /// SQLite: how long a statement waits for another process's write lock (this process's
+    /// own writes take turns and never wait here).
     pub busy_timeout_ms: u64,
     /// How often health checks the database.
     pub health_check_interval_ms: u64,

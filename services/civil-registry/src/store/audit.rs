@@ -50,6 +50,8 @@ fn link(
 /// chained in memory and written with multi-row INSERTs at commit, in the same transaction.
 pub(crate) struct WriteTx {
     pub(crate) tx: Transaction<'static, Any>,
+    /// The process's write turn (SQLite), released after `tx` ends: fields drop in order.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
     seq: i64,
     hash: String,
     rows: Vec<Vec<Val>>,
@@ -67,12 +69,14 @@ impl std::fmt::Debug for WriteTx {
 impl WriteTx {
     pub(crate) fn new(
         tx: Transaction<'static, Any>,
+        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
         seq: i64,
         hash: String,
         backend: super::Backend,
     ) -> Self {
         Self {
             tx,
+            _turn: turn,
             seq,
             hash,
             rows: Vec::new(),

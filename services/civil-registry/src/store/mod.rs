@@ -17,11 +17,13 @@ pub use registrations::{
     StatsGrouping, StatsRow,
 };
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::DatabaseConfig;
 
@@ -39,6 +41,13 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: this process's write transactions take turns here before asking for the
+    /// file's write lock. SQLite's busy handler does not queue: a writer that finds the
+    /// lock taken sleeps 1, 2, 5, 10 ... 100 ms between attempts however soon the lock is
+    /// freed, so the group-commit writer colliding with a relay claim stalled every
+    /// registration for up to a few hundred milliseconds. Shared by the stores of one
+    /// process (`Store::writer`); other processes still meet the busy handler.
+    write_turn: Arc<Mutex<()>>,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
@@ -134,16 +143,20 @@ impl Store {
     /// The group-commit writer's own single SQLite connection (see `App::build`), whose
     /// statement journals stay in memory: its statements are bounded multi-row writes,
     /// while the readers' aggregates over a whole year may sort more than memory should
-    /// hold and keep spilling to temporary files.
-    pub async fn connect_writer(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
-        Self::open(
+    /// hold and keep spilling to temporary files. It takes turns with this store's writes.
+    pub async fn writer(&self, cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        let own = Self::open(
             &DatabaseConfig {
                 max_connections: 1,
                 ..cfg.clone()
             },
             true,
         )
-        .await
+        .await?;
+        Ok(Self {
+            write_turn: Arc::clone(&self.write_turn),
+            ..own
+        })
     }
 
     async fn open(cfg: &DatabaseConfig, temp_in_memory: bool) -> anyhow::Result<Self> {
@@ -217,7 +230,11 @@ impl Store {
             .connect(&cfg.url)
             .await
             .context("connecting to the database")?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            write_turn: Arc::new(Mutex::new(())),
+        })
     }
 
     /// The backend in use.
@@ -236,7 +253,7 @@ impl Store {
             .await
             .context("creating schema_migrations")?;
         for (version, sql) in migrations {
-            let mut tx = self.begin_immediate().await?;
+            let (mut tx, _turn) = self.begin_immediate().await?;
             if self.backend == Backend::Postgres {
                 // Replicas starting together: one migrates, the others wait and then skip.
                 tx.execute("SELECT pg_advisory_xact_lock(730500104)")
@@ -291,17 +308,33 @@ impl Store {
     }
 
     /// A transaction that holds SQLite's write lock from its first statement, so that it
-    /// never fails to upgrade a read snapshot when another writer got in between.
-    async fn begin_immediate(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    /// never fails to upgrade a read snapshot when another writer got in between; on SQLite
+    /// with this process's write turn, to be kept until the transaction ends.
+    async fn begin_immediate(
+        &self,
+    ) -> Result<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>), sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => {
+                let turn = self.write_turn().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok((tx, turn))
+            }
+            Backend::Postgres => Ok((self.pool.begin().await?, None)),
+        }
+    }
+
+    /// This process's turn to write (SQLite; `None` on PostgreSQL), for every statement
+    /// that takes the file's write lock, held until that statement or transaction ends.
+    pub(crate) async fn write_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match self.backend {
+            Backend::Sqlite => Some(Arc::clone(&self.write_turn).lock_owned().await),
+            Backend::Postgres => None,
         }
     }
 
     /// Starts a write transaction positioned on the audit chain's head.
     async fn begin_write(&self) -> Result<audit::WriteTx, sqlx::Error> {
-        let mut tx = self.begin_immediate().await?;
+        let (mut tx, turn) = self.begin_immediate().await?;
         if self.backend == Backend::Postgres {
             // A write transaction only looks rows up by key. Without statistics (autovacuum
             // off, or before its first ANALYZE) the planner takes each value of an IN list
@@ -315,7 +348,7 @@ impl Store {
             Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
         };
         let (seq, hash): (i64, String) = sqlx::query_as(sql).fetch_one(&mut *tx).await?;
-        Ok(audit::WriteTx::new(tx, seq, hash, self.backend))
+        Ok(audit::WriteTx::new(tx, turn, seq, hash, self.backend))
     }
 }
 

@@ -47,6 +47,7 @@ impl Store {
         limit: i64,
         lease_ms: i64,
     ) -> Result<Vec<Outbound>, sqlx::Error> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let rows: Vec<(String, String, String, Vec<u8>, i64)> = sqlx::query_as(
             "UPDATE outbox SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
