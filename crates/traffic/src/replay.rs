@@ -102,6 +102,9 @@ pub struct ReplayReport {
     pub errors: BTreeMap<String, u64>,
     pub register_ms: Percentiles,
     pub time_to_number_ms: Percentiles,
+    /// RegisterBirth p99 (ms) of the requests sent in each second of the replay, in order:
+    /// shows whether a tail is a moment (start-up, a stall) or the steady state.
+    pub register_p99_ms_by_second: Vec<f64>,
     #[serde(skip)]
     pub outcomes: Vec<Outcome>,
 }
@@ -149,6 +152,8 @@ struct Item {
 
 enum Event {
     Registered {
+        /// When the request was due (open loop) or sent (closed loop).
+        scheduled: Instant,
         latency_us: u64,
         pending: bool,
         retried: u32,
@@ -225,7 +230,8 @@ pub async fn replay(
 
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
     let progress = opts.progress;
-    let collector = tokio::spawn(collect(ev_rx, total, progress));
+    let start = Instant::now();
+    let collector = tokio::spawn(collect(ev_rx, total, progress, start));
 
     let permits = match opts.mode {
         Mode::Concurrency(c) => c.max(1),
@@ -236,7 +242,6 @@ pub async fn replay(
         .into_iter()
         .map(|c| BirthRegistrationServiceClient::new(c).max_decoding_message_size(16 << 20))
         .collect();
-    let start = Instant::now();
     let mut i: u64 = 0;
     while let Some(item) = rx.recv().await {
         let scheduled = match opts.mode {
@@ -373,6 +378,7 @@ async fn one(
     };
     let pending = reg.personal_id_status == pb::PersonalIdStatus::Pending as i32;
     let _ = ev.send(Event::Registered {
+        scheduled,
         latency_us,
         pending,
         retried: attempt,
@@ -425,6 +431,7 @@ async fn collect(
     mut rx: mpsc::UnboundedReceiver<Event>,
     total: u64,
     progress: bool,
+    start: Instant,
 ) -> (ReplayReport, Option<Instant>) {
     let bar = if progress {
         let b = indicatif::ProgressBar::new(total);
@@ -445,6 +452,8 @@ async fn collect(
     };
     let mut register = new_hist();
     let mut number = new_hist();
+    // One small histogram per second of the replay (2 significant digits, up to 10 min).
+    let mut by_second: Vec<Histogram<u32>> = Vec::new();
     let mut report = ReplayReport {
         registrations: 0,
         succeeded: 0,
@@ -459,19 +468,28 @@ async fn collect(
         errors: BTreeMap::new(),
         register_ms: Percentiles::default(),
         time_to_number_ms: Percentiles::default(),
+        register_p99_ms_by_second: Vec::new(),
         outcomes: Vec::with_capacity(total as usize),
     };
-    let first = Instant::now();
     let mut last_registered: Option<Instant> = None;
     let mut last: Option<Instant> = None;
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Registered {
+                scheduled,
                 latency_us,
                 pending,
                 retried,
             } => {
                 let _ = register.record(latency_us.max(1));
+                let second = scheduled.saturating_duration_since(start).as_secs() as usize;
+                if by_second.len() <= second {
+                    by_second.resize_with(second + 1, || {
+                        Histogram::<u32>::new_with_bounds(1, 600_000_000, 2)
+                            .expect("valid histogram bounds")
+                    });
+                }
+                by_second[second].saturating_record(latency_us.max(1));
                 *report
                     .first_answer
                     .entry(if pending { "PENDING" } else { "ANSWERED" }.to_owned())
@@ -504,7 +522,11 @@ async fn collect(
     }
     bar.finish_and_clear();
     report.register_seconds =
-        last_registered.map_or(0.0, |l| l.duration_since(first).as_secs_f64());
+        last_registered.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
+    report.register_p99_ms_by_second = by_second
+        .iter()
+        .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+        .collect();
     report.register_ms = Percentiles::of(&register);
     report.time_to_number_ms = Percentiles::of(&number);
     (report, last)
@@ -523,6 +545,9 @@ impl ReplayReport {
         );
         println!("RegisterBirth latency: {}", self.register_ms);
         println!("time to number:        {}", self.time_to_number_ms);
+        if let Some(line) = p99_by_second_summary(&self.register_p99_ms_by_second) {
+            println!("RegisterBirth p99 per second sent: {line}");
+        }
         let statuses: Vec<String> = self
             .by_status
             .iter()
@@ -544,4 +569,33 @@ impl ReplayReport {
             println!("errors by code: {}", errs.join(" "));
         }
     }
+}
+
+/// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
+/// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
+fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
+    let seen: Vec<(usize, f64)> = p99s
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, p)| *p > 0.0)
+        .collect();
+    let mut sorted: Vec<f64> = seen.iter().map(|(_, p)| *p).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = *sorted.get(sorted.len() / 2)?;
+    let (worst_at, worst) = seen.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let slow: Vec<String> = seen
+        .iter()
+        .filter(|(_, p)| *p > 2.0 * median)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    Some(format!(
+        "median {median:.1} ms, worst {worst:.1} ms (second {worst_at}), seconds over twice \
+         the median: {}",
+        if slow.is_empty() {
+            "none".to_owned()
+        } else {
+            slow.join(", ")
+        }
+    ))
 }
