@@ -452,7 +452,8 @@ async fn collect(
     };
     let mut register = new_hist();
     let mut number = new_hist();
-    // One small histogram per second of the replay (2 significant digits, up to 10 min).
+    // One small histogram per second of the replay (2 significant digits, latencies up to
+    // 10 min).
     let mut by_second: Vec<Histogram<u32>> = Vec::new();
     let mut report = ReplayReport {
         registrations: 0,
@@ -598,4 +599,24 @@ fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
             slow.join(", ")
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::p99_by_second_summary;
+
+    #[test]
+    fn the_summary_names_the_stalled_seconds_and_skips_seconds_without_requests() {
+        let p99s = [40.0, 10.0, 0.0, 11.0, 12.0, 250.0, 9.0];
+        assert_eq!(
+            p99_by_second_summary(&p99s).unwrap(),
+            "median 12.0 ms, worst 250.0 ms (second 5), seconds over twice the median: 0, 5"
+        );
+        assert_eq!(
+            p99_by_second_summary(&[5.0, 6.0]).unwrap(),
+            "median 6.0 ms, worst 6.0 ms (second 1), seconds over twice the median: none"
+        );
+        assert_eq!(p99_by_second_summary(&[]), None);
+        assert_eq!(p99_by_second_summary(&[0.0, 0.0]), None);
+    }
 }
