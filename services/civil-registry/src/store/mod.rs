@@ -313,14 +313,12 @@ impl Store {
     async fn begin_immediate(
         &self,
     ) -> Result<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>), sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => {
-                let turn = self.write_turn().await;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok((tx, turn))
-            }
-            Backend::Postgres => Ok((self.pool.begin().await?, None)),
-        }
+        let turn = self.write_turn().await;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok((tx, turn))
     }
 
     /// This process's turn to write (SQLite; `None` on PostgreSQL), for every statement
