@@ -66,6 +66,20 @@ fn pieces<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
         Some(head)
     })
 }
+/// Splits the values of an IN list into lists of at most `max` (a power of two),
+/// the last one padded to a power of two by repeating its last value, which an IN
+/// list ignores. A lookup then takes one statement (one round trip to the database
+/// thread) per `max` values instead of one per set bit of the count, and every list
+/// still has one of a few lengths with a cached prepared statement.
+fn in_lists<T: Clone>(values: &[T], max: usize) -> impl Iterator<Item = Vec<T>> + '_ {
+    values.chunks(max).map(move |chunk| {
+        let mut list = chunk.to_vec();
+        if let Some(last) = chunk.last() {
+            list.resize(chunk.len().next_power_of_two().min(max), last.clone());
+        }
+        list
+    })
+}
 /// Candidates from which taken numbers are looked up before the INSERT.
 const LOOKUP_BEFORE_INSERT_MIN: usize = 256;
 /// Random rounds before a bucket's free suffixes are enumerated instead.
@@ -733,14 +747,14 @@ async fn existing_keys(tx: &mut Tx, ids: &[&str]) -> Result<HashMap<String, KeyR
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    for chunk in pieces(&unique, IN_CHUNK) {
+    for chunk in in_lists(&unique, IN_CHUNK) {
         let sql = format!(
             "SELECT request_id, content_hash, personal_id, issue_time, replaces FROM citizens \
              WHERE request_id IN ({})",
             rows::list(tx.backend, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in &chunk {
             q = q.bind((*id).to_owned());
         }
         for row in q.fetch_all(&mut *tx.tx).await? {
@@ -770,13 +784,13 @@ async fn load_buckets(tx: &mut Tx, buckets: &[BucketKey]) -> Result<(), TxError>
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    for chunk in pieces(&unique, IN_CHUNK) {
+    for chunk in in_lists(&unique, IN_CHUNK) {
         let sql = format!(
             "SELECT prefix, issued FROM buckets WHERE prefix IN ({})",
             rows::list(tx.backend, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in chunk {
+        for b in &chunk {
             q = q.bind(prefix_i64(*b));
         }
         let mut found = HashMap::new();
@@ -785,7 +799,7 @@ async fn load_buckets(tx: &mut Tx, buckets: &[BucketKey]) -> Result<(), TxError>
             let issued: i64 = row.try_get(1)?;
             found.insert(prefix, u64::try_from(issued).unwrap_or(0));
         }
-        for b in chunk {
+        for b in &chunk {
             tx.bucket_before
                 .insert(*b, found.get(&prefix_i64(*b)).copied().unwrap_or(0));
         }
@@ -805,14 +819,14 @@ async fn duplicate_suspects(
         .into_iter()
         .collect();
     let mut out: HashMap<i64, Vec<PersonalId>> = HashMap::new();
-    for chunk in pieces(&unique, IN_CHUNK) {
+    for chunk in in_lists(&unique, IN_CHUNK) {
         let sql = format!(
             "SELECT dup_key, personal_id FROM citizens WHERE dup_key IN ({}) AND status = 1 \
              ORDER BY personal_id",
             rows::list(tx.backend, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for k in chunk {
+        for k in &chunk {
             q = q.bind(*k);
         }
         for row in q.fetch_all(&mut *tx.tx).await? {
@@ -848,13 +862,13 @@ async fn numbers_in_use(
     candidates: &[(usize, PersonalId)],
 ) -> Result<HashSet<PersonalId>, TxError> {
     let mut out = HashSet::new();
-    for chunk in pieces(candidates, IN_CHUNK) {
+    for chunk in in_lists(candidates, IN_CHUNK) {
         let sql = format!(
             "SELECT personal_id FROM citizens WHERE personal_id IN ({})",
             rows::list(tx.backend, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for &(_, id) in chunk {
+        for &(_, id) in &chunk {
             q = q.bind(id_i64(id));
         }
         for row in q.fetch_all(&mut *tx.tx).await? {
@@ -958,4 +972,39 @@ async fn insert_rows(
         }
     }
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_lists_cover_every_value_in_one_list_per_max_padded_to_a_power_of_two() {
+        for (len, max) in [
+            (0usize, 8usize),
+            (1, 8),
+            (3, 8),
+            (5, 8),
+            (8, 8),
+            (9, 8),
+            (69, 2048),
+        ] {
+            let values: Vec<usize> = (0..len).collect();
+            let lists: Vec<Vec<usize>> = in_lists(&values, max).collect();
+            assert_eq!(lists.len(), len.div_ceil(max), "len {len}");
+            for list in &lists {
+                assert!(
+                    list.len().is_power_of_two() && list.len() <= max,
+                    "{list:?}"
+                );
+                // Only the last value repeats.
+                let last = list[list.len() - 1];
+                let first_of_last = list.iter().position(|v| *v == last).unwrap_or(0);
+                assert!(list[first_of_last..].iter().all(|v| *v == last), "{list:?}");
+            }
+            let mut seen: Vec<usize> = lists.concat();
+            seen.dedup();
+            assert_eq!(seen, values, "len {len}");
+        }
+    }
 }
