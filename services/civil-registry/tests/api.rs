@@ -787,6 +787,68 @@ async fn lists_are_paginated_filtered_and_limited_to_the_jurisdiction(backend: B
     app.stop().await;
 }
 
+async fn a_registration_moved_by_a_correction_is_listed_under_its_new_unit(backend: Backend) {
+    // Arrange: the district office registers a birth with a foreign element (its
+    // competence before 2025-07-01), and its commune registers one of its own.
+    let app = TestApp::start(backend).await;
+    let mut foreign = birth("moved-1");
+    foreign.has_foreign_element = true;
+    foreign.registered_on = date(2025, 6, 30);
+    foreign.child.as_mut().unwrap().date_of_birth = date(2025, 6, 1);
+    let moved = register(&app, "reg_d001", foreign).await.unwrap();
+    register(&app, "reg_c001", birth("stays-1")).await.unwrap();
+    let mut client = app.client().await;
+    // Act: the place of registration was recorded wrongly; the district moves it to C001.
+    let correction = pb::CorrectBirthRegistrationRequest {
+        request_id: "move-1".into(),
+        name: moved.name.clone(),
+        child: moved.child.clone(),
+        father: moved.father.clone(),
+        mother: moved.mother.clone(),
+        unit_code: "C001".into(),
+        reason: "registered at the wrong office".into(),
+    };
+    client
+        .correct_birth_registration(auth(correction, &app.token("reg_d001")))
+        .await
+        .unwrap();
+    let names_in = |unit: &'static str| {
+        let mut client = client.clone();
+        let token = app.token("sup_d001");
+        async move {
+            let page = client
+                .list_birth_registrations(auth(
+                    pb::ListBirthRegistrationsRequest {
+                        unit_code: unit.into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            page.registrations
+                .into_iter()
+                .map(|r| (r.name, r.unit_code))
+                .collect::<Vec<_>>()
+        }
+    };
+    let in_commune = names_in("C001").await;
+    let in_district = names_in("D001").await;
+    // Assert
+    assert_eq!(
+        in_commune.len(),
+        2,
+        "its own registration and the moved one"
+    );
+    assert!(in_commune.contains(&(moved.name.clone(), "C001".to_owned())));
+    assert!(
+        in_district.is_empty(),
+        "the district no longer lists what it moved away: {in_district:?}"
+    );
+    app.stop().await;
+}
+
 async fn concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds(
     backend: Backend,
 ) {
@@ -945,6 +1007,7 @@ both_backends!(
     reconciliation_finds_and_repairs_a_planted_difference,
     statistics_equal_what_was_registered,
     lists_are_paginated_filtered_and_limited_to_the_jurisdiction,
+    a_registration_moved_by_a_correction_is_listed_under_its_new_unit,
     concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
     pending_numbers_survive_a_restart_of_the_civil_registry,
 );

@@ -56,6 +56,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_registrations_status.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_registrations_moved.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -65,6 +69,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/postgres/0002_registrations_status.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_registrations_moved.sql"),
     ),
 ];
 

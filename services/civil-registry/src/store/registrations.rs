@@ -286,7 +286,17 @@ impl Store {
             };
         }
         if filter.unit_code.is_some() {
-            next!(&mut sql, " AND r.unit_code = ?");
+            // Two index searches instead of one unit-led index that every insert would
+            // write: the unit's own registrations by the register-number key, and those a
+            // correction moved into it by the partial `registrations_moved`.
+            next!(
+                &mut sql,
+                " AND ((r.origin_unit_code = ? AND r.unit_code = r.origin_unit_code)"
+            );
+            next!(
+                &mut sql,
+                " OR (r.unit_code = ? AND r.unit_code <> r.origin_unit_code))"
+            );
         }
         if filter.province_code.is_some() {
             next!(&mut sql, " AND u.province_code = ?");
@@ -316,7 +326,7 @@ impl Store {
             .bind(filter.jurisdiction_path.chars().count() as i64)
             .bind(filter.jurisdiction_path.clone());
         if let Some(v) = &filter.unit_code {
-            query = query.bind(v.clone());
+            query = query.bind(v.clone()).bind(v.clone());
         }
         if let Some(v) = &filter.province_code {
             query = query.bind(v.clone());
