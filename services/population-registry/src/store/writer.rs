@@ -638,40 +638,28 @@ impl Writer {
     /// Appends the audit entries, moves the chain head, updates bucket
     /// counts, commits. Returns the touched buckets with their new counts.
     async fn finish(&self, mut tx: Tx) -> Result<Vec<(BucketKey, u64, u64)>, TxError> {
-        let mut prev = tx.head_hash.clone();
         let mut seq = tx.head_seq;
         for e in &mut tx.audit {
             seq += 1;
             e.seq = seq;
         }
-        let mut hashes = Vec::with_capacity(tx.audit.len());
-        for e in &tx.audit {
-            let h = chain_hash(&prev, e);
-            hashes.push((prev.clone(), h.clone()));
-            prev = h;
-        }
-        let pairs: Vec<(&Entry, &(String, String))> = tx.audit.iter().zip(&hashes).collect();
-        for chunk in pieces(&pairs, INSERT_CHUNK) {
-            let sql = format!(
-                "{} audit_log (seq, at_micros, action, personal_id, related_id, \
-                 request_id, detail, prev_hash, hash) VALUES {}",
-                rows::insert_into(tx.backend),
-                rows::placeholders(tx.backend, chunk.len(), 9)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for &(e, (p, h)) in chunk {
-                q = q
-                    .bind(e.seq)
-                    .bind(e.at_micros)
-                    .bind(e.action)
-                    .bind(e.personal_id)
-                    .bind(e.related_id)
-                    .bind(e.request_id.clone())
-                    .bind(e.detail.clone())
-                    .bind(p.clone())
-                    .bind(h.clone());
-            }
-            q.execute(&mut *tx.tx).await?;
+        // Each chunk is hashed and its statement built while the database thread
+        // writes the previous one (see `insert_rows`).
+        let mut prev = tx.head_hash.clone();
+        let backend = tx.backend;
+        let chunks: Vec<&[Entry]> = pieces(&tx.audit, INSERT_CHUNK).collect();
+        let mut next = chunks
+            .first()
+            .map(|chunk| audit_statement(backend, chunk, &mut prev));
+        for k in 0..chunks.len() {
+            let Some(q) = next.take() else { break };
+            let (done, following) = tokio::join!(q.execute(&mut *tx.tx), async {
+                chunks
+                    .get(k + 1)
+                    .map(|chunk| audit_statement(backend, chunk, &mut prev))
+            });
+            done?;
+            next = following;
         }
         if !tx.audit.is_empty() {
             sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
@@ -733,6 +721,36 @@ impl Writer {
             }
         }
     }
+}
+
+/// The multi-row INSERT of a chunk of audit entries, chained on from `prev`,
+/// which it moves to the chunk's last hash.
+fn audit_statement<'q>(
+    backend: Backend,
+    chunk: &[Entry],
+    prev: &mut String,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let sql = format!(
+        "{} audit_log (seq, at_micros, action, personal_id, related_id, \
+         request_id, detail, prev_hash, hash) VALUES {}",
+        rows::insert_into(backend),
+        rows::placeholders(backend, chunk.len(), 9)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in chunk {
+        let hash = chain_hash(prev, e);
+        q = q
+            .bind(e.seq)
+            .bind(e.at_micros)
+            .bind(e.action)
+            .bind(e.personal_id)
+            .bind(e.related_id)
+            .bind(e.request_id.clone())
+            .bind(e.detail.clone())
+            .bind(std::mem::replace(prev, hash.clone()))
+            .bind(hash);
+    }
+    q
 }
 
 fn prefix_i64(b: BucketKey) -> i64 {
@@ -878,6 +896,56 @@ async fn numbers_in_use(
     Ok(out)
 }
 
+/// The multi-row INSERT of one chunk of candidate rows.
+fn insert_statement<'q>(
+    backend: Backend,
+    now: i64,
+    rows_in: &[NewRow<'_>],
+    chunk: &[(usize, PersonalId)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let sql = format!(
+        "{} citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
+        rows::insert_into(backend),
+        rows::INSERT_COLUMNS,
+        rows::placeholders(backend, chunk.len(), rows::INSERT_COLUMN_COUNT)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (i, id) in chunk {
+        let r = &rows_in[*i];
+        let rec = r.record;
+        let reg = &rec.registration;
+        q = q
+            .bind(id_i64(*id))
+            .bind(r.request_id.to_owned())
+            .bind(r.hash.as_str().to_owned())
+            .bind(r.kind)
+            .bind(rows::STATUS_ACTIVE)
+            .bind(now)
+            .bind(r.replaces.map(id_i64))
+            .bind(rec.full_name.as_str().to_owned())
+            .bind(rows::sex_code(rec.sex))
+            .bind(rec.date_of_birth.to_string())
+            .bind(rec.place_of_birth.as_str().to_owned())
+            .bind(
+                rec.place_of_birth_province
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+            )
+            .bind(rec.registration_province.to_string())
+            .bind(rec.home_town.as_str().to_owned())
+            .bind(rec.ethnicity.as_str().to_owned())
+            .bind(rec.nationality.as_str().to_owned())
+            .bind(rows::parent_json(&rec.father))
+            .bind(rows::parent_json(&rec.mother))
+            .bind(reg.unit_code.as_str().to_owned())
+            .bind(reg.registration_number)
+            .bind(reg.book_number.as_str().to_owned())
+            .bind(reg.registration_date.to_string())
+            .bind(rec.duplicate_key());
+    }
+    q
+}
+
 /// Inserts the candidate rows, skipping numbers already taken; returns the
 /// numbers actually inserted.
 async fn insert_rows(
@@ -903,48 +971,23 @@ async fn insert_rows(
         .copied()
         .filter(|(_, id)| !taken.contains(id))
         .collect();
-    for chunk in pieces(&free, INSERT_CHUNK) {
-        let sql = format!(
-            "{} citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
-            rows::insert_into(tx.backend),
-            rows::INSERT_COLUMNS,
-            rows::placeholders(tx.backend, chunk.len(), rows::INSERT_COLUMN_COUNT)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, id) in chunk {
-            let r = &rows_in[*i];
-            let rec = r.record;
-            let reg = &rec.registration;
-            q = q
-                .bind(id_i64(*id))
-                .bind(r.request_id.to_owned())
-                .bind(r.hash.as_str().to_owned())
-                .bind(r.kind)
-                .bind(rows::STATUS_ACTIVE)
-                .bind(tx.now)
-                .bind(r.replaces.map(id_i64))
-                .bind(rec.full_name.as_str().to_owned())
-                .bind(rows::sex_code(rec.sex))
-                .bind(rec.date_of_birth.to_string())
-                .bind(rec.place_of_birth.as_str().to_owned())
-                .bind(
-                    rec.place_of_birth_province
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                )
-                .bind(rec.registration_province.to_string())
-                .bind(rec.home_town.as_str().to_owned())
-                .bind(rec.ethnicity.as_str().to_owned())
-                .bind(rec.nationality.as_str().to_owned())
-                .bind(rows::parent_json(&rec.father))
-                .bind(rows::parent_json(&rec.mother))
-                .bind(reg.unit_code.as_str().to_owned())
-                .bind(reg.registration_number)
-                .bind(reg.book_number.as_str().to_owned())
-                .bind(reg.registration_date.to_string())
-                .bind(rec.duplicate_key());
-        }
-        let done = q.execute(&mut *tx.tx).await?;
+    let (backend, now) = (tx.backend, tx.now);
+    let chunks: Vec<&[(usize, PersonalId)]> = pieces(&free, INSERT_CHUNK).collect();
+    let mut next = chunks
+        .first()
+        .map(|chunk| insert_statement(backend, now, rows_in, chunk));
+    for (k, &chunk) in chunks.iter().enumerate() {
+        let Some(q) = next.take() else { break };
+        // The next chunk's statement (thousands of binds) is built on this thread
+        // while the database thread runs this one: `join!` polls the execution
+        // first, which hands the statement over, then builds.
+        let (done, following) = tokio::join!(q.execute(&mut *tx.tx), async {
+            chunks
+                .get(k + 1)
+                .map(|chunk| insert_statement(backend, now, rows_in, chunk))
+        });
+        next = following;
+        let done = done?;
         if done.rows_affected() == chunk.len() as u64 {
             inserted.extend(chunk.iter().map(|&(_, id)| id));
             continue;
