@@ -52,6 +52,7 @@ suite!(
     statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page,
     a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates,
     the_audit_chain_verifies_and_reports_a_tampered_row,
+    a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_one_chain,
     database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable,
 );
 
@@ -767,6 +768,68 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
         .issue_personal_id(issue("reg-100", girl))
         .await
         .expect("other bucket");
+    app.stop().await;
+}
+
+/// A group larger than one multi-row INSERT (1,000 rows) is written chunk by chunk, each
+/// chunk's statement built while the previous one runs: every record must still get its
+/// own number and the audit chain must run unbroken across the chunks.
+async fn a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_one_chain(
+    db: TestDb,
+) {
+    use population_registry::domain::province::{PostMergerRule, ProvinceTable};
+    let mut app = TestApp::spawn(&db).await;
+    let provinces = ProvinceTable::load(PostMergerRule::Legacy).expect("provinces");
+    const COUNT: i64 = 2_345;
+    let names: Vec<String> = (0..COUNT).map(|i| format!("Bé thứ {i}")).collect();
+    let items = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let request = issue(&format!("chunked-{i}"), birth(name, i as i64 + 1));
+            population_registry::grpc::convert::issue_request(&request, &provinces)
+                .expect("valid request")
+        })
+        .collect();
+
+    // One store call is one writer command, so all of it is one group.
+    let results = app.store.issue(items).await.expect("group committed");
+
+    assert_eq!(results.len(), COUNT as usize);
+    let numbers: Vec<String> = results
+        .into_iter()
+        .map(|r| r.expect("issued").personal_id.to_string())
+        .collect();
+    let distinct: HashSet<&String> = numbers.iter().collect();
+    assert_eq!(distinct.len(), numbers.len(), "no number twice");
+    // Each number holds its own record: both sides of every chunk boundary and a spread
+    // of the rest.
+    let probes = [0, 998, 999, 1000, 1001, 1999, 2000, 2001, 2344]
+        .into_iter()
+        .chain((0..COUNT as usize).step_by(97));
+    for i in probes {
+        let citizen = app
+            .client
+            .get_citizen(pb::GetCitizenRequest {
+                personal_id: numbers[i].clone(),
+            })
+            .await
+            .expect("found")
+            .into_inner()
+            .citizen
+            .expect("citizen");
+        let birth = citizen.birth.expect("record");
+        assert_eq!(birth.full_name, names[i], "number {i}");
+        assert_eq!(
+            birth.registration.expect("entry").registration_number,
+            i as i64 + 1
+        );
+    }
+    let report = population_registry::store::verify_audit(app.store.pool())
+        .await
+        .expect("verify");
+    assert_eq!(report.entries, COUNT as u64);
+    assert_eq!(report.first_broken, None);
     app.stop().await;
 }
 
