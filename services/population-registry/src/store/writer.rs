@@ -643,24 +643,14 @@ impl Writer {
             seq += 1;
             e.seq = seq;
         }
-        // Each chunk is hashed and its statement built while the database thread
-        // writes the previous one (see `insert_rows`).
+        // Each chunk is hashed as its statement is built.
         let mut prev = tx.head_hash.clone();
         let backend = tx.backend;
         let chunks: Vec<&[Entry]> = pieces(&tx.audit, INSERT_CHUNK).collect();
-        let mut next = chunks
-            .first()
-            .map(|chunk| audit_statement(backend, chunk, &mut prev));
-        for k in 0..chunks.len() {
-            let Some(q) = next.take() else { break };
-            let (done, following) = tokio::join!(q.execute(&mut *tx.tx), async {
-                chunks
-                    .get(k + 1)
-                    .map(|chunk| audit_statement(backend, chunk, &mut prev))
-            });
-            done?;
-            next = following;
-        }
+        execute_chunks(&mut tx.tx, &chunks, |chunk| {
+            audit_statement(backend, chunk, &mut prev)
+        })
+        .await?;
         if !tx.audit.is_empty() {
             sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
                 .bind(seq)
@@ -721,6 +711,28 @@ impl Writer {
             }
         }
     }
+}
+
+/// Runs one statement per chunk, in order, and returns the rows each affected. Each next
+/// statement (thousands of binds) is built while the database runs the current one:
+/// `join!` polls the execution first, which hands the statement to the database thread,
+/// then builds. Built one after the other, the two sides took turns idling.
+async fn execute_chunks<'q, T>(
+    conn: &mut sqlx::AnyConnection,
+    chunks: &[T],
+    mut build: impl FnMut(&T) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+) -> Result<Vec<u64>, sqlx::Error> {
+    let mut affected = Vec::with_capacity(chunks.len());
+    let mut next = chunks.first().map(&mut build);
+    for k in 0..chunks.len() {
+        let Some(statement) = next.take() else { break };
+        let (done, following) = tokio::join!(statement.execute(&mut *conn), async {
+            chunks.get(k + 1).map(&mut build)
+        });
+        affected.push(done?.rows_affected());
+        next = following;
+    }
+    Ok(affected)
 }
 
 /// The multi-row INSERT of a chunk of audit entries, chained on from `prev`,
@@ -973,27 +985,18 @@ async fn insert_rows(
         .collect();
     let (backend, now) = (tx.backend, tx.now);
     let chunks: Vec<&[(usize, PersonalId)]> = pieces(&free, INSERT_CHUNK).collect();
-    let mut next = chunks
-        .first()
-        .map(|chunk| insert_statement(backend, now, rows_in, chunk));
-    for (k, &chunk) in chunks.iter().enumerate() {
-        let Some(q) = next.take() else { break };
-        // The next chunk's statement (thousands of binds) is built on this thread
-        // while the database thread runs this one: `join!` polls the execution
-        // first, which hands the statement over, then builds.
-        let (done, following) = tokio::join!(q.execute(&mut *tx.tx), async {
-            chunks
-                .get(k + 1)
-                .map(|chunk| insert_statement(backend, now, rows_in, chunk))
-        });
-        next = following;
-        let done = done?;
-        if done.rows_affected() == chunk.len() as u64 {
+    let affected = execute_chunks(&mut tx.tx, &chunks, |chunk| {
+        insert_statement(backend, now, rows_in, chunk)
+    })
+    .await?;
+    for (chunk, done) in chunks.into_iter().zip(affected) {
+        if done == chunk.len() as u64 {
             inserted.extend(chunk.iter().map(|&(_, id)| id));
             continue;
         }
         // Another writer took a number since the lookup (the chain-head lock
-        // makes this unexpected): ours are the rows that carry our key.
+        // makes this unexpected): ours are the rows that carry our key. (A group's
+        // candidates are distinct, so later chunks cannot have taken these.)
         let sql = format!(
             "SELECT personal_id, request_id FROM citizens WHERE personal_id IN ({})",
             rows::list(tx.backend, chunk.len())
