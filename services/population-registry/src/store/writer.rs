@@ -107,6 +107,8 @@ struct NewRow<'a> {
     kind: i64,
     record: &'a BirthRecord,
     replaces: Option<PersonalId>,
+    /// `record.duplicate_key()`, which the group computed for its suspect lookup.
+    dup_key: i64,
 }
 
 /// An idempotency key already stored.
@@ -387,6 +389,7 @@ impl Writer {
                 kind: rows::KIND_ISSUE,
                 record: &items[i].record,
                 replaces: None,
+                dup_key: dup_keys[i],
             })
             .collect();
         let minted = self.mint(&mut tx, &new_rows).await?;
@@ -537,6 +540,7 @@ impl Writer {
             kind: rows::KIND_REISSUE,
             record: &req.record,
             replaces: Some(req.old),
+            dup_key: req.record.duplicate_key(),
         };
         let new_id = self.mint(&mut tx, &[row]).await?[0];
         sqlx::query(
@@ -953,7 +957,7 @@ fn insert_statement<'q>(
             .bind(reg.registration_number)
             .bind(reg.book_number.as_str().to_owned())
             .bind(reg.registration_date.to_string())
-            .bind(rec.duplicate_key());
+            .bind(r.dup_key);
     }
     q
 }
