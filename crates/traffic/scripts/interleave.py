@@ -60,7 +60,7 @@ def result_of(output):
 
 def main():
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--rounds", type=int, default=2, help="runs of every variant (default 2)")
@@ -72,6 +72,7 @@ def main():
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="LABEL=DIR[:VAR=VALUE...]")
     argv = sys.argv[1:]
     if "--" not in argv:
+        parser.parse_args(argv)  # answers --help and names missing arguments
         parser.error("the traffic arguments follow `--`")
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
