@@ -247,10 +247,10 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 65_536;
 /// WAL size kept on disk after a reset.
 const WAL_SIZE_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Period of the background PASSIVE checkpoint. Each round ends in an fsync
-/// of the database file, which queues with the writer's WAL fsyncs; rounds a
-/// second apart also copy a page rewritten by many groups once, not four
-/// times (BENCHMARKS.md, twelfth session: unary p99 and batch CPU both lower
-/// than at 250 ms). A crash replays at most about a second of WAL.
+/// of the database file, which queues behind the writer's WAL fsyncs, and
+/// rounds a second apart copy a page that many groups rewrote once rather
+/// than four times: unary p99 and batch CPU both measured lower than at
+/// 250 ms, and 2 s no better in batch (BENCHMARKS.md).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// SQLite: copies committed WAL frames into the database file from a pooled
