@@ -235,7 +235,7 @@ impl<'c> Direct<'c> {
                     self.db.as_ptr(),
                     sql.as_ptr().cast(),
                     len,
-                    ffi::SQLITE_PREPARE_PERSISTENT as u32,
+                    ffi::SQLITE_PREPARE_PERSISTENT,
                     &mut raw,
                     std::ptr::null_mut(),
                 )
@@ -322,8 +322,8 @@ impl<'c> Direct<'c> {
                     Value::Null => ffi::sqlite3_bind_null(raw, index),
                     Value::Int(v) => ffi::sqlite3_bind_int64(raw, index, v),
                     Value::Text(s) => {
-                        let len = c_int::try_from(s.len())
-                            .map_err(|_| Error::misuse("text too long"))?;
+                        let len =
+                            c_int::try_from(s.len()).map_err(|_| Error::misuse("text too long"))?;
                         ffi::sqlite3_bind_text(
                             raw,
                             index,
