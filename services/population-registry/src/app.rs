@@ -53,15 +53,16 @@ impl App {
         if cfg.database.migrate_on_start {
             store::migrate(&pool, backend).await?;
         }
-        let writer_pool = store::connect_writer(&cfg.database, &pool).await?;
+        let writer_db = store::connect_writer(&cfg.database, &pool).await?;
         let store = Store::start(
             pool,
-            writer_pool,
+            writer_db,
             backend,
             &cfg.database,
             policy,
             cfg.minting.max_group_items,
-        );
+        )
+        .await?;
         let metrics_addr = service_kit::metrics::install(&cfg.metrics).await?;
         // Every handler checks the caller's certificate (grpc/auth.rs), so a caller without
         // one gets the contract's UNAUTHENTICATED and a security log line, not a bare

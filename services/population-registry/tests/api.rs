@@ -51,6 +51,7 @@ suite!(
     validate_personal_id_decodes_the_number_and_reports_its_state,
     statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page,
     a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates,
+    a_drawn_number_already_taken_is_drawn_again_and_never_given_twice,
     the_audit_chain_verifies_and_reports_a_tampered_row,
     a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_one_chain,
     database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable,
@@ -768,6 +769,43 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
         .issue_personal_id(issue("reg-100", girl))
         .await
         .expect("other bucket");
+    app.stop().await;
+}
+
+/// Calls one at a time commit one at a time, so a random draw is checked only against
+/// the table: with 29 numbers drawn from 40 suffixes (below the fill where free suffixes
+/// are enumerated instead), about ten draws land on a taken number. Each must be drawn
+/// again, and every answer must be the number of the record that holds it.
+async fn a_drawn_number_already_taken_is_drawn_again_and_never_given_twice(db: TestDb) {
+    let mut cfg = config(&db);
+    cfg.minting.bucket_capacity = 40;
+    let mut app = TestApp::spawn_with(cfg).await;
+    let mut numbers = HashSet::new();
+    for i in 0..29 {
+        let request_id = format!("reg-{i}");
+        let number = app
+            .client
+            .issue_personal_id(issue(&request_id, birth(&format!("Bé {i}"), i + 1)))
+            .await
+            .expect("fits")
+            .into_inner()
+            .personal_id;
+        assert!(numbers.insert(number.clone()), "{number} given twice");
+        let holder = app
+            .client
+            .get_citizen(pb::GetCitizenRequest {
+                personal_id: number.clone(),
+            })
+            .await
+            .expect("the number is stored")
+            .into_inner()
+            .citizen
+            .expect("citizen");
+        assert_eq!(
+            holder.request_id, request_id,
+            "{number} belongs to this record"
+        );
+    }
     app.stop().await;
 }
 

@@ -150,18 +150,48 @@ pub async fn connect_pool(cfg: &DatabaseConfig) -> anyhow::Result<(AnyPool, Back
     open_pool(cfg, cfg.max_connections.max(2), READER_CACHE_KIB, false).await
 }
 
-/// The writer's own connection on SQLite. In WAL mode a connection drops its page cache
-/// whenever another connection wrote since its last transaction, so a writer moving
-/// between pooled connections re-read its hot index pages every group, and every pooled
-/// connection grew a cache of its own. One connection keeps one large cache: the pages a
-/// group dirties stay in memory until the commit instead of spilling into the WAL
-/// mid-transaction. On PostgreSQL the shared pool is used.
-pub async fn connect_writer(cfg: &DatabaseConfig, shared: &AnyPool) -> anyhow::Result<AnyPool> {
-    let backend = Backend::of_url(&cfg.url)?;
-    if backend != Backend::Sqlite || cfg.url.contains(":memory:") {
-        return Ok(shared.clone());
+/// The database the writer commits to.
+#[derive(Debug)]
+pub enum WriterDb {
+    /// The shared pool (PostgreSQL).
+    Pool(AnyPool),
+    /// The writer's own SQLite connection, run directly on the writer's thread.
+    Sqlite(sqlx::SqliteConnection),
+}
+
+/// The writer's database. On SQLite, a connection of its own. In WAL mode a connection
+/// drops its page cache whenever another connection wrote since its last transaction, so
+/// a writer moving between pooled connections re-read its hot index pages every group,
+/// and every pooled connection grew a cache of its own. One connection keeps one large
+/// cache: the pages a group dirties stay in memory until the commit instead of spilling
+/// into the WAL mid-transaction. On PostgreSQL the shared pool is used.
+pub async fn connect_writer(cfg: &DatabaseConfig, shared: &AnyPool) -> anyhow::Result<WriterDb> {
+    use sqlx::ConnectOptions as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    if Backend::of_url(&cfg.url)? != Backend::Sqlite {
+        return Ok(WriterDb::Pool(shared.clone()));
     }
-    Ok(open_pool(cfg, 1, WRITER_CACHE_KIB, true).await?.0)
+    anyhow::ensure!(
+        !cfg.url.contains(":memory:"),
+        "database.url: an in-memory SQLite database would lose every number issued at exit; \
+         name a file"
+    );
+    let options: SqliteConnectOptions = cfg.url.parse().context("database.url")?;
+    let conn = options
+        // Durability is never traded for speed: every commit is fsynced.
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_millis(cfg.sqlite_busy_timeout_ms))
+        .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+        // Statement journals and temporary b-trees in memory; they are not part of
+        // durability: the WAL is.
+        .pragma("temp_store", "MEMORY")
+        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
+        .connect()
+        .await
+        .context("database.url: cannot open the writer's connection")?;
+    Ok(WriterDb::Sqlite(conn))
 }
 
 /// Page cache of each reading connection (lookups touch a few pages each).
@@ -294,6 +324,47 @@ fn create_sqlite_dir(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the SQLite writer on a thread of its own, with a single-threaded runtime for its
+/// queue: its statements run on that thread without blocking the server's workers.
+/// Returns once the connection is held (or failed to be).
+async fn spawn_sqlite_writer(
+    mut conn: sqlx::SqliteConnection,
+    rx: mpsc::Receiver<writer::WriteCmd>,
+    policy: BucketPolicy,
+    max_group_items: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the writer's runtime")?;
+    let (ready_tx, ready) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("population-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let direct = match sqlite_direct::Direct::lock(&mut conn).await {
+                    Ok(direct) => direct,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let db = writer::SqliteDb::new(direct);
+                writer::Writer::new(db, policy, max_group_items, timeout)
+                    .run(rx)
+                    .await;
+            });
+        })
+        .context("starting the writer's thread")?;
+    ready
+        .await
+        .context("the writer's thread stopped")?
+        .context("taking the writer's connection")?;
+    Ok(())
+}
+
 /// Applies the embedded migrations of the pool's backend.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
     migrator(backend)
@@ -309,19 +380,28 @@ pub async fn verify_audit(pool: &AnyPool) -> anyhow::Result<AuditReport> {
 }
 
 impl Store {
-    /// Wraps a migrated pool and starts the writer task.
-    pub fn start(
+    /// Wraps a migrated pool and starts the writer: a task on the shared pool, or on
+    /// SQLite a thread of its own holding the writer's connection.
+    pub async fn start(
         pool: AnyPool,
-        writer_pool: AnyPool,
+        writer_db: WriterDb,
         backend: Backend,
         cfg: &DatabaseConfig,
         policy: BucketPolicy,
         max_group_items: usize,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let timeout = Duration::from_millis(cfg.operation_timeout_ms);
-        let ctx = writer::Writer::new(writer_pool, backend, policy, max_group_items, timeout);
-        tokio::spawn(ctx.run(rx));
+        match writer_db {
+            WriterDb::Pool(writer_pool) => {
+                let db = writer::AnyDb::new(writer_pool, backend);
+                let writer = writer::Writer::new(db, policy, max_group_items, timeout);
+                tokio::spawn(writer.run(rx));
+            }
+            WriterDb::Sqlite(conn) => {
+                spawn_sqlite_writer(conn, rx, policy, max_group_items, timeout).await?;
+            }
+        }
         let inner = Arc::new(Inner {
             pool,
             backend,
@@ -332,7 +412,7 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(Arc::downgrade(&inner)));
         }
-        Self { inner }
+        Ok(Self { inner })
     }
 
     /// The backend in use.

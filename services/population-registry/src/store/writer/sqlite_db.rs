@@ -1,0 +1,273 @@
+//! The writer's statements on SQLite: cached prepared statements, one row each, run on
+//! the writer's own connection from the writer's own thread (`sqlite_direct`). Through
+//! sqlx every statement was a message to the connection's thread and back and every
+//! bound text a copy; here a row costs its binds and SQLite's own work. One row per
+//! statement also tells at once which candidate number was taken (no change), so no
+//! lookup of taken numbers is needed before inserting.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlite_direct::{Direct, Transaction, Value};
+
+use crate::domain::errors::StoreError;
+use crate::domain::personal_id::{BucketKey, PersonalId};
+
+use super::super::audit::{Entry, chain_hash};
+use super::super::rows::{self, id_from_i64, id_i64};
+use super::{Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
+
+const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+const KEY: &str =
+    "SELECT content_hash, personal_id, issue_time, replaces FROM citizens WHERE request_id = ?";
+const BUCKET: &str = "SELECT issued FROM buckets WHERE prefix = ?";
+const SUSPECTS: &str =
+    "SELECT personal_id FROM citizens WHERE dup_key = ? AND status = 1 ORDER BY personal_id";
+const IN_BUCKET: &str =
+    "SELECT personal_id FROM citizens WHERE personal_id >= ? AND personal_id <= ?";
+/// `OR FAIL`: see `rows::insert_into` (no statement journal; a failure rolls the whole
+/// transaction back). A taken number changes nothing and is drawn again.
+const INSERT_CITIZEN: &str = "INSERT OR FAIL INTO citizens (personal_id, request_id, \
+    content_hash, kind, status, issue_time, replaces, full_name, sex, date_of_birth, \
+    pob_description, pob_province, registration_province, home_town, ethnicity, nationality, \
+    father, mother, unit_code, registration_number, book_number, registration_date, dup_key) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (personal_id) DO NOTHING";
+const STATUS: &str = "SELECT status FROM citizens WHERE personal_id = ?";
+const CANCEL: &str =
+    "UPDATE citizens SET status = ?, cancel_time = ?, replaced_by = ? WHERE personal_id = ?";
+const INSERT_AUDIT: &str = "INSERT OR FAIL INTO audit_log (seq, at_micros, action, personal_id, \
+    related_id, request_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const SET_HEAD: &str = "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1";
+const ADD_TO_BUCKET: &str = "INSERT OR FAIL INTO buckets (prefix, issued) VALUES (?, ?) \
+    ON CONFLICT (prefix) DO UPDATE SET issued = buckets.issued + excluded.issued";
+
+impl From<sqlite_direct::Error> for TxError {
+    fn from(e: sqlite_direct::Error) -> Self {
+        if e.is_unique_violation() {
+            // Another process on the same file stored the same idempotency key.
+            Self::Retry
+        } else if e.is_busy() {
+            Self::Store(StoreError::Unavailable(e.to_string()))
+        } else {
+            Self::Store(StoreError::Unexpected(anyhow::Error::new(e)))
+        }
+    }
+}
+
+/// The writer's SQLite connection, held for direct use.
+pub(crate) struct SqliteDb<'c> {
+    direct: Direct<'c>,
+}
+
+impl<'c> SqliteDb<'c> {
+    pub(crate) fn new(direct: Direct<'c>) -> Self {
+        Self { direct }
+    }
+}
+
+/// An open `BEGIN IMMEDIATE` transaction.
+pub(crate) struct SqliteTx<'d, 'c> {
+    tx: Transaction<'d, 'c>,
+}
+
+impl<'c> WriteDb for SqliteDb<'c> {
+    type Tx<'a>
+        = SqliteTx<'a, 'c>
+    where
+        Self: 'a;
+
+    async fn begin(&mut self) -> Result<(SqliteTx<'_, 'c>, Head), TxError> {
+        // IMMEDIATE takes the write lock now, so a second process on the same file
+        // waits (busy_timeout) instead of failing on upgrade.
+        let mut tx = self.direct.begin_immediate()?;
+        let mut head = None;
+        tx.query::<TxError>(HEAD, &[], |row| {
+            head = Some(Head {
+                seq: row.int(0)?,
+                hash: row.text(1)?.to_owned(),
+            });
+            Ok(())
+        })?;
+        let head = head.ok_or_else(|| rows::corrupt("audit_head has no row"))?;
+        Ok((SqliteTx { tx }, head))
+    }
+}
+
+impl WriteTx for SqliteTx<'_, '_> {
+    async fn existing_keys(&mut self, ids: &[&str]) -> Result<HashMap<String, KeyRow>, TxError> {
+        let mut out = HashMap::new();
+        for &id in ids {
+            if out.contains_key(id) {
+                continue;
+            }
+            self.tx.query::<TxError>(KEY, &[id.into()], |row| {
+                out.insert(
+                    id.to_owned(),
+                    KeyRow {
+                        hash: row.text(0)?.to_owned(),
+                        personal_id: id_from_i64(row.int(1)?)?,
+                        issue_time: row.int(2)?,
+                        replaces: row.opt_int(3)?.map(id_from_i64).transpose()?,
+                    },
+                );
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    async fn bucket_counts(&mut self, buckets: &[BucketKey]) -> Result<Vec<u64>, TxError> {
+        let mut out = Vec::with_capacity(buckets.len());
+        for &b in buckets {
+            let mut issued = 0;
+            self.tx
+                .query::<TxError>(BUCKET, &[prefix_i64(b).into()], |row| {
+                    issued = u64::try_from(row.int(0)?).unwrap_or(0);
+                    Ok(())
+                })?;
+            out.push(issued);
+        }
+        Ok(out)
+    }
+
+    async fn duplicate_suspects(
+        &mut self,
+        keys: &[i64],
+    ) -> Result<HashMap<i64, Vec<PersonalId>>, TxError> {
+        let mut out: HashMap<i64, Vec<PersonalId>> = HashMap::new();
+        for &key in keys {
+            self.tx.query::<TxError>(SUSPECTS, &[key.into()], |row| {
+                out.entry(key).or_default().push(id_from_i64(row.int(0)?)?);
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    async fn used_suffixes(&mut self, b: BucketKey) -> Result<HashSet<u32>, TxError> {
+        let lo = i64::try_from(b.first_number()).unwrap_or(i64::MAX);
+        let mut used = HashSet::new();
+        self.tx
+            .query::<TxError>(IN_BUCKET, &[lo.into(), (lo + 999_999).into()], |row| {
+                used.insert(id_from_i64(row.int(0)?)?.suffix());
+                Ok(())
+            })?;
+        Ok(used)
+    }
+
+    async fn insert_citizens(
+        &mut self,
+        now: i64,
+        rows_in: &[NewRow<'_>],
+        candidates: &[(usize, PersonalId)],
+    ) -> Result<HashSet<PersonalId>, TxError> {
+        let mut inserted = HashSet::with_capacity(candidates.len());
+        for &(i, id) in candidates {
+            let r = &rows_in[i];
+            let rec = r.record;
+            let reg = &rec.registration;
+            let date_of_birth = rec.date_of_birth.to_string();
+            let pob_province = rec
+                .place_of_birth_province
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let registration_province = rec.registration_province.to_string();
+            let father = rows::parent_json(&rec.father);
+            let mother = rows::parent_json(&rec.mother);
+            let registration_date = reg.registration_date.to_string();
+            let values: [Value<'_>; 23] = [
+                id_i64(id).into(),
+                r.request_id.into(),
+                r.hash.as_str().into(),
+                r.kind.into(),
+                rows::STATUS_ACTIVE.into(),
+                now.into(),
+                r.replaces.map(id_i64).into(),
+                rec.full_name.as_str().into(),
+                rows::sex_code(rec.sex).into(),
+                date_of_birth.as_str().into(),
+                rec.place_of_birth.as_str().into(),
+                pob_province.as_str().into(),
+                registration_province.as_str().into(),
+                rec.home_town.as_str().into(),
+                rec.ethnicity.as_str().into(),
+                rec.nationality.as_str().into(),
+                father.as_deref().into(),
+                mother.as_deref().into(),
+                reg.unit_code.as_str().into(),
+                reg.registration_number.into(),
+                reg.book_number.as_str().into(),
+                registration_date.as_str().into(),
+                r.dup_key.into(),
+            ];
+            if self.tx.execute(INSERT_CITIZEN, &values)? == 1 {
+                inserted.insert(id);
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn status(&mut self, id: PersonalId) -> Result<Option<i64>, TxError> {
+        let mut status = None;
+        self.tx
+            .query::<TxError>(STATUS, &[id_i64(id).into()], |row| {
+                status = Some(row.int(0)?);
+                Ok(())
+            })?;
+        Ok(status)
+    }
+
+    async fn cancel(&mut self, old: PersonalId, new: PersonalId, now: i64) -> Result<(), TxError> {
+        self.tx.execute(
+            CANCEL,
+            &[
+                rows::STATUS_CANCELLED.into(),
+                now.into(),
+                id_i64(new).into(),
+                id_i64(old).into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, entries: &[Entry], prev: &mut String) -> Result<(), TxError> {
+        for e in entries {
+            let hash = chain_hash(prev, e);
+            self.tx.execute(
+                INSERT_AUDIT,
+                &[
+                    e.seq.into(),
+                    e.at_micros.into(),
+                    e.action.into(),
+                    e.personal_id.into(),
+                    e.related_id.into(),
+                    e.request_id.as_str().into(),
+                    e.detail.as_str().into(),
+                    prev.as_str().into(),
+                    hash.as_str().into(),
+                ],
+            )?;
+            *prev = hash;
+        }
+        Ok(())
+    }
+
+    async fn set_head(&mut self, seq: i64, hash: &str) -> Result<(), TxError> {
+        self.tx.execute(SET_HEAD, &[seq.into(), hash.into()])?;
+        Ok(())
+    }
+
+    async fn add_to_buckets(&mut self, deltas: &[(BucketKey, u64)]) -> Result<(), TxError> {
+        for &(b, d) in deltas {
+            let d = i64::try_from(d).unwrap_or(i64::MAX);
+            self.tx
+                .execute(ADD_TO_BUCKET, &[prefix_i64(b).into(), d.into()])?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), TxError> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
