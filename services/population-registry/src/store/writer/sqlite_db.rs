@@ -93,10 +93,18 @@ impl<'c> WriteDb for SqliteDb<'c> {
     }
 }
 
+/// `items` sorted: a group's keys are random, and visiting an index in key order
+/// walks its pages once, left to right, instead of jumping between them.
+fn in_key_order<T: Copy + Ord>(items: &[T]) -> Vec<T> {
+    let mut sorted = items.to_vec();
+    sorted.sort_unstable();
+    sorted
+}
+
 impl WriteTx for SqliteTx<'_, '_> {
     async fn existing_keys(&mut self, ids: &[&str]) -> Result<HashMap<String, KeyRow>, TxError> {
         let mut out = HashMap::new();
-        for &id in ids {
+        for id in in_key_order(ids) {
             if out.contains_key(id) {
                 continue;
             }
@@ -135,7 +143,7 @@ impl WriteTx for SqliteTx<'_, '_> {
         keys: &[i64],
     ) -> Result<HashMap<i64, Vec<PersonalId>>, TxError> {
         let mut out: HashMap<i64, Vec<PersonalId>> = HashMap::new();
-        for &key in keys {
+        for key in in_key_order(keys) {
             self.tx.query::<TxError>(SUSPECTS, &[key.into()], |row| {
                 out.entry(key).or_default().push(id_from_i64(row.int(0)?)?);
                 Ok(())
@@ -162,7 +170,9 @@ impl WriteTx for SqliteTx<'_, '_> {
         candidates: &[(usize, PersonalId)],
     ) -> Result<HashSet<PersonalId>, TxError> {
         let mut inserted = HashSet::with_capacity(candidates.len());
-        for &(i, id) in candidates {
+        let mut by_number = candidates.to_vec();
+        by_number.sort_unstable_by_key(|&(_, id)| id_i64(id));
+        for (i, id) in by_number {
             let r = &rows_in[i];
             let rec = r.record;
             let reg = &rec.registration;
