@@ -55,6 +55,7 @@ suite!(
     the_audit_chain_verifies_and_reports_a_tampered_row,
     a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_one_chain,
     database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable,
+    a_write_stalled_past_the_operation_timeout_is_unavailable_and_its_retry_gets_one_number,
 );
 
 async fn issue_returns_a_number_encoding_province_sex_and_year(db: TestDb) {
@@ -948,5 +949,78 @@ async fn database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavail
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(read.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+    app.stop().await;
+}
+
+/// Another session holds the lock every writing transaction needs (SQLite's write lock,
+/// PostgreSQL's chain head row) for longer than the operation timeout: the call answers
+/// UNAVAILABLE at the timeout instead of hanging, and once the lock is gone a retry under
+/// the same request_id gets a number, the only one stored for that request.
+async fn a_write_stalled_past_the_operation_timeout_is_unavailable_and_its_retry_gets_one_number(
+    db: TestDb,
+) {
+    use sqlx::Connection as _;
+    let mut cfg = config(&db);
+    cfg.database.operation_timeout_ms = 300;
+    let mut app = TestApp::spawn_with(cfg).await;
+    sqlx::any::install_default_drivers();
+    let mut blocker = sqlx::AnyConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let lock = if db.url.starts_with("sqlite:") {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+        .execute(&mut blocker)
+        .await
+        .expect("take the write lock");
+
+    let started = Instant::now();
+    let stalled = app
+        .client
+        .issue_personal_id(issue("reg-stalled", birth("An", 1)))
+        .await
+        .expect_err("the writer cannot commit while the lock is held");
+    assert_eq!(stalled.code(), Code::Unavailable, "{stalled:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at the timeout, not after the lock: {:?}",
+        started.elapsed()
+    );
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release the lock");
+    let number = loop {
+        match app
+            .client
+            .issue_personal_id(issue("reg-stalled", birth("An", 1)))
+            .await
+        {
+            Ok(answer) => break answer.into_inner().personal_id,
+            // The writer may still be finishing the stalled attempt.
+            Err(e) if e.code() == Code::Unavailable => {
+                assert!(started.elapsed() < Duration::from_secs(10), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("retry: {e:?}"),
+        }
+    };
+    let found = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-stalled".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("found")
+        .into_inner()
+        .citizens;
+    assert_eq!(found.len(), 1, "one number for the request");
+    assert_eq!(found[0].personal_id, number);
     app.stop().await;
 }

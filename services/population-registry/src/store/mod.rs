@@ -458,33 +458,42 @@ impl Store {
     }
 
     /// Issues numbers for `items`, one outcome per item in order; committed
-    /// durably before this returns.
+    /// durably before this returns. A caller that waits longer than the operation
+    /// timeout (a stalled disk) is answered UNAVAILABLE; should the write still commit,
+    /// a retry under the same request ids returns its numbers.
     pub async fn issue(
         &self,
         items: Vec<IssueRequest>,
     ) -> Result<Vec<Result<Issued, IssueError>>, StoreError> {
         self.check_available()?;
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::WriteCmd::Issue { items, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+        bounded(self.inner.timeout, async {
+            self.inner
+                .writer
+                .send(writer::WriteCmd::Issue { items, reply })
+                .await
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))
+        })
+        .await?
     }
 
-    /// Cancels a number and issues its successor in one transaction.
+    /// Cancels a number and issues its successor in one transaction; bounded like
+    /// [`Store::issue`].
     pub async fn reissue(&self, req: ReissueRequest) -> Result<Reissued, ReissueError> {
         self.check_available()?;
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::WriteCmd::Reissue { req, reply })
-            .await
-            .map_err(|_| ReissueError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| ReissueError::Unavailable("writer stopped".into()))?
+        bounded(self.inner.timeout, async {
+            self.inner
+                .writer
+                .send(writer::WriteCmd::Reissue { req, reply })
+                .await
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("writer stopped".into()))
+        })
+        .await?
     }
 
     /// The citizen holding `id`, if any.
