@@ -466,11 +466,16 @@ impl Store {
         items: Vec<IssueRequest>,
     ) -> Result<Vec<Result<Issued, IssueError>>, StoreError> {
         self.check_available()?;
+        let items: Arc<[writer::PendingIssue]> =
+            items.into_iter().map(writer::PendingIssue::new).collect();
         let (reply, rx) = oneshot::channel();
         bounded(self.inner.timeout, async {
             self.inner
                 .writer
-                .send(writer::WriteCmd::Issue { items, reply })
+                .send(writer::WriteCmd::Issue {
+                    items: Arc::clone(&items),
+                    reply,
+                })
                 .await
                 .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
             rx.await

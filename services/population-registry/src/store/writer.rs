@@ -16,6 +16,7 @@ mod any_db;
 mod sqlite_db;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -41,7 +42,7 @@ type IssueReply = oneshot::Sender<Result<Vec<Result<Issued, IssueError>>, StoreE
 pub(crate) enum WriteCmd {
     /// First issuances; one outcome per item.
     Issue {
-        items: Vec<IssueRequest>,
+        items: Arc<[PendingIssue]>,
         reply: IssueReply,
     },
     /// One re-issue.
@@ -115,14 +116,68 @@ pub(crate) trait WriteTx {
     async fn commit(self) -> Result<(), TxError>;
 }
 
+/// An issuance with the values its row derives from the record, computed by the caller
+/// (`PendingIssue::new`, on a server task) so that the writer's thread, the one every
+/// issuance queues for, only binds them. The caller keeps a reference to the group's
+/// items until the writer answers, so they are freed on its task too.
+pub(crate) struct PendingIssue {
+    req: IssueRequest,
+    dup_key: i64,
+    text: RowText,
+}
+
+impl PendingIssue {
+    pub(crate) fn new(req: IssueRequest) -> Self {
+        Self {
+            dup_key: req.record.duplicate_key(),
+            text: RowText::of(&req.record),
+            req,
+        }
+    }
+}
+
+impl std::ops::Deref for PendingIssue {
+    type Target = IssueRequest;
+    fn deref(&self) -> &IssueRequest {
+        &self.req
+    }
+}
+
+/// The text columns of a citizen row that are not stored as the record holds them.
+pub(crate) struct RowText {
+    date_of_birth: String,
+    /// Empty when born abroad.
+    pob_province: String,
+    registration_province: String,
+    father: Option<String>,
+    mother: Option<String>,
+    registration_date: String,
+}
+
+impl RowText {
+    fn of(record: &BirthRecord) -> Self {
+        Self {
+            date_of_birth: record.date_of_birth.to_string(),
+            pob_province: record
+                .place_of_birth_province
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            registration_province: record.registration_province.to_string(),
+            father: rows::parent_json(&record.father),
+            mother: rows::parent_json(&record.mother),
+            registration_date: record.registration.registration_date.to_string(),
+        }
+    }
+}
+
 /// A citizen row about to be inserted.
 pub(crate) struct NewRow<'a> {
     request_id: &'a str,
     hash: &'a ContentHash,
     kind: i64,
     record: &'a BirthRecord,
+    text: &'a RowText,
     replaces: Option<PersonalId>,
-    /// `record.duplicate_key()`, which the group computed for its suspect lookup.
     dup_key: i64,
 }
 
@@ -250,8 +305,8 @@ impl<D: WriteDb> Writer<D> {
         }
     }
 
-    async fn commit_issues(&mut self, cmds: Vec<(Vec<IssueRequest>, IssueReply)>) {
-        let items: Vec<&IssueRequest> = cmds.iter().flat_map(|(items, _)| items.iter()).collect();
+    async fn commit_issues(&mut self, cmds: Vec<(Arc<[PendingIssue]>, IssueReply)>) {
+        let items: Vec<&PendingIssue> = cmds.iter().flat_map(|(items, _)| items.iter()).collect();
         let started = Instant::now();
         let mut outcome = Err(StoreError::Unavailable("not attempted".into()));
         for _ in 0..ATTEMPTS {
@@ -289,6 +344,9 @@ impl<D: WriteDb> Writer<D> {
                 let mut results = results.into_iter();
                 for (items, reply) in cmds {
                     let mine: Vec<_> = results.by_ref().take(items.len()).collect();
+                    // Released before answering: the caller's reference is then the
+                    // last, and the records are freed on its task, not this thread.
+                    drop(items);
                     let _ = reply.send(Ok(mine));
                 }
             }
@@ -296,7 +354,8 @@ impl<D: WriteDb> Writer<D> {
                 if let StoreError::Unexpected(cause) = &e {
                     tracing::error!(error = format!("{cause:#}"), "issuance transaction failed");
                 }
-                for (_, reply) in cmds {
+                for (items, reply) in cmds {
+                    drop(items);
                     let _ = reply.send(Err(match &e {
                         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
                         StoreError::Unexpected(_) => {
@@ -323,7 +382,7 @@ impl<D: WriteDb> Writer<D> {
 
     async fn issue_tx(
         &mut self,
-        items: &[&IssueRequest],
+        items: &[&PendingIssue],
     ) -> Result<Vec<Result<Issued, IssueError>>, TxError> {
         let policy = self.policy;
         let mut tx = self.begin().await?;
@@ -379,7 +438,7 @@ impl<D: WriteDb> Writer<D> {
         }
 
         // Duplicate suspects among existing active citizens, before inserting.
-        let dup_keys: Vec<i64> = items.iter().map(|i| i.record.duplicate_key()).collect();
+        let dup_keys: Vec<i64> = items.iter().map(|i| i.dup_key).collect();
         let unique_keys: Vec<i64> = dup_keys
             .iter()
             .copied()
@@ -395,6 +454,7 @@ impl<D: WriteDb> Writer<D> {
                 hash: &items[i].hash,
                 kind: rows::KIND_ISSUE,
                 record: &items[i].record,
+                text: &items[i].text,
                 replaces: None,
                 dup_key: dup_keys[i],
             })
@@ -543,6 +603,7 @@ impl<D: WriteDb> Writer<D> {
             hash: &req.hash,
             kind: rows::KIND_REISSUE,
             record: &req.record,
+            text: &RowText::of(&req.record),
             replaces: Some(req.old),
             dup_key: req.record.duplicate_key(),
         };

@@ -468,23 +468,19 @@ fn insert_statement<'q>(
             .bind(r.replaces.map(id_i64))
             .bind(rec.full_name.as_str().to_owned())
             .bind(rows::sex_code(rec.sex))
-            .bind(rec.date_of_birth.to_string())
+            .bind(r.text.date_of_birth.clone())
             .bind(rec.place_of_birth.as_str().to_owned())
-            .bind(
-                rec.place_of_birth_province
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-            )
-            .bind(rec.registration_province.to_string())
+            .bind(r.text.pob_province.clone())
+            .bind(r.text.registration_province.clone())
             .bind(rec.home_town.as_str().to_owned())
             .bind(rec.ethnicity.as_str().to_owned())
             .bind(rec.nationality.as_str().to_owned())
-            .bind(rows::parent_json(&rec.father))
-            .bind(rows::parent_json(&rec.mother))
+            .bind(r.text.father.clone())
+            .bind(r.text.mother.clone())
             .bind(reg.unit_code.as_str().to_owned())
             .bind(reg.registration_number)
             .bind(reg.book_number.as_str().to_owned())
-            .bind(reg.registration_date.to_string())
+            .bind(r.text.registration_date.clone())
             .bind(r.dup_key);
     }
     q

@@ -174,17 +174,8 @@ impl WriteTx for SqliteTx<'_, '_> {
         by_number.sort_unstable_by_key(|&(_, id)| id_i64(id));
         for (i, id) in by_number {
             let r = &rows_in[i];
-            let rec = r.record;
+            let (rec, text) = (r.record, r.text);
             let reg = &rec.registration;
-            let date_of_birth = rec.date_of_birth.to_string();
-            let pob_province = rec
-                .place_of_birth_province
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let registration_province = rec.registration_province.to_string();
-            let father = rows::parent_json(&rec.father);
-            let mother = rows::parent_json(&rec.mother);
-            let registration_date = reg.registration_date.to_string();
             let values: [Value<'_>; 23] = [
                 id_i64(id).into(),
                 r.request_id.into(),
@@ -195,19 +186,19 @@ impl WriteTx for SqliteTx<'_, '_> {
                 r.replaces.map(id_i64).into(),
                 rec.full_name.as_str().into(),
                 rows::sex_code(rec.sex).into(),
-                date_of_birth.as_str().into(),
+                text.date_of_birth.as_str().into(),
                 rec.place_of_birth.as_str().into(),
-                pob_province.as_str().into(),
-                registration_province.as_str().into(),
+                text.pob_province.as_str().into(),
+                text.registration_province.as_str().into(),
                 rec.home_town.as_str().into(),
                 rec.ethnicity.as_str().into(),
                 rec.nationality.as_str().into(),
-                father.as_deref().into(),
-                mother.as_deref().into(),
+                text.father.as_deref().into(),
+                text.mother.as_deref().into(),
                 reg.unit_code.as_str().into(),
                 reg.registration_number.into(),
                 reg.book_number.as_str().into(),
-                registration_date.as_str().into(),
+                text.registration_date.as_str().into(),
                 r.dup_key.into(),
             ];
             if self.tx.execute(INSERT_CITIZEN, &values)? == 1 {
