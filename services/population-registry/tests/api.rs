@@ -1024,3 +1024,17 @@ async fn a_write_stalled_past_the_operation_timeout_is_unavailable_and_its_retry
     assert_eq!(found[0].personal_id, number);
     app.stop().await;
 }
+
+/// An in-memory SQLite database would lose every number issued when the process exits.
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_naming_the_key() {
+    let db = TestDb::sqlite().await;
+    let mut cfg = config(&db);
+    cfg.database.url = "sqlite::memory:".into();
+    let Err(err) = population_registry::app::App::build(&cfg).await else {
+        panic!("an in-memory database was accepted");
+    };
+    let message = format!("{err:#}");
+    assert!(message.contains("database.url"), "{message}");
+    assert!(message.contains("in-memory"), "{message}");
+}

@@ -147,7 +147,7 @@ impl std::fmt::Debug for Store {
 
 /// Opens a pool for `cfg.url` without starting the writer (for admin commands).
 pub async fn connect_pool(cfg: &DatabaseConfig) -> anyhow::Result<(AnyPool, Backend)> {
-    open_pool(cfg, cfg.max_connections.max(2), READER_CACHE_KIB, false).await
+    open_pool(cfg, cfg.max_connections.max(2)).await
 }
 
 /// The database the writer commits to.
@@ -199,15 +199,9 @@ const READER_CACHE_KIB: u32 = 4 * 1024;
 /// Page cache of the writer's connection: the index pages one group dirties.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
-/// `temp_in_memory`: statement journals in memory, for the writer only. Its statements are
-/// bounded multi-row writes; the readers' aggregates over years of citizens may sort more
-/// than memory should hold and keep spilling to temporary files.
-async fn open_pool(
-    cfg: &DatabaseConfig,
-    connections: u32,
-    cache_kib: u32,
-    temp_in_memory: bool,
-) -> anyhow::Result<(AnyPool, Backend)> {
+/// The readers' pool (and on PostgreSQL the writer's too). Temporary b-trees stay in files:
+/// the readers' aggregates over years of citizens may sort more than memory should hold.
+async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(AnyPool, Backend)> {
     install_default_drivers();
     let backend = Backend::of_url(&cfg.url)?;
     if backend == Backend::Sqlite {
@@ -224,16 +218,9 @@ async fn open_pool(
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA cache_size = -{cache_kib}"
+                        "PRAGMA cache_size = -{READER_CACHE_KIB}"
                     )))
                     .await?;
-                    if temp_in_memory {
-                        // Statement journals (each multi-row INSERT keeps one so that a
-                        // failing statement undoes only itself) and IN-list b-trees stay
-                        // in memory instead of a temporary file written on every
-                        // statement. They are not part of durability: the WAL is.
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
-                    }
                     // Checkpoints run off the commit path (see `checkpointer`):
                     // the auto-checkpoint threshold is only a backstop should the
                     // background task fall behind. Durability is unchanged: with
