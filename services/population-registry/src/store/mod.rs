@@ -258,16 +258,11 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
     Ok((pool, backend))
 }
 
-/// Auto-checkpoint backstop (pages, 1 GiB). While the writer keeps appending, the
-/// background checkpoint never finds the WAL idle and so never lets it restart; it grows
-/// until the backstop, which then copies what is left on the writer's own thread. Under
-/// a sustained batch that copy was 10 % of the writer's thread at 256 MiB; at 1 GiB it
-/// runs a quarter as often (7 % more numbers per second, BENCHMARKS.md). The price is
-/// disk: the WAL of a long backfill reaches about 1 GiB.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 262_144;
-/// WAL size kept on disk after a reset: above what it reaches before the backstop (one
-/// group's frames past it), so the file is reused, not cut and regrown.
-const WAL_SIZE_LIMIT_BYTES: u64 = 1280 * 1024 * 1024;
+/// Auto-checkpoint backstop (pages): far above one group's WAL frames, so a
+/// commit normally never checkpoints inline.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 65_536;
+/// WAL size kept on disk after a reset.
+const WAL_SIZE_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Period of the background PASSIVE checkpoint. Each round ends in an fsync
 /// of the database file, which queues behind the writer's WAL fsyncs, and
 /// rounds a second apart copy a page that many groups rewrote once rather
