@@ -381,7 +381,7 @@ impl Store {
         let timeout = Duration::from_millis(cfg.operation_timeout_ms);
         match writer_db {
             WriterDb::Pool(writer_pool) => {
-                let db = writer::AnyDb::new(writer_pool, backend);
+                let db = writer::PostgresDb::new(writer_pool);
                 let writer = writer::Writer::new(db, policy, max_group_items, timeout);
                 tokio::spawn(writer.run(rx));
             }

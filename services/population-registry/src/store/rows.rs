@@ -14,7 +14,7 @@ use crate::domain::citizen::{Citizen, CitizenStatus, Issuance};
 use crate::domain::errors::StoreError;
 use crate::domain::personal_id::{PersonalId, ProvinceCode, Sex};
 
-use super::{Backend, classify};
+use super::classify;
 
 pub(crate) const STATUS_ACTIVE: i64 = 1;
 pub(crate) const STATUS_CANCELLED: i64 = 2;
@@ -191,63 +191,4 @@ pub(crate) fn issuance(row: &AnyRow) -> Result<Issuance, StoreError> {
         issue_time: from_micros(get(row, 4)?)?,
         registration: registration(row, 5)?,
     })
-}
-
-/// The verb of the writer's multi-row INSERTs. On SQLite, `OR FAIL`: with the
-/// default `ABORT`, a statement that may fail part-way keeps a statement journal
-/// (a copy of every page it touches, so that it can undo only itself): 5 % of
-/// the registry's CPU in a batch run. The writer never goes on after a failed
-/// statement: the whole transaction is rolled back, so there is nothing to undo
-/// statement by statement. PostgreSQL has no such clause and no such cost.
-pub(crate) fn insert_into(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => "INSERT OR FAIL INTO",
-        Backend::Postgres => "INSERT INTO",
-    }
-}
-
-/// `(?,?,...),(...)` (SQLite) or `($1,$2,...),(...)` (PostgreSQL) for `rows`
-/// rows of `cols` placeholders. SQLite gets anonymous `?`: sqlx resolves
-/// each named parameter with `sqlite3_bind_parameter_name`, a linear scan,
-/// which made binding a large statement quadratic in its parameter count.
-pub(crate) fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 6);
-    let mut n = 1usize;
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                out.push(',');
-            }
-            push_param(&mut out, backend, n);
-            n += 1;
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// `?,?,...` or `$1,$2,...` for an IN list of `n` values.
-pub(crate) fn list(backend: Backend, n: usize) -> String {
-    let mut out = String::with_capacity(n * 6);
-    for i in 1..=n {
-        if i > 1 {
-            out.push(',');
-        }
-        push_param(&mut out, backend, i);
-    }
-    out
-}
-
-fn push_param(out: &mut String, backend: Backend, n: usize) {
-    use std::fmt::Write as _;
-    match backend {
-        Backend::Sqlite => out.push('?'),
-        Backend::Postgres => {
-            let _ = write!(out, "${n}");
-        }
-    }
 }

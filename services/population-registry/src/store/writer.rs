@@ -6,13 +6,13 @@
 //! primary key on the number stays the last guarantee: a conflicting draw is
 //! simply drawn again.
 //!
-//! The logic is the same on both backends; the statements are not. `any_db` runs
-//! them through sqlx's `Any` driver (PostgreSQL: many rows per statement, the server
-//! does the work), `sqlite_db` runs cached prepared statements on the writer's own
+//! The logic is the same on both backends; the statements are not. `postgres_db` runs
+//! them through sqlx's `Any` driver (many rows per statement, the server does the
+//! work), `sqlite_db` runs cached prepared statements on the writer's own
 //! SQLite connection, on the writer's own thread (no hop to a driver thread, no copy
 //! of bound text).
 
-mod any_db;
+mod postgres_db;
 mod sqlite_db;
 
 use std::collections::{HashMap, HashSet};
@@ -32,7 +32,7 @@ use super::audit::Entry;
 use super::bounded;
 use super::rows::{self, id_i64};
 
-pub(crate) use any_db::AnyDb;
+pub(crate) use postgres_db::PostgresDb;
 pub(crate) use sqlite_db::SqliteDb;
 
 /// Where the outcomes of one `Issue` command go.

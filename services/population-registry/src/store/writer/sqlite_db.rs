@@ -24,8 +24,10 @@ const SUSPECTS: &str =
     "SELECT personal_id FROM citizens WHERE dup_key = ? AND status = 1 ORDER BY personal_id";
 const IN_BUCKET: &str =
     "SELECT personal_id FROM citizens WHERE personal_id >= ? AND personal_id <= ?";
-/// `OR FAIL`: see `rows::insert_into` (no statement journal; a failure rolls the whole
-/// transaction back). A taken number changes nothing and is drawn again.
+/// `OR FAIL`: with the default `ABORT`, a statement that may fail part-way keeps a
+/// statement journal (a copy of every page it touches, so that it can undo only itself).
+/// The writer never goes on after a failed statement: the whole transaction is rolled
+/// back. A taken number changes nothing and is drawn again.
 const INSERT_CITIZEN: &str = "INSERT OR FAIL INTO citizens (personal_id, request_id, \
     content_hash, kind, status, issue_time, replaces, full_name, sex, date_of_birth, \
     pob_description, pob_province, registration_province, home_town, ethnicity, nationality, \

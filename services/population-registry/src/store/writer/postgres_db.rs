@@ -1,5 +1,5 @@
-//! The writer's statements through sqlx's `Any` driver: PostgreSQL, where the database
-//! server does the work and many rows per statement keep round trips few. Each
+//! The writer's statements on PostgreSQL, through sqlx's `Any` driver: the database
+//! server does the work, and many rows per statement keep round trips few. Each
 //! transaction locks the audit chain's head row (`FOR UPDATE`), which serialises the
 //! writers of every replica sharing the database.
 
@@ -10,8 +10,8 @@ use sqlx::{Any, AnyPool, Row as _, Transaction};
 use crate::domain::personal_id::{BucketKey, PersonalId};
 
 use super::super::audit::{Entry, chain_hash};
+use super::super::classify;
 use super::super::rows::{self, id_from_i64, id_i64};
-use super::super::{Backend, classify};
 use super::{Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
 
 /// Most rows per multi-row INSERT: 23,000 parameters for citizens, below PostgreSQL's
@@ -39,69 +39,52 @@ fn is_retryable(e: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // unique violation on the idempotency key (a replica's concurrent
             // insert), serialization failure, deadlock.
-            matches!(code.as_ref(), "23505" | "40001" | "40P01" | "2067" | "1555")
+            matches!(code.as_ref(), "23505" | "40001" | "40P01")
         }
         _ => false,
     }
 }
 
-/// A pool the writer takes one connection of per transaction.
-pub(crate) struct AnyDb {
+/// The PostgreSQL pool; the writer takes one connection of it per transaction.
+pub(crate) struct PostgresDb {
     pool: AnyPool,
-    backend: Backend,
 }
 
-impl AnyDb {
-    pub(crate) fn new(pool: AnyPool, backend: Backend) -> Self {
-        Self { pool, backend }
+impl PostgresDb {
+    pub(crate) fn new(pool: AnyPool) -> Self {
+        Self { pool }
     }
 }
 
 /// An open transaction on a pooled connection.
-pub(crate) struct AnyTx {
+pub(crate) struct PostgresTx {
     tx: Transaction<'static, Any>,
-    backend: Backend,
 }
 
-impl WriteDb for AnyDb {
-    type Tx<'a> = AnyTx;
+impl WriteDb for PostgresDb {
+    type Tx<'a> = PostgresTx;
 
-    async fn begin(&mut self) -> Result<(AnyTx, Head), TxError> {
-        let mut tx = match self.backend {
-            // IMMEDIATE takes the write lock now, so a second process on the
-            // same file waits (busy_timeout) instead of failing on upgrade.
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        if self.backend == Backend::Postgres {
-            // The writer only looks rows up by key. Without statistics (autovacuum off,
-            // or before its first ANALYZE) the planner takes each value of an IN list to
-            // match 0.5% of the table, and chose a parallel scan of every citizen for a
-            // group's 2,048 duplicate keys.
-            sqlx::query("SET LOCAL enable_seqscan = off")
-                .execute(&mut *tx)
-                .await?;
-        }
-        let sql = match self.backend {
-            Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
-            Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
-        };
-        let head = sqlx::query(sql).fetch_one(&mut *tx).await?;
+    async fn begin(&mut self) -> Result<(PostgresTx, Head), TxError> {
+        let mut tx = self.pool.begin().await?;
+        // The writer only looks rows up by key. Without statistics (autovacuum off, or
+        // before its first ANALYZE) the planner takes each value of an IN list to match
+        // 0.5% of the table, and chose a parallel scan of every citizen for a group's
+        // 2,048 duplicate keys.
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
         let head = Head {
             seq: head.try_get(0)?,
             hash: head.try_get(1)?,
         };
-        Ok((
-            AnyTx {
-                tx,
-                backend: self.backend,
-            },
-            head,
-        ))
+        Ok((PostgresTx { tx }, head))
     }
 }
 
-impl WriteTx for AnyTx {
+impl WriteTx for PostgresTx {
     async fn existing_keys(&mut self, ids: &[&str]) -> Result<HashMap<String, KeyRow>, TxError> {
         let mut out = HashMap::new();
         let unique: Vec<&str> = ids
@@ -114,7 +97,7 @@ impl WriteTx for AnyTx {
             let sql = format!(
                 "SELECT request_id, content_hash, personal_id, issue_time, replaces \
                  FROM citizens WHERE request_id IN ({})",
-                rows::list(self.backend, chunk.len())
+                list(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in &chunk {
@@ -143,7 +126,7 @@ impl WriteTx for AnyTx {
         for chunk in in_lists(buckets, IN_CHUNK) {
             let sql = format!(
                 "SELECT prefix, issued FROM buckets WHERE prefix IN ({})",
-                rows::list(self.backend, chunk.len())
+                list(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for b in &chunk {
@@ -170,7 +153,7 @@ impl WriteTx for AnyTx {
             let sql = format!(
                 "SELECT dup_key, personal_id FROM citizens WHERE dup_key IN ({}) \
                  AND status = 1 ORDER BY personal_id",
-                rows::list(self.backend, chunk.len())
+                list(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for k in &chunk {
@@ -226,10 +209,9 @@ impl WriteTx for AnyTx {
             .copied()
             .filter(|(_, id)| !taken.contains(id))
             .collect();
-        let backend = self.backend;
         let chunks: Vec<&[(usize, PersonalId)]> = pieces(&free, INSERT_CHUNK).collect();
         let affected = execute_chunks(&mut self.tx, &chunks, |chunk| {
-            insert_statement(backend, now, rows_in, chunk)
+            insert_statement(now, rows_in, chunk)
         })
         .await?;
         for (chunk, done) in chunks.into_iter().zip(affected) {
@@ -242,7 +224,7 @@ impl WriteTx for AnyTx {
             // candidates are distinct, so later chunks cannot have taken these.)
             let sql = format!(
                 "SELECT personal_id, request_id FROM citizens WHERE personal_id IN ({})",
-                rows::list(self.backend, chunk.len())
+                list(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for &(_, id) in chunk {
@@ -287,12 +269,8 @@ impl WriteTx for AnyTx {
 
     async fn append_audit(&mut self, entries: &[Entry], prev: &mut String) -> Result<(), TxError> {
         // Each chunk is hashed as its statement is built.
-        let backend = self.backend;
         let chunks: Vec<&[Entry]> = pieces(entries, INSERT_CHUNK).collect();
-        execute_chunks(&mut self.tx, &chunks, |chunk| {
-            audit_statement(backend, chunk, prev)
-        })
-        .await?;
+        execute_chunks(&mut self.tx, &chunks, |chunk| audit_statement(chunk, prev)).await?;
         Ok(())
     }
 
@@ -308,10 +286,9 @@ impl WriteTx for AnyTx {
     async fn add_to_buckets(&mut self, deltas: &[(BucketKey, u64)]) -> Result<(), TxError> {
         for chunk in pieces(deltas, INSERT_CHUNK) {
             let sql = format!(
-                "{} buckets (prefix, issued) VALUES {} ON CONFLICT (prefix) \
+                "INSERT INTO buckets (prefix, issued) VALUES {} ON CONFLICT (prefix) \
                  DO UPDATE SET issued = buckets.issued + excluded.issued",
-                rows::insert_into(self.backend),
-                rows::placeholders(self.backend, chunk.len(), 2)
+                placeholders(chunk.len(), 2)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (b, d) in chunk {
@@ -330,7 +307,7 @@ impl WriteTx for AnyTx {
     }
 }
 
-impl AnyTx {
+impl PostgresTx {
     /// Which of the candidates' numbers are already in the table.
     async fn numbers_in_use(
         &mut self,
@@ -340,7 +317,7 @@ impl AnyTx {
         for chunk in in_lists(candidates, IN_CHUNK) {
             let sql = format!(
                 "SELECT personal_id FROM citizens WHERE personal_id IN ({})",
-                rows::list(self.backend, chunk.len())
+                list(chunk.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for &(_, id) in &chunk {
@@ -413,15 +390,13 @@ async fn execute_chunks<'q, T>(
 /// The multi-row INSERT of a chunk of audit entries, chained on from `prev`,
 /// which it moves to the chunk's last hash.
 fn audit_statement<'q>(
-    backend: Backend,
     chunk: &[Entry],
     prev: &mut String,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     let sql = format!(
-        "{} audit_log (seq, at_micros, action, personal_id, related_id, \
+        "INSERT INTO audit_log (seq, at_micros, action, personal_id, related_id, \
          request_id, detail, prev_hash, hash) VALUES {}",
-        rows::insert_into(backend),
-        rows::placeholders(backend, chunk.len(), 9)
+        placeholders(chunk.len(), 9)
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for e in chunk {
@@ -442,16 +417,14 @@ fn audit_statement<'q>(
 
 /// The multi-row INSERT of one chunk of candidate rows.
 fn insert_statement<'q>(
-    backend: Backend,
     now: i64,
     rows_in: &[NewRow<'_>],
     chunk: &[(usize, PersonalId)],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     let sql = format!(
-        "{} citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
-        rows::insert_into(backend),
+        "INSERT INTO citizens ({}) VALUES {} ON CONFLICT (personal_id) DO NOTHING",
         rows::INSERT_COLUMNS,
-        rows::placeholders(backend, chunk.len(), rows::INSERT_COLUMN_COUNT)
+        placeholders(chunk.len(), rows::INSERT_COLUMN_COUNT)
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (i, id) in chunk {
@@ -484,6 +457,38 @@ fn insert_statement<'q>(
             .bind(r.dup_key);
     }
     q
+}
+
+/// `($1,$2,...),(...)` for `rows` rows of `cols` parameters.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        out.push_str(&numbered(r * cols + 1, cols));
+        out.push(')');
+    }
+    out
+}
+
+/// `$1,$2,...` for an IN list of `n` values.
+fn list(n: usize) -> String {
+    numbered(1, n)
+}
+
+/// `$first,...` for `count` parameters.
+fn numbered(first: usize, count: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(count * 6);
+    for n in first..first + count {
+        if n > first {
+            out.push(',');
+        }
+        let _ = write!(out, "${n}");
+    }
+    out
 }
 
 #[cfg(test)]
