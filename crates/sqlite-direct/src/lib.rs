@@ -29,6 +29,8 @@ pub enum Value<'a> {
     Int(i64),
     /// UTF-8 text, bound without a copy.
     Text(&'a str),
+    /// Bytes, bound without a copy.
+    Blob(&'a [u8]),
 }
 
 impl From<i64> for Value<'_> {
@@ -40,6 +42,12 @@ impl From<i64> for Value<'_> {
 impl<'a> From<&'a str> for Value<'a> {
     fn from(v: &'a str) -> Self {
         Self::Text(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Self::Blob(v)
     }
 }
 
@@ -96,6 +104,43 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// So that code written against sqlx (`sqlx::Error::from`) reports, and classifies, this crate's errors as it
+/// does sqlx's own SQLite errors: `code()` is the extended result code, in decimal.
+impl sqlx::error::DatabaseError for Error {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        use sqlx::error::ErrorKind;
+        match self.code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                ErrorKind::UniqueViolation
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => ErrorKind::ForeignKeyViolation,
+            ffi::SQLITE_CONSTRAINT_NOTNULL => ErrorKind::NotNullViolation,
+            ffi::SQLITE_CONSTRAINT_CHECK => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
 
 /// One row of a query's result, valid inside the callback that receives it.
 pub struct Row<'s> {
@@ -315,8 +360,8 @@ impl<'c> Direct<'c> {
         for (i, value) in params.iter().enumerate() {
             let index = c_int::try_from(i + 1).map_err(|_| Error::misuse("parameter index"))?;
             // SAFETY: `raw` is valid and `index` is within its parameter count. Text is
-            // bound SQLITE_STATIC: SQLite reads it during the steps below, and the
-            // bindings are cleared (by `_reset`) before `params` can be dropped.
+            // Text and bytes are bound SQLITE_STATIC: SQLite reads them during the steps
+            // below, and the bindings are cleared (by `_reset`) before `params` can be dropped.
             let rc = unsafe {
                 match *value {
                     Value::Null => ffi::sqlite3_bind_null(raw, index),
@@ -328,6 +373,17 @@ impl<'c> Direct<'c> {
                             raw,
                             index,
                             s.as_ptr().cast(),
+                            len,
+                            ffi::SQLITE_STATIC(),
+                        )
+                    }
+                    Value::Blob(b) => {
+                        let len =
+                            c_int::try_from(b.len()).map_err(|_| Error::misuse("blob too long"))?;
+                        ffi::sqlite3_bind_blob(
+                            raw,
+                            index,
+                            b.as_ptr().cast(),
                             len,
                             ffi::SQLITE_STATIC(),
                         )
@@ -494,5 +550,47 @@ mod tests {
         assert_eq!(misuse.code(), ffi::SQLITE_MISUSE);
         let syntax = direct.execute("SELEC 1", &[]).unwrap_err();
         assert_eq!(syntax.primary_code(), ffi::SQLITE_ERROR);
+    }
+
+    #[tokio::test]
+    async fn blobs_bind_in_place_and_errors_read_as_sqlx_database_errors() {
+        use sqlx::error::{DatabaseError as _, ErrorKind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connection(&dir).await;
+        {
+            let mut direct = Direct::lock(&mut conn).await.unwrap();
+            direct
+                .execute("CREATE TABLE b (k TEXT PRIMARY KEY, v BLOB NOT NULL)", &[])
+                .unwrap();
+            let bytes = vec![0u8, 1, 2, 255];
+            direct
+                .execute(
+                    "INSERT INTO b (k, v) VALUES ($1, $2)",
+                    &["k".into(), bytes.as_slice().into()],
+                )
+                .unwrap();
+            let duplicate = direct
+                .execute(
+                    "INSERT INTO b (k, v) VALUES ($1, $2)",
+                    &["k".into(), Value::Blob(&[])],
+                )
+                .unwrap_err();
+            assert_eq!(duplicate.kind(), ErrorKind::UniqueViolation);
+            assert_eq!(duplicate.code(), ffi::SQLITE_CONSTRAINT_PRIMARYKEY);
+            assert_eq!(
+                sqlx::error::DatabaseError::code(&duplicate).as_deref(),
+                Some("1555")
+            );
+            let converted = sqlx::Error::from(duplicate);
+            assert!(
+                matches!(&converted, sqlx::Error::Database(db) if db.is_unique_violation()),
+                "{converted}"
+            );
+        }
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT v FROM b WHERE k = 'k'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![0u8, 1, 2, 255]);
     }
 }

@@ -20,7 +20,7 @@ use crate::grpc::BirthRegistrationApi;
 use crate::registry::{Handoff, Registry};
 use crate::relay::client::GrpcPopulationRegistry;
 use crate::relay::{Relay, Waiters};
-use crate::store::{Backend, Store, now_ms};
+use crate::store::{Store, now_ms};
 
 /// Rows the writer may hand to the relay in memory before it leaves further rows to the
 /// relay's poll (bounds the memory of a backlog while the population registry is away).
@@ -33,7 +33,6 @@ pub struct App {
     server: GrpcServer,
     metrics_addr: Option<SocketAddr>,
     store: Store,
-    writer_store: Store,
     registry: Registry,
     writer: tokio::task::JoinHandle<()>,
     relay: Option<Relay<GrpcPopulationRegistry>>,
@@ -72,24 +71,17 @@ impl App {
             }
             None => (None, None),
         };
-        // The writer keeps one connection of its own: in WAL mode a connection drops its
-        // page cache whenever another connection wrote since its last transaction, so a
-        // writer that moved between pooled connections re-read its index pages every group.
-        let writer_store =
-            if store.backend() == Backend::Sqlite && !cfg.database.url.contains(":memory:") {
-                store.writer(&cfg.database).await?
-            } else {
-                store.clone()
-            };
+        let sqlite_writer = store.sqlite_writer(&cfg.database).await?;
         let (registry, writer) = Registry::start(
             store.clone(),
-            writer_store.clone(),
+            sqlite_writer,
             &cfg.registration,
             &cfg.auth,
             waiters,
             wake,
             handoff,
-        );
+        )
+        .await?;
         let relay = match (relay, handed) {
             (Some(relay), Some(rx)) => Some(relay.with_handoff(rx, registry.write_back())),
             (relay, _) => relay,
@@ -102,7 +94,6 @@ impl App {
             server,
             metrics_addr,
             store,
-            writer_store,
             registry,
             writer,
             relay,
@@ -112,6 +103,11 @@ impl App {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The database as the service uses it (its writes take turns with the service's own).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The bound metrics address, if enabled.
@@ -128,7 +124,6 @@ impl App {
             cfg,
             server,
             store,
-            writer_store,
             registry,
             writer,
             relay,
@@ -168,7 +163,6 @@ impl App {
         drop(registry);
         let _ = writer.await;
         store.close().await;
-        writer_store.close().await;
         result
     }
 }

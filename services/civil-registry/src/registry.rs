@@ -20,8 +20,8 @@ use crate::domain::policy;
 use crate::domain::population::Outbound;
 use crate::relay::Waiters;
 use crate::store::{
-    Completion, InsertOutcome, Lease, ListFilter, NewRow, PageCursor, StatsGrouping, StatsRow,
-    Store, is_unavailable, now_ms,
+    Completion, GroupWriter, InsertOutcome, Lease, ListFilter, NewRow, PageCursor, SqliteWriter,
+    StatsGrouping, StatsRow, Store, is_unavailable, now_ms, write_group,
 };
 
 /// Log target of security-relevant refusals (ids only).
@@ -191,25 +191,33 @@ impl std::fmt::Debug for WriteJob {
 }
 
 impl Registry {
-    /// Starts the writer task; it ends when every `Registry` clone is dropped.
-    pub fn start(
+    /// Starts the writer: on SQLite a thread of its own driving `sqlite_writer`, on
+    /// PostgreSQL a task on the pool. It ends when every `Registry` clone is dropped; the
+    /// handle resolves once it has.
+    pub async fn start(
         store: Store,
-        writer_store: Store,
+        sqlite_writer: Option<SqliteWriter>,
         cfg: &RegistrationConfig,
         auth: &AuthConfig,
         waiters: Arc<Waiters>,
         wake: Arc<Notify>,
         handoff: Option<Handoff>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(cfg.writer_queue.max(1));
-        let writer = tokio::spawn(writer_loop(
-            writer_store,
+        let group = GroupLoop {
             rx,
-            cfg.writer_batch_max.max(1),
-            wake.clone(),
-            waiters.clone(),
+            max: cfg.writer_batch_max.max(1),
+            wake: wake.clone(),
+            waiters: waiters.clone(),
             handoff,
-        ));
+        };
+        let writer = match sqlite_writer {
+            Some(sqlite) => spawn_sqlite_writer(sqlite, group).await?,
+            None => {
+                let pool = store.clone();
+                tokio::spawn(async move { group.run(pool).await })
+            }
+        };
         let registry = Self {
             store,
             writer: tx,
@@ -218,7 +226,7 @@ impl Registry {
             wait_for_number: Duration::from_millis(cfg.wait_for_number_ms),
             tokens: Arc::new(TokenCache::new(Duration::from_millis(auth.token_cache_ms))),
         };
-        (registry, writer)
+        Ok((registry, writer))
     }
 
     /// The relay's path into the writer's group commits.
@@ -504,132 +512,186 @@ fn copy_error(error: &RegistryError) -> RegistryError {
     }
 }
 
-/// The single writer: each turn takes everything queued (up to `max` jobs) and commits it
-/// in ONE transaction, starting as soon as the previous commit ended: registrations with
-/// their audit entries and outbox rows, and the relay's outcomes. No timer, no waiting for
-/// a full group.
-async fn writer_loop(
-    store: Store,
-    mut rx: mpsc::Receiver<WriteJobBox>,
+/// Runs the writer on a thread of its own with the SQLite connection it drives directly;
+/// returns once the connection is taken, with a handle that resolves when the thread ends.
+async fn spawn_sqlite_writer(
+    mut sqlite: SqliteWriter,
+    group: GroupLoop,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the writer's runtime")?;
+    let (ready_tx, ready) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("civil-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match sqlite.lock().await {
+                    Ok(direct) => {
+                        let _ = ready_tx.send(Ok(()));
+                        group.run(direct).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+            drop(done_tx);
+        })
+        .context("starting the writer's thread")?;
+    ready
+        .await
+        .context("the writer's thread stopped")?
+        .context("taking the writer's connection")?;
+    Ok(tokio::spawn(async move {
+        let _ = done.await;
+    }))
+}
+
+/// The single writer's loop and what it needs besides its connection.
+struct GroupLoop {
+    rx: mpsc::Receiver<WriteJobBox>,
     max: usize,
     wake: Arc<Notify>,
     waiters: Arc<Waiters>,
     handoff: Option<Handoff>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < max {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        metrics::histogram!("civil_registry_writer_batch_size").record(jobs.len() as f64);
-        let mut rows = Vec::new();
-        let mut inserts = Vec::new();
-        let mut completions = Vec::new();
-        let mut completed = Vec::new();
-        for job in jobs {
-            match *job {
-                WriteJob::Register { row, reply } => {
-                    rows.push(row);
-                    inserts.push(reply);
-                }
-                WriteJob::Complete {
-                    completions: c,
-                    reply,
-                } => {
-                    completions.extend(c);
-                    completed.push(reply);
+}
+
+impl GroupLoop {
+    /// The single writer: each turn takes everything queued (up to `max` jobs) and commits it
+    /// in ONE transaction, starting as soon as the previous commit ended: registrations with
+    /// their audit entries and outbox rows, and the relay's outcomes. No timer, no waiting for
+    /// a full group.
+    async fn run<W: GroupWriter>(self, mut writer: W) {
+        let Self {
+            mut rx,
+            max,
+            wake,
+            waiters,
+            handoff,
+        } = self;
+        while let Some(first) = rx.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
                 }
             }
-        }
-        let eligible = rows.iter().filter(|r| r.decision.is_eligible()).count();
-        // Lease in the commit only what the relay's queue can take now (only this task
-        // sends on it, so the room cannot shrink before the send); the rest is claimed by
-        // the relay's poll.
-        let lease = handoff
-            .as_ref()
-            .filter(|h| eligible > 0 && h.tx.capacity() >= eligible)
-            .map(|h| Lease {
-                owner: h.owner.clone(),
-                until_ms: now_ms() + h.lease_ms,
-            });
-        match store.write_group(&rows, lease.as_ref(), &completions).await {
-            Ok(written) => {
-                waiters.notify(&written.settled);
-                for reply in completed {
-                    let _ = reply.send(Ok(()));
-                }
-                let queued = rows.iter().zip(&written.outcomes).any(|(r, o)| {
-                    matches!(o.0, InsertOutcome::Created(_)) && r.decision.is_eligible()
-                });
-                for (reply, outcome) in inserts.into_iter().zip(written.outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-                hand_over(handoff.as_ref(), lease.as_ref(), written.leased, &wake);
-                if queued && lease.is_none() {
-                    wake.notify_one();
-                }
-            }
-            Err(e) if rows.len() + usize::from(!completions.is_empty()) > 1 => {
-                // One row's failure must not fail its neighbours: commit them one by one.
-                tracing::warn!(error = %e, rows = rows.len(), "grouped commit failed; retrying one by one");
-                if !completions.is_empty() {
-                    let result = store.write_group(&[], None, &completions).await;
-                    let result = match result {
-                        Ok(written) => {
-                            waiters.notify(&written.settled);
-                            Ok(())
-                        }
-                        Err(e) => Err(db_error(e)),
-                    };
-                    for reply in completed {
-                        let _ = reply.send(result.as_ref().map(|_| ()).map_err(copy_error));
+            metrics::histogram!("civil_registry_writer_batch_size").record(jobs.len() as f64);
+            let mut rows = Vec::new();
+            let mut inserts = Vec::new();
+            let mut completions = Vec::new();
+            let mut completed = Vec::new();
+            for job in jobs {
+                match *job {
+                    WriteJob::Register { row, reply } => {
+                        rows.push(row);
+                        inserts.push(reply);
+                    }
+                    WriteJob::Complete {
+                        completions: c,
+                        reply,
+                    } => {
+                        completions.extend(c);
+                        completed.push(reply);
                     }
                 }
-                for (row, reply) in rows.into_iter().zip(inserts) {
-                    let eligible = row.decision.is_eligible();
-                    let lease = handoff
-                        .as_ref()
-                        .filter(|h| eligible && h.tx.capacity() >= 1)
-                        .map(|h| Lease {
-                            owner: h.owner.clone(),
-                            until_ms: now_ms() + h.lease_ms,
-                        });
-                    let result = store
-                        .write_group(std::slice::from_ref(&row), lease.as_ref(), &[])
-                        .await;
-                    let reply_value = match result {
-                        Ok(mut written) => {
-                            hand_over(
-                                handoff.as_ref(),
-                                lease.as_ref(),
-                                std::mem::take(&mut written.leased),
-                                &wake,
-                            );
-                            written.outcomes.pop().ok_or_else(|| {
-                                RegistryError::Unexpected(anyhow::anyhow!("no outcome"))
-                            })
-                        }
-                        Err(e) => Err(db_error(e)),
-                    };
-                    if eligible
-                        && lease.is_none()
-                        && matches!(reply_value, Ok((InsertOutcome::Created(_), _)))
-                    {
+            }
+            let eligible = rows.iter().filter(|r| r.decision.is_eligible()).count();
+            // Lease in the commit only what the relay's queue can take now (only this task
+            // sends on it, so the room cannot shrink before the send); the rest is claimed by
+            // the relay's poll.
+            let lease = handoff
+                .as_ref()
+                .filter(|h| eligible > 0 && h.tx.capacity() >= eligible)
+                .map(|h| Lease {
+                    owner: h.owner.clone(),
+                    until_ms: now_ms() + h.lease_ms,
+                });
+            match write_group(&mut writer, &rows, lease.as_ref(), &completions).await {
+                Ok(written) => {
+                    waiters.notify(&written.settled);
+                    for reply in completed {
+                        let _ = reply.send(Ok(()));
+                    }
+                    let queued = rows.iter().zip(&written.outcomes).any(|(r, o)| {
+                        matches!(o.0, InsertOutcome::Created(_)) && r.decision.is_eligible()
+                    });
+                    for (reply, outcome) in inserts.into_iter().zip(written.outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    hand_over(handoff.as_ref(), lease.as_ref(), written.leased, &wake);
+                    if queued && lease.is_none() {
                         wake.notify_one();
                     }
-                    let _ = reply.send(reply_value);
                 }
-            }
-            Err(e) => {
-                let error = db_error(e);
-                for reply in inserts {
-                    let _ = reply.send(Err(copy_error(&error)));
+                Err(e) if rows.len() + usize::from(!completions.is_empty()) > 1 => {
+                    // One row's failure must not fail its neighbours: commit them one by one.
+                    tracing::warn!(error = %e, rows = rows.len(), "grouped commit failed; retrying one by one");
+                    if !completions.is_empty() {
+                        let result = write_group(&mut writer, &[], None, &completions).await;
+                        let result = match result {
+                            Ok(written) => {
+                                waiters.notify(&written.settled);
+                                Ok(())
+                            }
+                            Err(e) => Err(db_error(e)),
+                        };
+                        for reply in completed {
+                            let _ = reply.send(result.as_ref().map(|_| ()).map_err(copy_error));
+                        }
+                    }
+                    for (row, reply) in rows.into_iter().zip(inserts) {
+                        let eligible = row.decision.is_eligible();
+                        let lease = handoff
+                            .as_ref()
+                            .filter(|h| eligible && h.tx.capacity() >= 1)
+                            .map(|h| Lease {
+                                owner: h.owner.clone(),
+                                until_ms: now_ms() + h.lease_ms,
+                            });
+                        let result = write_group(
+                            &mut writer,
+                            std::slice::from_ref(&row),
+                            lease.as_ref(),
+                            &[],
+                        )
+                        .await;
+                        let reply_value = match result {
+                            Ok(mut written) => {
+                                hand_over(
+                                    handoff.as_ref(),
+                                    lease.as_ref(),
+                                    std::mem::take(&mut written.leased),
+                                    &wake,
+                                );
+                                written.outcomes.pop().ok_or_else(|| {
+                                    RegistryError::Unexpected(anyhow::anyhow!("no outcome"))
+                                })
+                            }
+                            Err(e) => Err(db_error(e)),
+                        };
+                        if eligible
+                            && lease.is_none()
+                            && matches!(reply_value, Ok((InsertOutcome::Created(_), _)))
+                        {
+                            wake.notify_one();
+                        }
+                        let _ = reply.send(reply_value);
+                    }
                 }
-                for reply in completed {
-                    let _ = reply.send(Err(copy_error(&error)));
+                Err(e) => {
+                    let error = db_error(e);
+                    for reply in inserts {
+                        let _ = reply.send(Err(copy_error(&error)));
+                    }
+                    for reply in completed {
+                        let _ = reply.send(Err(copy_error(&error)));
+                    }
                 }
             }
         }

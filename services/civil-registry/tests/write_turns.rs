@@ -1,12 +1,15 @@
 //! SQLite has one write lock per file, and its busy handler does not queue waiters: it
 //! sleeps 1, 2, 5 ... 100 ms between attempts. The writes of one process therefore take
-//! turns in the process (`Store::write_turn`) and never meet that handler. With the busy
-//! timeout at zero, any write that found the lock taken would fail at once with "database
-//! is locked"; here none may.
+//! turns in the process (`Store::write_turn`) and never meet that handler: the group
+//! commits on the writer's own thread and connection, the relay's claims and write-backs,
+//! and every other write through the pool. With the busy timeout at zero, any write that
+//! found the lock taken would fail at once with "database is locked"; here none may.
 
-use civil_registry::config::DatabaseConfig;
+mod support;
+
 use civil_registry::domain::model::{ProvinceCode, UnitCode, UnitLevel};
-use civil_registry::store::{Store, UnitInput};
+use civil_registry::store::UnitInput;
+use support::{Backend, TestApp, auth, birth};
 
 fn unit(code: &str) -> UnitInput {
     UnitInput {
@@ -20,34 +23,39 @@ fn unit(code: &str) -> UnitInput {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_and_the_pool_take_turns_instead_of_meeting_the_busy_handler() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = DatabaseConfig {
-        url: format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("civil-registry.db").display()
-        ),
-        busy_timeout_ms: 0,
-        ..DatabaseConfig::default()
-    };
-    let store = Store::connect(&cfg).await.unwrap();
-    store.migrate().await.unwrap();
-    // The group-commit writer's own connection, as `App::build` opens it.
-    let writer = store.writer(&cfg).await.unwrap();
+async fn group_commits_relay_claims_and_pool_writes_take_turns_instead_of_meeting_the_busy_handler()
+ {
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| {
+        cfg.database.busy_timeout_ms = 0;
+    })
+    .await;
+    let store = app.served_store.clone().expect("served");
+    let units_before = store.units().await.unwrap().len();
 
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..4 {
-        for (on, name) in [(writer.clone(), "writer"), (store.clone(), "pool")] {
-            tasks.spawn(async move {
-                for i in 0..40 {
-                    let code = format!("W{task}{name}{i}");
-                    on.import_units(&[unit(&code)], "test")
-                        .await
-                        .map_err(|e| format!("{name} write {i}: {e:#}"))?;
-                }
-                Ok::<_, String>(())
-            });
-        }
+        // Registrations: the writer's group commits, then the relay's write-backs.
+        let mut client = app.client().await;
+        let token = app.token("reg_c001");
+        tasks.spawn(async move {
+            for i in 0..40 {
+                client
+                    .register_birth(auth(birth(&format!("turns-{task}-{i}")), &token))
+                    .await
+                    .map_err(|e| format!("register {i}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        });
+        // Transactions through the pool.
+        let pool = store.clone();
+        tasks.spawn(async move {
+            for i in 0..40 {
+                pool.import_units(&[unit(&format!("W{task}P{i}"))], "test")
+                    .await
+                    .map_err(|e| format!("pool write {i}: {e:#}"))?;
+            }
+            Ok(())
+        });
         // The relay's claim is a single UPDATE outside any transaction.
         let pool = store.clone();
         tasks.spawn(async move {
@@ -62,6 +70,8 @@ async fn the_writer_and_the_pool_take_turns_instead_of_meeting_the_busy_handler(
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
     }
+    assert_eq!(app.count_registrations().await, 4 * 40, "every registration committed");
     let units = store.units().await.unwrap();
-    assert_eq!(units.len(), 4 * 2 * 40, "every write committed");
+    assert_eq!(units.len(), units_before + 4 * 40, "every pool write committed");
+    app.stop().await;
 }

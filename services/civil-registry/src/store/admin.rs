@@ -147,8 +147,7 @@ impl Store {
             action: "units.import",
             entity: "units".into(),
             details: serde_json::json!({ "codes": units.iter().map(|u| u.code.as_str()).collect::<Vec<_>>() }),
-        })
-        .await?;
+        });
         wtx.commit().await?;
         Ok(units.len())
     }
@@ -202,8 +201,7 @@ impl Store {
                 action: "official.create",
                 entity: format!("official/{id}"),
                 details: serde_json::json!({ "unit": unit.as_str(), "role": role.as_str() }),
-            })
-            .await?;
+            });
         }
         wtx.commit().await?;
         Ok(())
@@ -226,8 +224,7 @@ impl Store {
             action: "official.revoke",
             entity: format!("official/{id}"),
             details: serde_json::json!({}),
-        })
-        .await?;
+        });
         wtx.commit().await?;
         Ok(true)
     }

@@ -5,6 +5,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Transaction};
 
+use super::group::{Table, table};
 use super::{Store, now_ms};
 
 /// One change to record. Details hold ids and codes, never personal data, so that the log
@@ -46,52 +47,27 @@ fn link(
     hex::encode(h.finalize())
 }
 
-/// A write transaction that owns the audit chain's head until it commits. Entries are
-/// chained in memory and written with multi-row INSERTs at commit, in the same transaction.
-pub(crate) struct WriteTx {
-    pub(crate) tx: Transaction<'static, Any>,
-    /// The process's write turn (SQLite), released after `tx` ends: fields drop in order.
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+/// The audit chain as one write transaction extends it: entries are chained in memory and
+/// written at commit (`group::finish`), with the head moved to the last of them.
+#[derive(Debug)]
+pub(crate) struct AuditChain {
     seq: i64,
     hash: String,
     rows: Vec<Vec<Val>>,
-    pub(crate) backend: super::Backend,
 }
 
-impl std::fmt::Debug for WriteTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteTx")
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WriteTx {
-    pub(crate) fn new(
-        tx: Transaction<'static, Any>,
-        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-        seq: i64,
-        hash: String,
-        backend: super::Backend,
-    ) -> Self {
+impl AuditChain {
+    /// The chain continuing from the head read inside the transaction.
+    pub(crate) fn from_head(seq: i64, hash: String) -> Self {
         Self {
-            tx,
-            _turn: turn,
             seq,
             hash,
             rows: Vec::new(),
-            backend,
         }
     }
 
-    /// Appends an entry to the chain (written at commit).
-    pub(crate) async fn audit(&mut self, entry: AuditEntry) -> Result<(), sqlx::Error> {
-        self.audit_now(entry);
-        Ok(())
-    }
-
-    /// Appends an entry to the chain (written at commit).
-    pub(crate) fn audit_now(&mut self, entry: AuditEntry) {
+    /// Appends an entry (written at commit).
+    pub(crate) fn append(&mut self, entry: AuditEntry) {
         let seq = self.seq + 1;
         let at_ms = now_ms();
         let details = entry.details.to_string();
@@ -117,34 +93,71 @@ impl WriteTx {
         self.seq = seq;
     }
 
-    /// Writes the entries, moves the head and commits; returns once the commit is durable.
-    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if !self.rows.is_empty() {
-            let rows = std::mem::take(&mut self.rows);
-            insert_rows(
-                &mut self.tx,
-                self.backend,
-                "audit_log",
-                &[
-                    "seq",
-                    "at_ms",
-                    "actor",
-                    "action",
-                    "entity",
-                    "details",
-                    "prev_hash",
-                    "hash",
-                ],
-                rows,
-            )
-            .await?;
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(self.seq)
-                .bind(&self.hash)
-                .execute(&mut *self.tx)
-                .await?;
+    /// The entries appended since the last call, and the head after them.
+    pub(crate) fn take(&mut self) -> (Vec<Vec<Val>>, i64, String) {
+        (std::mem::take(&mut self.rows), self.seq, self.hash.clone())
+    }
+}
+
+/// The columns of `audit_log` in the order of [`AuditChain`]'s rows.
+pub(crate) const AUDIT_LOG: Table = table!(
+    "audit_log",
+    [
+        "seq",
+        "at_ms",
+        "actor",
+        "action",
+        "entity",
+        "details",
+        "prev_hash",
+        "hash"
+    ]
+);
+
+/// Moves the chain's head; bound as (seq, hash).
+pub(crate) const SET_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+
+/// A write transaction through the pool that owns the audit chain's head until it commits.
+pub(crate) struct WriteTx {
+    pub(crate) tx: Transaction<'static, Any>,
+    /// The process's write turn (SQLite), released after `tx` ends: fields drop in order.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    pub(crate) chain: AuditChain,
+    pub(crate) backend: super::Backend,
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTx")
+            .field("chain", &self.chain.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteTx {
+    pub(crate) fn new(
+        tx: Transaction<'static, Any>,
+        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+        seq: i64,
+        hash: String,
+        backend: super::Backend,
+    ) -> Self {
+        Self {
+            tx,
+            _turn: turn,
+            chain: AuditChain::from_head(seq, hash),
+            backend,
         }
-        self.tx.commit().await
+    }
+
+    /// Appends an entry to the chain (written at commit).
+    pub(crate) fn audit(&mut self, entry: AuditEntry) {
+        self.chain.append(entry);
+    }
+
+    /// Writes the entries, moves the head and commits; returns once the commit is durable.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        super::group::finish(self).await
     }
 }
 
@@ -155,6 +168,31 @@ pub(crate) enum Val {
     S(String),
     OS(Option<String>),
     B(Vec<u8>),
+}
+
+impl Val {
+    /// Binds the value as the query's next parameter.
+    pub(crate) fn bind_to<'q>(
+        self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+        match self {
+            Val::I(x) => query.bind(x),
+            Val::S(x) => query.bind(x),
+            Val::OS(x) => query.bind(x),
+            Val::B(x) => query.bind(x),
+        }
+    }
+
+    /// The value as `sqlite_direct` binds it (borrowed, not copied).
+    pub(crate) fn as_direct(&self) -> sqlite_direct::Value<'_> {
+        match self {
+            Val::I(x) => sqlite_direct::Value::Int(*x),
+            Val::S(x) => sqlite_direct::Value::Text(x),
+            Val::OS(x) => x.as_deref().into(),
+            Val::B(x) => sqlite_direct::Value::Blob(x),
+        }
+    }
 }
 
 /// Inserts rows with as few statements as the parameter limits allow (SQLite allows 32,766
@@ -191,12 +229,7 @@ pub(crate) async fn insert_rows(
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in rest.by_ref().take(size) {
             for v in row {
-                query = match v {
-                    Val::I(x) => query.bind(x),
-                    Val::S(x) => query.bind(x),
-                    Val::OS(x) => query.bind(x),
-                    Val::B(x) => query.bind(x),
-                };
+                query = v.bind_to(query);
             }
         }
         query.execute(&mut **tx).await?;

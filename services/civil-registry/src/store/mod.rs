@@ -6,11 +6,15 @@
 
 mod admin;
 mod audit;
+mod direct;
+mod group;
 mod outbox;
 mod registrations;
 
 pub use admin::{OfficialRow, UnitInput};
 pub use audit::{AuditEntry, VerifyReport};
+pub use direct::SqliteWriter;
+pub(crate) use group::{GroupWriter, write_group};
 pub use outbox::Completion;
 pub use registrations::{
     GroupWritten, InsertOutcome, Lease, ListFilter, NewRow, PageCursor, ReconcileRow,
@@ -137,6 +141,14 @@ pub(crate) fn piece_sizes(mut len: usize) -> Vec<usize> {
     out
 }
 
+/// SQLite's automatic checkpoint, in WAL pages: only a backstop, checkpoints run off the
+/// commit path (`Store::checkpoint`, called by a background task).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 65_536;
+/// The WAL file kept after a reset: above the size it reaches between checkpoints, so it
+/// is reused in place instead of regrown (each new block costs ext4 an allocation and a
+/// zero fill on the commit path).
+const WAL_SIZE_LIMIT_BYTES: u64 = 1 << 30;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -145,29 +157,10 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens the pool (creating the SQLite file's directory if needed). Does not migrate.
     pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
-        Self::open(cfg, false).await
+        Self::open(cfg).await
     }
 
-    /// The group-commit writer's own single SQLite connection (see `App::build`), whose
-    /// statement journals stay in memory: its statements are bounded multi-row writes,
-    /// while the readers' aggregates over a whole year may sort more than memory should
-    /// hold and keep spilling to temporary files. It takes turns with this store's writes.
-    pub async fn writer(&self, cfg: &DatabaseConfig) -> anyhow::Result<Self> {
-        let own = Self::open(
-            &DatabaseConfig {
-                max_connections: 1,
-                ..cfg.clone()
-            },
-            true,
-        )
-        .await?;
-        Ok(Self {
-            write_turn: Arc::clone(&self.write_turn),
-            ..own
-        })
-    }
-
-    async fn open(cfg: &DatabaseConfig, temp_in_memory: bool) -> anyhow::Result<Self> {
+    async fn open(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
         install_default_drivers();
         let backend = if cfg.url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -206,21 +199,16 @@ impl Store {
                         // 8 MiB of page cache per connection instead of SQLite's 2 MB: the
                         // writer otherwise re-reads index pages from the OS on every group.
                         conn.execute("PRAGMA cache_size = -8192").await?;
-                        if temp_in_memory {
-                            // Statement journals in memory, not in a temporary file
-                            // written on every statement (not part of durability: the
-                            // WAL is).
-                            conn.execute("PRAGMA temp_store = MEMORY").await?;
-                        }
-                        // Checkpoints run off the commit path (`Store::checkpoint`, called
-                        // by a background task); the automatic one is only a backstop. A
-                        // commit is durable once its WAL frames are fsynced either way.
-                        conn.execute("PRAGMA wal_autocheckpoint = 65536").await?;
-                        // The WAL file kept after a reset: above the size it reaches between
-                        // checkpoints, so it is reused in place instead of regrown (each new
-                        // block costs ext4 an allocation and a zero fill on the commit path).
-                        conn.execute("PRAGMA journal_size_limit = 1073741824")
-                            .await?;
+                        // A commit is durable once its WAL frames are fsynced, whenever
+                        // they are checkpointed.
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
+                        )))
+                        .await?;
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
+                        )))
+                        .await?;
                         conn.execute(sqlx::AssertSqlSafe(format!(
                             "PRAGMA busy_timeout = {busy_timeout_ms}"
                         )))
@@ -339,7 +327,7 @@ impl Store {
     }
 
     /// Starts a write transaction positioned on the audit chain's head.
-    async fn begin_write(&self) -> Result<audit::WriteTx, sqlx::Error> {
+    pub(crate) async fn begin_write(&self) -> Result<audit::WriteTx, sqlx::Error> {
         let (mut tx, turn) = self.begin_immediate().await?;
         if self.backend == Backend::Postgres {
             // A write transaction only looks rows up by key. Without statistics (autovacuum

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use super::audit::Val;
+use super::group::GroupTx;
 use super::{AuditEntry, Store, now_ms};
 use crate::domain::model::{PersonalIdStatus, Settlement};
 use crate::domain::population::{Outbound, OutboundKind};
@@ -133,8 +135,7 @@ impl Store {
             action: "personal_id.repaired",
             entity: format!("registration/{rid}"),
             details: serde_json::json!({}),
-        })
-        .await?;
+        });
         wtx.commit().await?;
         Ok(done > 0)
     }
@@ -182,8 +183,7 @@ impl Store {
             action: "personal_id.requeued",
             entity: format!("registration/{rid}"),
             details: serde_json::json!({ "key": key }),
-        })
-        .await?;
+        });
         wtx.commit().await?;
         Ok(true)
     }
@@ -191,14 +191,14 @@ impl Store {
 
 /// The relay's audit entry for a registration it settled, and the settlement for the
 /// waiters (woken once the transaction commits).
-fn settle(
-    wtx: &mut super::audit::WriteTx,
+fn settle<T: GroupTx>(
+    wtx: &mut T,
     settled: &mut Vec<(Uuid, Settlement)>,
     item: &Outbound,
     action: &'static str,
     settlement: Settlement,
 ) {
-    wtx.audit_now(AuditEntry {
+    wtx.chain().append(AuditEntry {
         actor: "system:relay".into(),
         action,
         entity: format!("registration/{}", item.registration_id),
@@ -207,102 +207,86 @@ fn settle(
     settled.push((item.registration_id, settlement));
 }
 
+const CANCEL_REPLACED: &str = "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) \
+    SELECT personal_id, id, $1 FROM registrations \
+    WHERE id = $2 AND issue_key = $3 AND status = 'PENDING' AND personal_id IS NOT NULL AND personal_id <> $4 \
+    ON CONFLICT (personal_id) DO NOTHING";
+const ISSUED: &str = "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, \
+    updated_at_ms = $2, rejection_reason = NULL WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'";
+const REJECTED: &str = "UPDATE registrations SET status = 'REJECTED', rejection_reason = $1, updated_at_ms = $2 \
+    WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'";
+const RETRY: &str = "UPDATE outbox SET lease_owner = NULL, lease_until_ms = 0, next_attempt_ms = $1, last_error = $2 \
+    WHERE issue_key = $3";
+
 /// [`Store::complete_outbox`] inside a caller's write transaction (the writer's group
 /// commit).
-pub(crate) async fn complete_outbox_tx(
-    wtx: &mut super::audit::WriteTx,
+pub(crate) async fn complete_outbox_tx<T: GroupTx>(
+    wtx: &mut T,
     completions: &[Completion],
 ) -> Result<Vec<(Uuid, Settlement)>, sqlx::Error> {
     let now = now_ms();
 
     let mut settled = Vec::new();
     let mut done_keys = Vec::new();
-    // First issues, the bulk of the traffic, are written back a chunk per statement.
+    // First issues, the bulk of the traffic, are written back together.
     let (first_issues, others): (Vec<&Completion>, Vec<&Completion>) =
         completions.iter().partition(
             |c| matches!(c, Completion::Issued { item, .. } if item.kind == OutboundKind::Issue),
         );
-    for chunk in super::pieces(&first_issues) {
-        let mut sql = format!(
-            "UPDATE registrations SET status = 'ISSUED', issue_time_ms = {p1}, updated_at_ms = {p2}, \
-                 rejection_reason = NULL, personal_id = v.column3 FROM (VALUES ",
-            p1 = super::param(wtx.backend, 1),
-            p2 = super::param(wtx.backend, 2),
+    let mut numbers = HashMap::new();
+    let mut issues = Vec::with_capacity(first_issues.len());
+    for completion in &first_issues {
+        if let Completion::Issued { item, personal_id } = completion {
+            let rid = item.registration_id.to_string();
+            numbers.insert(rid.clone(), (item, personal_id));
+            issues.push((rid, item.key.as_str(), personal_id.as_str()));
+            done_keys.push(item.key.clone());
+        }
+    }
+    for rid in wtx.settle_first_issues(now, &issues).await? {
+        let Some((item, personal_id)) = numbers.get(&rid) else {
+            continue;
+        };
+        settle(
+            wtx,
+            &mut settled,
+            item,
+            "personal_id.issued",
+            Settlement {
+                status: PersonalIdStatus::Issued,
+                personal_id: Some((*personal_id).clone()),
+                rejection_reason: None,
+                at_ms: now,
+            },
         );
-        let mut n = 2;
-        for (i, _) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let p: Vec<String> = (1..=3).map(|k| super::param(wtx.backend, n + k)).collect();
-            n += 3;
-            sql.push_str(&format!("({}, {}, {})", p[0], p[1], p[2]));
-        }
-        sql.push_str(
-            ") AS v WHERE registrations.id = v.column1 AND registrations.issue_key = v.column2 \
-                 AND registrations.status = 'PENDING' RETURNING id",
-        );
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(now);
-        let mut numbers = HashMap::new();
-        for completion in chunk {
-            if let Completion::Issued { item, personal_id } = completion {
-                query = query
-                    .bind(item.registration_id.to_string())
-                    .bind(item.key.clone())
-                    .bind(personal_id.clone());
-                numbers.insert(item.registration_id.to_string(), (item, personal_id));
-                done_keys.push(item.key.clone());
-            }
-        }
-        for rid in query.fetch_all(&mut *wtx.tx).await? {
-            let Some((item, personal_id)) = numbers.get(&rid) else {
-                continue;
-            };
-            settle(
-                wtx,
-                &mut settled,
-                item,
-                "personal_id.issued",
-                Settlement {
-                    status: PersonalIdStatus::Issued,
-                    personal_id: Some((*personal_id).clone()),
-                    rejection_reason: None,
-                    at_ms: now,
-                },
-            );
-        }
     }
     for completion in others {
         match completion {
             Completion::Issued { item, personal_id } => {
                 let rid = item.registration_id.to_string();
                 if item.kind == OutboundKind::Reissue {
-                    sqlx::query(
-                            "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) \
-                             SELECT personal_id, id, $1 FROM registrations \
-                             WHERE id = $2 AND issue_key = $3 AND status = 'PENDING' AND personal_id IS NOT NULL AND personal_id <> $4 \
-                             ON CONFLICT (personal_id) DO NOTHING",
-                        )
-                        .bind(now)
-                        .bind(rid.clone())
-                        .bind(item.key.clone())
-                        .bind(personal_id.clone())
-                        .execute(&mut *wtx.tx)
-                        .await?;
-                }
-                let done = sqlx::query(
-                        "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, \
-                         updated_at_ms = $2, rejection_reason = NULL WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'",
+                    wtx.execute(
+                        CANCEL_REPLACED,
+                        vec![
+                            Val::I(now),
+                            Val::S(rid.clone()),
+                            Val::S(item.key.clone()),
+                            Val::S(personal_id.clone()),
+                        ],
                     )
-                    .bind(personal_id.clone())
-                    .bind(now)
-                    .bind(rid.clone())
-                    .bind(item.key.clone())
-                    .execute(&mut *wtx.tx)
-                    .await?
-                    .rows_affected();
+                    .await?;
+                }
+                let done = wtx
+                    .execute(
+                        ISSUED,
+                        vec![
+                            Val::S(personal_id.clone()),
+                            Val::I(now),
+                            Val::S(rid),
+                            Val::S(item.key.clone()),
+                        ],
+                    )
+                    .await?;
                 if done > 0 {
                     let action = if item.kind == OutboundKind::Reissue {
                         "personal_id.reissued"
@@ -325,18 +309,17 @@ pub(crate) async fn complete_outbox_tx(
                 done_keys.push(item.key.clone());
             }
             Completion::Rejected { item, reason } => {
-                let rid = item.registration_id.to_string();
-                let done = sqlx::query(
-                        "UPDATE registrations SET status = 'REJECTED', rejection_reason = $1, updated_at_ms = $2 \
-                         WHERE id = $3 AND issue_key = $4 AND status = 'PENDING'",
+                let done = wtx
+                    .execute(
+                        REJECTED,
+                        vec![
+                            Val::S(reason.clone()),
+                            Val::I(now),
+                            Val::S(item.registration_id.to_string()),
+                            Val::S(item.key.clone()),
+                        ],
                     )
-                    .bind(reason.clone())
-                    .bind(now)
-                    .bind(rid.clone())
-                    .bind(item.key.clone())
-                    .execute(&mut *wtx.tx)
-                    .await?
-                    .rows_affected();
+                    .await?;
                 if done > 0 {
                     settle(
                         wtx,
@@ -358,26 +341,18 @@ pub(crate) async fn complete_outbox_tx(
                 next_attempt_ms,
                 error,
             } => {
-                sqlx::query(
-                        "UPDATE outbox SET lease_owner = NULL, lease_until_ms = 0, next_attempt_ms = $1, last_error = $2 \
-                         WHERE issue_key = $3",
-                    )
-                    .bind(*next_attempt_ms)
-                    .bind(error.clone())
-                    .bind(item.key.clone())
-                    .execute(&mut *wtx.tx)
-                    .await?;
+                wtx.execute(
+                    RETRY,
+                    vec![
+                        Val::I(*next_attempt_ms),
+                        Val::S(error.clone()),
+                        Val::S(item.key.clone()),
+                    ],
+                )
+                .await?;
             }
         }
     }
-    for chunk in super::pieces(&done_keys) {
-        let placeholders = super::params(wtx.backend, chunk.len());
-        let sql = format!("DELETE FROM outbox WHERE issue_key IN ({})", placeholders);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for key in chunk {
-            query = query.bind(key.clone());
-        }
-        query.execute(&mut *wtx.tx).await?;
-    }
+    wtx.delete_outbox(&done_keys).await?;
     Ok(settled)
 }

@@ -8,7 +8,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::audit::{Val, insert_rows};
+use super::audit::Val;
+use super::group::{GroupTx, Table, table};
 use super::{AuditEntry, Store, now_ms};
 use crate::domain::eligibility::{Decision, IneligibilityReason};
 use crate::domain::error::RegistryError;
@@ -178,48 +179,6 @@ pub struct ReconcileRow {
 }
 
 impl Store {
-    /// Inserts a group of registrations in ONE transaction (with their audit entries and
-    /// outbox rows), returning one outcome per row in order, and the stored registration
-    /// for rows created now. Requests already stored are answered from the database. On a
-    /// database error nothing of the group is kept.
-    pub async fn insert_registrations(
-        &self,
-        rows: &[NewRow],
-    ) -> Result<Vec<(InsertOutcome, Option<Registration>)>, sqlx::Error> {
-        let mut wtx = self.begin_write().await?;
-        let (outcomes, _) = insert_registrations_tx(&mut wtx, rows, None).await?;
-        wtx.commit().await?;
-        Ok(outcomes)
-    }
-
-    /// One group commit of the writer: registrations (their outbox rows leased to `lease`
-    /// when given) and relay outcomes, in ONE transaction. Returns the insert outcomes, the
-    /// outbox rows leased in it (to hand to the relay in memory) and what was settled.
-    pub async fn write_group(
-        &self,
-        rows: &[NewRow],
-        lease: Option<&Lease>,
-        completions: &[super::Completion],
-    ) -> Result<GroupWritten, sqlx::Error> {
-        let mut wtx = self.begin_write().await?;
-        let settled = if completions.is_empty() {
-            Vec::new()
-        } else {
-            super::outbox::complete_outbox_tx(&mut wtx, completions).await?
-        };
-        let (outcomes, leased) = if rows.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
-            insert_registrations_tx(&mut wtx, rows, lease).await?
-        };
-        wtx.commit().await?;
-        Ok(GroupWritten {
-            outcomes,
-            leased,
-            settled,
-        })
-    }
-
     /// A registration with its current unit.
     pub async fn registration(
         &self,
@@ -471,8 +430,7 @@ impl Store {
                 "request_id": correction.request_id.as_str(), "unit": target_unit.code.as_str(),
                 "status": plan.status.as_str(), "issue_key": issue_key, "reason": correction.reason.as_str(),
             }),
-        })
-        .await?;
+        });
         wtx.commit().await?;
         Ok(Ok(reissued))
     }
@@ -581,17 +539,47 @@ impl Store {
     }
 }
 
-const OUTBOX_COLUMNS: &[&str] = &[
-    "issue_key",
-    "registration_id",
-    "kind",
-    "payload",
-    "attempts",
-    "next_attempt_ms",
-    "lease_until_ms",
-    "created_at_ms",
-    "lease_owner",
-];
+/// The outbox, in the order of `outbox_row`'s values.
+pub(crate) const OUTBOX: Table = table!(
+    "outbox",
+    [
+        "issue_key",
+        "registration_id",
+        "kind",
+        "payload",
+        "attempts",
+        "next_attempt_ms",
+        "lease_until_ms",
+        "created_at_ms",
+        "lease_owner",
+    ]
+);
+
+/// The registrations, in the order of `insert_registrations_tx`'s values.
+const REGISTRATIONS: Table = table!(
+    "registrations",
+    [
+        "id",
+        "origin_unit_code",
+        "request_id",
+        "content_hash",
+        "unit_code",
+        "official_id",
+        "reg_year",
+        "registration_number",
+        "book_number",
+        "registered_on",
+        "kind",
+        "status",
+        "reasons",
+        "rule_version",
+        "issue_key",
+        "issue_generation",
+        "record",
+        "created_at_ms",
+        "updated_at_ms",
+    ]
+);
 
 /// An outbox row, due now; with `lease`, already leased to that relay (attempts = 1 and
 /// the lease taken, as a claim would have left it).
@@ -624,11 +612,8 @@ pub(crate) async fn insert_outbox(
     payload: Vec<u8>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    insert_rows(
-        &mut wtx.tx,
-        wtx.backend,
-        "outbox",
-        OUTBOX_COLUMNS,
+    wtx.insert(
+        &OUTBOX,
         vec![outbox_row(key, registration_id, kind, payload, now, None)],
     )
     .await
@@ -659,43 +644,28 @@ pub struct GroupWritten {
 
 type Inserted = (Vec<(InsertOutcome, Option<Registration>)>, Vec<Outbound>);
 
-async fn insert_registrations_tx(
-    wtx: &mut super::audit::WriteTx,
+/// Inserts a group of registrations in the caller's transaction (with their audit
+/// entries and outbox rows), returning one outcome per row in order, and the stored
+/// registration for rows created now. Requests already stored are answered from the
+/// database.
+pub(crate) async fn insert_registrations_tx<T: GroupTx>(
+    wtx: &mut T,
     rows: &[NewRow],
     lease: Option<&Lease>,
 ) -> Result<Inserted, sqlx::Error> {
     let now = now_ms();
 
-    // 1. Requests stored before (retries), found with one query per chunk.
-    let mut stored: HashMap<(String, String), (String, String)> = HashMap::new();
-    for chunk in super::pieces(rows) {
-        // By (unit, request_id) pairs, the UNIQUE index's columns: `request_id IN (...)`
-        // alone cannot use that index and scanned the whole table on every group.
-        let pairs: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "({}, {})",
-                    super::param(wtx.backend, 2 * i + 1),
-                    super::param(wtx.backend, 2 * i + 2)
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT r.origin_unit_code, r.request_id, r.id, r.content_hash FROM (VALUES {}) AS v \
-             JOIN registrations r ON r.origin_unit_code = v.column1 AND r.request_id = v.column2",
-            pairs.join(", ")
-        );
-        let mut query =
-            sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            query = query
-                .bind(row.unit.code.as_str().to_owned())
-                .bind(row.birth.request_id.as_str().to_owned());
-        }
-        for (unit, request_id, id, hash) in query.fetch_all(&mut *wtx.tx).await? {
-            stored.insert((unit, request_id), (id, hash));
-        }
-    }
+    // 1. Requests stored before (retries).
+    let keys: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|row| (row.unit.code.as_str(), row.birth.request_id.as_str()))
+        .collect();
+    let mut stored: HashMap<(String, String), (String, String)> = wtx
+        .stored_requests(&keys)
+        .await?
+        .into_iter()
+        .map(|s| ((s.unit_code, s.request_id), (s.id, s.content_hash)))
+        .collect();
     // 2. Decide each row; new rows get their number per unit and year, gapless.
     let mut outcomes: Vec<Option<InsertOutcome>> = vec![None; rows.len()];
     let mut fresh: Vec<(usize, String)> = Vec::new();
@@ -725,47 +695,15 @@ async fn insert_registrations_tx(
     let mut books: Vec<_> = per_book.into_iter().collect();
     // A fixed order of counter updates keeps concurrent writers from deadlocking.
     books.sort_by(|a, b| a.0.cmp(&b.0));
-    // One multi-row upsert per piece instead of one statement per book: a group spans
-    // dozens of books. Rows go in the sorted order above.
-    for piece in super::pieces(&books) {
-        let values: Vec<String> = (0..piece.len())
-            .map(|i| {
-                format!(
-                    "({}, {}, {})",
-                    super::param(wtx.backend, 3 * i + 1),
-                    super::param(wtx.backend, 3 * i + 2),
-                    super::param(wtx.backend, 3 * i + 3)
-                )
-            })
-            .collect();
-        let sql = format!(
-            "{} register_counters (unit_code, reg_year, last_number) VALUES {} \
-             ON CONFLICT (unit_code, reg_year) DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
-             RETURNING unit_code, reg_year, last_number",
-            super::insert_into(wtx.backend),
-            values.join(", ")
-        );
-        let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql));
-        for ((unit, year), members) in piece {
-            query = query
-                .bind(unit.clone())
-                .bind(i64::from(*year))
-                .bind(members.len() as i64);
-        }
-        let lasts: HashMap<(String, i64), i64> = query
-            .fetch_all(&mut *wtx.tx)
-            .await?
-            .into_iter()
-            .map(|(unit, year, last)| ((unit, year), last))
-            .collect();
-        for ((unit, year), members) in piece {
-            let last = *lasts
-                .get(&(unit.clone(), i64::from(*year)))
-                .ok_or_else(|| decode_err("register counter missing"))?;
-            let k = members.len() as i64;
-            for (j, i) in members.iter().enumerate() {
-                numbers.insert(*i, last - k + 1 + j as i64);
-            }
+    let counts: Vec<(&str, i64, i64)> = books
+        .iter()
+        .map(|((unit, year), members)| (unit.as_str(), i64::from(*year), members.len() as i64))
+        .collect();
+    let lasts = wtx.advance_counters(&counts).await?;
+    for ((_, members), last) in books.iter().zip(lasts) {
+        let k = members.len() as i64;
+        for (j, i) in members.iter().enumerate() {
+            numbers.insert(*i, last - k + 1 + j as i64);
         }
     }
     // 3. Registrations, outbox rows and audit entries, multi-row.
@@ -845,7 +783,7 @@ async fn insert_registrations_tx(
                 });
             }
         }
-        wtx.audit_now(AuditEntry {
+        wtx.chain().append(AuditEntry {
             actor: row.official_id.clone(),
             action: "registration.create",
             entity: format!("registration/{id}"),
@@ -857,42 +795,8 @@ async fn insert_registrations_tx(
         outcomes[i] = Some(InsertOutcome::Created(row.id));
         created.insert(i, registration);
     }
-    insert_rows(
-        &mut wtx.tx,
-        wtx.backend,
-        "registrations",
-        &[
-            "id",
-            "origin_unit_code",
-            "request_id",
-            "content_hash",
-            "unit_code",
-            "official_id",
-            "reg_year",
-            "registration_number",
-            "book_number",
-            "registered_on",
-            "kind",
-            "status",
-            "reasons",
-            "rule_version",
-            "issue_key",
-            "issue_generation",
-            "record",
-            "created_at_ms",
-            "updated_at_ms",
-        ],
-        registration_rows,
-    )
-    .await?;
-    insert_rows(
-        &mut wtx.tx,
-        wtx.backend,
-        "outbox",
-        OUTBOX_COLUMNS,
-        outbox_rows,
-    )
-    .await?;
+    wtx.insert(&REGISTRATIONS, registration_rows).await?;
+    wtx.insert(&OUTBOX, outbox_rows).await?;
     Ok((
         outcomes
             .into_iter()

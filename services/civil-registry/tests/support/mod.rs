@@ -87,6 +87,8 @@ pub struct TestApp {
     pub store: Store,
     pub cfg: Config,
     pub db_url: String,
+    /// The running service's own store (its writes take turns with the service's).
+    pub served_store: Option<Store>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pg_drop: Option<(String, String)>,
@@ -196,6 +198,7 @@ impl TestApp {
             db_url,
             shutdown: None,
             task: None,
+            served_store: None,
             pg_drop,
             _dir: dir,
         };
@@ -207,6 +210,7 @@ impl TestApp {
     pub async fn launch(&mut self) {
         let app = App::build(self.cfg.clone()).await.expect("build");
         self.addr = app.grpc_addr();
+        self.served_store = Some(app.store().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.shutdown = Some(tx);
         self.task = Some(tokio::spawn(app.serve(async move {
