@@ -538,6 +538,7 @@ async fn spawn_sqlite_writer(
                         let _ = ready_tx.send(Err(e));
                     }
                 }
+                sqlite.close().await;
             });
             drop(done_tx);
         })

@@ -92,6 +92,14 @@ impl SqliteWriter {
             turn: Arc::clone(&self.turn),
         })
     }
+
+    /// Closes the connection and waits until SQLite has closed it, so that shutting down
+    /// leaves no close half done on sqlx's thread.
+    pub(crate) async fn close(self) {
+        if let Err(e) = sqlx::Connection::close(self.conn).await {
+            tracing::warn!(error = %e, "closing the writer's connection");
+        }
+    }
 }
 
 /// The writer's connection, held for direct use.
