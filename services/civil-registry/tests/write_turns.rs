@@ -23,8 +23,7 @@ fn unit(code: &str) -> UnitInput {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commits_relay_claims_and_pool_writes_take_turns_instead_of_meeting_the_busy_handler()
- {
+async fn group_commits_relay_claims_and_pool_writes_take_turns_not_meeting_the_busy_handler() {
     let app = TestApp::start_with(Backend::Sqlite, |cfg| {
         cfg.database.busy_timeout_ms = 0;
     })
@@ -70,8 +69,16 @@ async fn group_commits_relay_claims_and_pool_writes_take_turns_instead_of_meetin
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
     }
-    assert_eq!(app.count_registrations().await, 4 * 40, "every registration committed");
+    assert_eq!(
+        app.count_registrations().await,
+        4 * 40,
+        "every registration committed"
+    );
     let units = store.units().await.unwrap();
-    assert_eq!(units.len(), units_before + 4 * 40, "every pool write committed");
+    assert_eq!(
+        units.len(),
+        units_before + 4 * 40,
+        "every pool write committed"
+    );
     app.stop().await;
 }
