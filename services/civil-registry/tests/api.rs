@@ -1000,3 +1000,16 @@ both_backends!(
     concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
     pending_numbers_survive_a_restart_of_the_civil_registry,
 );
+
+/// An in-memory SQLite register would lose every registration when the process exits.
+#[tokio::test]
+async fn an_in_memory_sqlite_register_is_refused_naming_the_key() {
+    let mut cfg = civil_registry::config::Config::default();
+    cfg.database.url = "sqlite::memory:".into();
+    let err = civil_registry::store::Store::connect(&cfg.database)
+        .await
+        .expect_err("an in-memory database was accepted");
+    let message = format!("{err:#}");
+    assert!(message.contains("database.url"), "{message}");
+    assert!(message.contains("in-memory"), "{message}");
+}

@@ -46,6 +46,7 @@ suite!(
     batch_answers_every_item_by_request_id_with_its_number_or_its_own_error,
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
+    citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
     reissue_cancels_the_old_number_links_both_and_never_reuses_it,
     reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_failed_precondition,
     validate_personal_id_decodes_the_number_and_reports_its_state,
@@ -399,6 +400,63 @@ async fn find_citizen_by_registration_finds_by_request_id_and_by_register_entry(
         .await
         .expect_err("nothing given");
     assert_eq!(empty.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+/// Rows stored before the register entry key existed have none; starting the service
+/// computes it (`store::migrate`), so FindCitizenByRegistration finds them by entry.
+async fn citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration(
+    db: TestDb,
+) {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn(&db).await;
+    let mut client = app.client.clone();
+    let mut issued = Vec::new();
+    for (request_id, name, number) in [("reg-1", "An", 7), ("reg-2", "Binh", 8)] {
+        let answer = client
+            .issue_personal_id(issue(request_id, birth(name, number)))
+            .await
+            .expect("issued")
+            .into_inner();
+        issued.push((number, answer.personal_id));
+    }
+    app.stop().await;
+
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let erased = sqlx::query("UPDATE citizens SET register_key = NULL")
+        .execute(&mut conn)
+        .await
+        .expect("erase the keys")
+        .rows_affected();
+    assert_eq!(erased, 2);
+
+    let mut app = TestApp::spawn(&db).await;
+    let missing: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM citizens WHERE register_key IS NULL")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+    assert_eq!(missing, 0, "every earlier row has its key");
+    for (number, personal_id) in issued {
+        let found = app
+            .client
+            .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+                unit_code: "HN-BD-01".into(),
+                book_number: "01/2021".into(),
+                registration_number: number,
+                ..Default::default()
+            })
+            .await
+            .expect("found by entry")
+            .into_inner()
+            .citizens;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].personal_id, personal_id);
+    }
+    conn.close().await.ok();
     app.stop().await;
 }
 

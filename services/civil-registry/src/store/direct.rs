@@ -51,11 +51,6 @@ impl Store {
         if self.backend != Backend::Sqlite {
             return Ok(None);
         }
-        anyhow::ensure!(
-            !cfg.url.contains(":memory:"),
-            "database.url: an in-memory SQLite register would lose every registration at exit; \
-             name a file"
-        );
         let options: SqliteConnectOptions = cfg.url.parse().context("database.url")?;
         let conn = sqlx::ConnectOptions::connect(
             &options

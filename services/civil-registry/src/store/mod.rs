@@ -170,6 +170,11 @@ impl Store {
             anyhow::bail!("database.url must start with sqlite: or postgres:");
         };
         if backend == Backend::Sqlite {
+            anyhow::ensure!(
+                !cfg.url.contains(":memory:"),
+                "database.url: an in-memory SQLite register would lose every registration at \
+                 exit; name a file"
+            );
             let path = cfg
                 .url
                 .trim_start_matches("sqlite://")
@@ -177,7 +182,6 @@ impl Store {
             let path = path.split('?').next().unwrap_or_default();
             if let Some(parent) = std::path::Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
-                && path != ":memory:"
             {
                 std::fs::create_dir_all(parent).with_context(|| {
                     format!("creating the database directory {}", parent.display())

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use audit::AuditReport;
 
 use crate::config::DatabaseConfig;
-use crate::domain::birth::RequestId;
+use crate::domain::birth::{RequestId, register_entry_key};
 use crate::domain::citizen::{
     Citizen, DateRange, IdState, IssuancePage, IssueRequest, Issued, ProvinceStats,
     RegistrationQuery, ReissueRequest, Reissued,
@@ -54,16 +54,24 @@ impl Backend {
 const SQLITE_INIT: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 const SQLITE_APPEND_ORDER: &str =
     include_str!("../../migrations/sqlite/0002_append_order_citizens.sql");
+const SQLITE_REGISTER_KEY: &str =
+    include_str!("../../migrations/sqlite/0003_register_entry_key.sql");
 const POSTGRES_INIT: &str = include_str!("../../migrations/postgres/0001_init.sql");
+const POSTGRES_REGISTER_KEY: &str =
+    include_str!("../../migrations/postgres/0002_register_entry_key.sql");
 
 fn migrator(backend: Backend) -> Migrator {
     let steps: &[(i64, &str, &'static str)] = match backend {
         Backend::Sqlite => &[
             (1, "init", SQLITE_INIT),
             (2, "append order citizens", SQLITE_APPEND_ORDER),
+            (3, "register entry key", SQLITE_REGISTER_KEY),
         ],
         // A PostgreSQL heap is in append order already.
-        Backend::Postgres => &[(1, "init", POSTGRES_INIT)],
+        Backend::Postgres => &[
+            (1, "init", POSTGRES_INIT),
+            (2, "register entry key", POSTGRES_REGISTER_KEY),
+        ],
     };
     Migrator {
         migrations: steps
@@ -171,11 +179,6 @@ pub async fn connect_writer(cfg: &DatabaseConfig, shared: &AnyPool) -> anyhow::R
     if Backend::of_url(&cfg.url)? != Backend::Sqlite {
         return Ok(WriterDb::Pool(shared.clone()));
     }
-    anyhow::ensure!(
-        !cfg.url.contains(":memory:"),
-        "database.url: an in-memory SQLite database would lose every number issued at exit; \
-         name a file"
-    );
     let options: SqliteConnectOptions = cfg.url.parse().context("database.url")?;
     let conn = options
         // Durability is never traded for speed: every commit is fsynced.
@@ -205,6 +208,11 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
     install_default_drivers();
     let backend = Backend::of_url(&cfg.url)?;
     if backend == Backend::Sqlite {
+        anyhow::ensure!(
+            !cfg.url.contains(":memory:"),
+            "database.url: an in-memory SQLite database would lose every number issued at \
+             exit; name a file"
+        );
         create_sqlite_dir(&cfg.url)?;
     }
     let busy = cfg.sqlite_busy_timeout_ms;
@@ -299,7 +307,7 @@ fn create_sqlite_dir(url: &str) -> anyhow::Result<()> {
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
+    if path.is_empty() {
         return Ok(());
     }
     if let Some(dir) = std::path::Path::new(path).parent()
@@ -352,13 +360,51 @@ async fn spawn_sqlite_writer(
     Ok(())
 }
 
-/// Applies the embedded migrations of the pool's backend.
+/// Applies the embedded migrations of the pool's backend, then gives the rows stored
+/// before the register entry key its value.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
     migrator(backend)
         .run(pool)
         .await
         .context("running migrations")?;
+    fill_register_keys(pool)
+        .await
+        .context("computing the register entry keys of earlier citizens")?;
     Ok(())
+}
+
+/// Rows per transaction of `fill_register_keys`.
+const REGISTER_KEY_CHUNK: i64 = 5_000;
+
+/// Sets `register_key` where it is still NULL (rows stored before migration 3 on SQLite,
+/// 2 on PostgreSQL), a chunk per transaction; idempotent, so replicas starting together
+/// may both run it.
+async fn fill_register_keys(pool: &AnyPool) -> anyhow::Result<u64> {
+    let mut filled = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT personal_id, unit_code, book_number, registration_number FROM citizens \
+             WHERE register_key IS NULL LIMIT $1",
+        )
+        .bind(REGISTER_KEY_CHUNK)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(filled);
+        }
+        for (personal_id, unit_code, book_number, registration_number) in &rows {
+            let key = register_entry_key(unit_code, book_number, *registration_number);
+            sqlx::query("UPDATE citizens SET register_key = $1 WHERE personal_id = $2")
+                .bind(key)
+                .bind(*personal_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        filled += rows.len() as u64;
+        tracing::info!(filled, "register entry keys computed for earlier citizens");
+    }
 }
 
 /// Recomputes the audit chain and reports the first broken link.
@@ -549,11 +595,18 @@ impl Store {
                     registration_number,
                 } => {
                     let sql = format!(
-                        "SELECT {} FROM citizens WHERE unit_code = $1 AND book_number = $2 \
-                         AND registration_number = $3 ORDER BY issue_time, personal_id",
+                        "SELECT {} FROM citizens WHERE register_key = $1 AND unit_code = $2 \
+                         AND book_number = $3 AND registration_number = $4 \
+                         ORDER BY issue_time, personal_id",
                         rows::CITIZEN_COLUMNS
                     );
+                    let key = register_entry_key(
+                        unit_code.as_str(),
+                        book_number.as_str(),
+                        *registration_number,
+                    );
                     let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(key)
                         .bind(unit_code.as_str().to_owned())
                         .bind(book_number.as_str().to_owned())
                         .bind(*registration_number)

@@ -31,8 +31,8 @@ pub(crate) const CITIZEN_COLUMNS: &str = "personal_id, request_id, status, issue
 pub(crate) const INSERT_COLUMNS: &str = "personal_id, request_id, content_hash, kind, status, \
     issue_time, replaces, full_name, sex, date_of_birth, pob_description, pob_province, \
     registration_province, home_town, ethnicity, nationality, father, mother, unit_code, \
-    registration_number, book_number, registration_date, dup_key";
-pub(crate) const INSERT_COLUMN_COUNT: usize = 23;
+    registration_number, book_number, registration_date, dup_key, register_key";
+pub(crate) const INSERT_COLUMN_COUNT: usize = 24;
 
 pub(crate) fn corrupt(reason: impl std::fmt::Display) -> StoreError {
     StoreError::Unexpected(anyhow::anyhow!("corrupt row: {reason}"))

@@ -152,6 +152,8 @@ pub(crate) struct RowText {
     father: Option<String>,
     mother: Option<String>,
     registration_date: String,
+    /// `RegistrationRef::entry_key`.
+    register_key: i64,
 }
 
 impl RowText {
@@ -166,6 +168,7 @@ impl RowText {
             father: rows::parent_json(&record.father),
             mother: rows::parent_json(&record.mother),
             registration_date: record.registration.registration_date.to_string(),
+            register_key: record.registration.entry_key(),
         }
     }
 }

@@ -454,7 +454,8 @@ fn insert_statement<'q>(
             .bind(reg.registration_number)
             .bind(reg.book_number.as_str().to_owned())
             .bind(r.text.registration_date.clone())
-            .bind(r.dup_key);
+            .bind(r.dup_key)
+            .bind(r.text.register_key);
     }
     q
 }

@@ -31,8 +31,8 @@ const IN_BUCKET: &str =
 const INSERT_CITIZEN: &str = "INSERT OR FAIL INTO citizens (personal_id, request_id, \
     content_hash, kind, status, issue_time, replaces, full_name, sex, date_of_birth, \
     pob_description, pob_province, registration_province, home_town, ethnicity, nationality, \
-    father, mother, unit_code, registration_number, book_number, registration_date, dup_key) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    father, mother, unit_code, registration_number, book_number, registration_date, dup_key, \
+    register_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
     ON CONFLICT (personal_id) DO NOTHING";
 const STATUS: &str = "SELECT status FROM citizens WHERE personal_id = ?";
 const CANCEL: &str =
@@ -178,7 +178,7 @@ impl WriteTx for SqliteTx<'_, '_> {
             let r = &rows_in[i];
             let (rec, text) = (r.record, r.text);
             let reg = &rec.registration;
-            let values: [Value<'_>; 23] = [
+            let values: [Value<'_>; 24] = [
                 id_i64(id).into(),
                 r.request_id.into(),
                 r.hash.as_str().into(),
@@ -202,6 +202,7 @@ impl WriteTx for SqliteTx<'_, '_> {
                 reg.book_number.as_str().into(),
                 text.registration_date.as_str().into(),
                 r.dup_key.into(),
+                text.register_key.into(),
             ];
             if self.tx.execute(INSERT_CITIZEN, &values)? == 1 {
                 inserted.insert(id);
