@@ -49,8 +49,9 @@ pub struct Store {
     /// file's write lock. SQLite's busy handler does not queue: a writer that finds the
     /// lock taken sleeps 1, 2, 5, 10 ... 100 ms between attempts however soon the lock is
     /// freed, so the group-commit writer colliding with a relay claim stalled every
-    /// registration for up to a few hundred milliseconds. Shared by the stores of one
-    /// process (`Store::writer`); other processes still meet the busy handler.
+    /// registration for up to a few hundred milliseconds. Shared with the group-commit
+    /// writer's own connection (`Store::sqlite_writer`); other processes still meet the
+    /// busy handler.
     write_turn: Arc<Mutex<()>>,
 }
 
@@ -200,8 +201,7 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // 8 MiB of page cache per connection instead of SQLite's 2 MB: the
-                        // writer otherwise re-reads index pages from the OS on every group.
+                        // 8 MiB of page cache per connection instead of SQLite's 2 MB.
                         conn.execute("PRAGMA cache_size = -8192").await?;
                         // A commit is durable once its WAL frames are fsynced, whenever
                         // they are checkpointed.
