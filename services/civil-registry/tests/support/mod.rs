@@ -208,7 +208,12 @@ impl TestApp {
 
     /// Starts (or restarts) the service on a new port.
     pub async fn launch(&mut self) {
-        let app = App::build(self.cfg.clone()).await.expect("build");
+        self.try_launch().await.expect("build");
+    }
+
+    /// [`TestApp::launch`], reporting a failed start instead of panicking.
+    pub async fn try_launch(&mut self) -> anyhow::Result<()> {
+        let app = App::build(self.cfg.clone()).await?;
         self.addr = app.grpc_addr();
         self.served_store = Some(app.store().clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -216,6 +221,7 @@ impl TestApp {
         self.task = Some(tokio::spawn(app.serve(async move {
             let _ = rx.await;
         })));
+        Ok(())
     }
 
     /// Another replica of the service on the same database and population registry.
