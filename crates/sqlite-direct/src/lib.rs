@@ -105,8 +105,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// So that code written against sqlx (`sqlx::Error::from`) reports, and classifies, this crate's errors as it
-/// does sqlx's own SQLite errors: `code()` is the extended result code, in decimal.
+/// So that code written against sqlx (`sqlx::Error::from`) reports, and classifies, this
+/// crate's errors as it does sqlx's own SQLite errors: `code()` is the extended result
+/// code, in decimal.
 impl sqlx::error::DatabaseError for Error {
     fn message(&self) -> &str {
         &self.message
@@ -359,9 +360,9 @@ impl<'c> Direct<'c> {
         let _reset = Reset(raw);
         for (i, value) in params.iter().enumerate() {
             let index = c_int::try_from(i + 1).map_err(|_| Error::misuse("parameter index"))?;
-            // SAFETY: `raw` is valid and `index` is within its parameter count. Text is
-            // Text and bytes are bound SQLITE_STATIC: SQLite reads them during the steps
-            // below, and the bindings are cleared (by `_reset`) before `params` can be dropped.
+            // SAFETY: `raw` is valid and `index` is within its parameter count. Text and
+            // bytes are bound SQLITE_STATIC: SQLite reads them during the steps below, and
+            // the bindings are cleared (by `_reset`) before `params` can be dropped.
             let rc = unsafe {
                 match *value {
                     Value::Null => ffi::sqlite3_bind_null(raw, index),

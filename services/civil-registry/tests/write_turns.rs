@@ -28,7 +28,7 @@ async fn group_commits_relay_claims_and_pool_writes_take_turns_not_meeting_the_b
     app.halt().await;
     app.cfg.database.busy_timeout_ms = 0;
     // Starting can find the file locked while the service's own connections open and
-    // migrate (about 1 start in 10 here, before any of the writes below), and with no
+    // migrate (5 starts of 60 here, before any of the writes below), and with no
     // busy timeout that start fails. The start is not what this test is about: it is
     // tried again. The writes below get no such second chance.
     let mut attempts = 0;

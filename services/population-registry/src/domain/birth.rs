@@ -372,10 +372,9 @@ impl RegistrationRef {
 /// stay together and in number order, so each book's new entries append at its own end
 /// of the index, as with the three columns it replaces, but the key is one narrow integer
 /// compared at once (a batch of a million numbers ran 9 % faster than with the three
-/// columns).
-/// A lookup checks the three columns as well, so two books that share a digest, or
-/// numbers past 2^24 (which wrap), only cost it an extra row. Stored in every row:
-/// never change the formula without a migration that recomputes it.
+/// columns). A lookup checks the three columns as well, so two books that share a
+/// digest, or numbers past 2^24 (which wrap), only cost it an extra row. Stored in every
+/// row: never change the formula without a migration that recomputes it.
 pub fn register_entry_key(unit_code: &str, book_number: &str, registration_number: i64) -> i64 {
     let mut h = Sha256::new();
     field(&mut h, unit_code);
