@@ -886,6 +886,82 @@ async fn concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain
     app.stop().await;
 }
 
+async fn a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers(
+    backend: Backend,
+) {
+    // Arrange: a register with issued numbers, put back in its shape before migration 4
+    // (a full personal-id index; on SQLite, an audit log keyed apart from its rowid).
+    let mut app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let mut registered = Vec::new();
+    for i in 0..3 {
+        let r = client
+            .register_birth(auth(birth(&format!("lc-{i}")), &app.token("reg_c001")))
+            .await
+            .unwrap()
+            .into_inner()
+            .registration
+            .unwrap();
+        registered.push(r.name);
+    }
+    let mut numbers = Vec::new();
+    for name in &registered {
+        numbers.push(app.settled("reg_c001", name).await.personal_id);
+    }
+    app.halt().await;
+    app.sql("DROP INDEX registrations_personal_id").await;
+    app.sql("CREATE UNIQUE INDEX registrations_personal_id ON registrations (personal_id)")
+        .await;
+    if backend == Backend::Sqlite {
+        app.sql(
+            "CREATE TABLE audit_log_v1 (seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, \
+             actor TEXT NOT NULL, action TEXT NOT NULL, entity TEXT NOT NULL, \
+             details TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+        )
+        .await;
+        app.sql("INSERT INTO audit_log_v1 SELECT * FROM audit_log")
+            .await;
+        app.sql("DROP TABLE audit_log").await;
+        app.sql("ALTER TABLE audit_log_v1 RENAME TO audit_log")
+            .await;
+    }
+    app.sql("DELETE FROM schema_migrations WHERE version = 4")
+        .await;
+    // Act
+    app.launch().await;
+    // Assert
+    let report = app.store.verify_audit().await.unwrap();
+    assert_eq!(report.first_broken, None);
+    assert!(report.entries >= 6, "entries kept: {}", report.entries);
+    for (name, number) in registered.iter().zip(&numbers) {
+        assert_eq!(&app.settled("reg_c001", name).await.personal_id, number);
+    }
+    let id = registered[1].trim_start_matches("birthRegistrations/");
+    let duplicate = app
+        .try_sql(&format!(
+            "UPDATE registrations SET personal_id = '{}' WHERE id = '{id}'",
+            numbers[0]
+        ))
+        .await;
+    assert!(
+        duplicate.is_err(),
+        "a second registration took a number already held"
+    );
+    if backend == Backend::Sqlite {
+        let separate_keys = app
+            .scalar(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM sqlite_master \
+                 WHERE name LIKE 'sqlite_autoindex_audit_log%'",
+            )
+            .await;
+        assert_eq!(
+            separate_keys, 0,
+            "the audit sequence is the table's own key"
+        );
+    }
+    app.stop().await;
+}
+
 async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backend) {
     // Arrange
     let mut app =
@@ -999,6 +1075,7 @@ both_backends!(
     a_registration_moved_by_a_correction_is_listed_under_its_new_unit,
     concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
     pending_numbers_survive_a_restart_of_the_civil_registry,
+    a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
 );
 
 /// An in-memory SQLite register would lose every registration when the process exits.

@@ -65,6 +65,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_registrations_moved.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_lighter_commits.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -78,6 +82,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_registrations_moved.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_lighter_commits.sql"),
     ),
 ];
 

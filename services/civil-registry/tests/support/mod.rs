@@ -275,21 +275,33 @@ impl TestApp {
 
     /// Runs raw SQL on the service's database (to plant differences).
     pub async fn sql(&self, statement: &str) {
+        self.try_sql(statement).await.expect("sql");
+    }
+
+    /// [`TestApp::sql`], reporting the database's refusal instead of panicking.
+    pub async fn try_sql(&self, statement: &str) -> Result<(), sqlx::Error> {
         let mut conn = sqlx::AnyConnection::connect(&self.db_url)
             .await
             .expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        let result = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
             .execute(&mut conn)
             .await
-            .expect("sql");
+            .map(drop);
         conn.close().await.ok();
+        result
     }
 
     pub async fn count_registrations(&self) -> i64 {
+        self.scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM registrations")
+            .await
+    }
+
+    /// The one integer a query on the service's database answers.
+    pub async fn scalar(&self, query: &str) -> i64 {
         let mut conn = sqlx::AnyConnection::connect(&self.db_url)
             .await
             .expect("connect");
-        let n: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM registrations")
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned()))
             .fetch_one(&mut conn)
             .await
             .unwrap();
