@@ -944,8 +944,12 @@ async fn a_register_from_before_the_lighter_commits_migration_keeps_its_chain_an
         ))
         .await;
     assert!(
-        duplicate.is_err(),
-        "a second registration took a number already held"
+        duplicate
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_database_error())
+            .is_some_and(|e| e.is_unique_violation()),
+        "a second registration took a number already held: {duplicate:?}"
     );
     if backend == Backend::Sqlite {
         let separate_keys = app
