@@ -613,8 +613,11 @@ impl GroupLoop {
                     owner: h.owner.clone(),
                     until_ms: now_ms() + h.lease_ms,
                 });
+            let started = std::time::Instant::now();
             match write_group(&mut writer, &rows, lease.as_ref(), &completions).await {
                 Ok(written) => {
+                    metrics::histogram!("civil_registry_write_transaction_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     waiters.notify(&written.settled);
                     for reply in completed {
                         let _ = reply.send(Ok(()));

@@ -966,6 +966,25 @@ async fn a_register_from_before_the_lighter_commits_migration_keeps_its_chain_an
     app.stop().await;
 }
 
+async fn each_group_commit_is_timed_for_operators(backend: Backend) {
+    // Arrange
+    let metrics = service_kit::metrics::handle().expect("recorder");
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    // Act
+    client
+        .register_birth(auth(birth("timed-1"), &app.token("reg_c001")))
+        .await
+        .unwrap();
+    // Assert
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("civil_registry_write_transaction_seconds"),
+        "{rendered}"
+    );
+    app.stop().await;
+}
+
 async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backend) {
     // Arrange
     let mut app =
@@ -1080,6 +1099,7 @@ both_backends!(
     concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
     pending_numbers_survive_a_restart_of_the_civil_registry,
     a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
+    each_group_commit_is_timed_for_operators,
 );
 
 /// An in-memory SQLite register would lose every registration when the process exits.
