@@ -329,8 +329,30 @@ async fn get_citizen_returns_the_stored_record_or_not_found(db: TestDb) {
     assert_eq!(citizen.request_id, "reg-1");
     let stored = citizen.birth.expect("birth");
     assert_eq!(stored.full_name, "Nguyễn Văn An", "stored in NFC");
-    assert_eq!(stored.mother.expect("mother").full_name, "Trần Thị Mẹ");
-    assert_eq!(stored.registration.expect("reg").registration_number, 1);
+    assert_eq!(stored, birth("Nguyễn Văn An", 1), "every field as sent");
+
+    // A child without a known father keeps none, and every other field.
+    let mut fatherless = birth("Lê Thị Hoa", 2);
+    fatherless.father = None;
+    fatherless.sex = pb::Sex::Female.into();
+    let issued = app
+        .client
+        .issue_personal_id(issue("reg-2", fatherless.clone()))
+        .await
+        .expect("issued")
+        .into_inner();
+    let citizen = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: issued.personal_id,
+        })
+        .await
+        .expect("found")
+        .into_inner()
+        .citizen
+        .expect("citizen");
+    assert_eq!(citizen.request_id, "reg-2");
+    assert_eq!(citizen.birth, Some(fatherless));
 
     let missing = app
         .client

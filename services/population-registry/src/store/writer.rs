@@ -116,72 +116,149 @@ pub(crate) trait WriteTx {
     async fn commit(self) -> Result<(), TxError>;
 }
 
-/// An issuance with the values its row derives from the record, computed by the caller
-/// (`PendingIssue::new`, on a server task) so that the writer's thread, the one every
-/// issuance queues for, only binds them. The caller keeps a reference to the group's
-/// items until the writer answers, so they are freed on its task too.
+/// An issuance waiting for the writer. A batch keeps tens of thousands of them in flight,
+/// so it holds only the values of its row, in one allocation, computed by the caller
+/// (`PendingIssue::new`, on a server task): the writer's thread, the one every issuance
+/// queues for, only binds them. The caller keeps a reference to the group's items until
+/// the writer answers, so they are freed on its task too.
 pub(crate) struct PendingIssue {
-    req: IssueRequest,
-    dup_key: i64,
-    text: RowText,
+    row: RowValues,
 }
 
 impl PendingIssue {
     pub(crate) fn new(req: IssueRequest) -> Self {
         Self {
-            dup_key: req.record.duplicate_key(),
-            text: RowText::of(&req.record),
-            req,
+            row: RowValues::new(req.request_id.as_str(), &req.hash, &req.record),
         }
     }
 }
 
-impl std::ops::Deref for PendingIssue {
-    type Target = IssueRequest;
-    fn deref(&self) -> &IssueRequest {
-        &self.req
-    }
+/// The text columns of a citizen row that come from the request, in `RowValues::text`.
+#[derive(Clone, Copy)]
+enum Col {
+    RequestId,
+    ContentHash,
+    FullName,
+    DateOfBirth,
+    PlaceOfBirth,
+    /// Empty when born abroad.
+    PobProvince,
+    RegistrationProvince,
+    HomeTown,
+    Ethnicity,
+    Nationality,
+    /// JSON; absent when unknown.
+    Father,
+    /// JSON; absent when unknown.
+    Mother,
+    UnitCode,
+    BookNumber,
+    RegistrationDate,
 }
 
-/// The text columns of a citizen row that are not stored as the record holds them.
-pub(crate) struct RowText {
-    date_of_birth: String,
-    /// Empty when born abroad.
-    pob_province: String,
-    registration_province: String,
-    father: Option<String>,
-    mother: Option<String>,
-    registration_date: String,
+const TEXT_COLUMNS: usize = Col::RegistrationDate as usize + 1;
+
+/// The values of a citizen row that come from the request: the text columns concatenated
+/// into one string, and the numbers the writer needs.
+pub(crate) struct RowValues {
+    text: Box<str>,
+    /// End of each column in `text`; a column starts where the previous one ends.
+    ends: [u32; TEXT_COLUMNS],
+    father_known: bool,
+    mother_known: bool,
+    sex: i64,
+    registration_number: i64,
     /// `RegistrationRef::entry_key`.
     register_key: i64,
+    /// `BirthRecord::duplicate_key`.
+    dup_key: i64,
+    bucket: BucketKey,
 }
 
-impl RowText {
-    fn of(record: &BirthRecord) -> Self {
-        Self {
-            date_of_birth: record.date_of_birth.to_string(),
-            pob_province: record
-                .place_of_birth_province
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            registration_province: record.registration_province.to_string(),
-            father: rows::parent_json(&record.father),
-            mother: rows::parent_json(&record.mother),
-            registration_date: record.registration.registration_date.to_string(),
-            register_key: record.registration.entry_key(),
+impl RowValues {
+    fn new(request_id: &str, hash: &ContentHash, record: &BirthRecord) -> Self {
+        use std::fmt::Write as _;
+        let father = rows::parent_json(&record.father);
+        let mother = rows::parent_json(&record.mother);
+        let reg = &record.registration;
+        let mut text = String::with_capacity(
+            256 + father.as_deref().map_or(0, str::len) + mother.as_deref().map_or(0, str::len),
+        );
+        let mut ends = [0u32; TEXT_COLUMNS];
+        let mut end = |text: &String, col: Col| ends[col as usize] = text.len() as u32;
+        text.push_str(request_id);
+        end(&text, Col::RequestId);
+        text.push_str(hash.as_str());
+        end(&text, Col::ContentHash);
+        text.push_str(record.full_name.as_str());
+        end(&text, Col::FullName);
+        let _ = write!(text, "{}", record.date_of_birth);
+        end(&text, Col::DateOfBirth);
+        text.push_str(record.place_of_birth.as_str());
+        end(&text, Col::PlaceOfBirth);
+        if let Some(p) = record.place_of_birth_province {
+            let _ = write!(text, "{p}");
         }
+        end(&text, Col::PobProvince);
+        let _ = write!(text, "{}", record.registration_province);
+        end(&text, Col::RegistrationProvince);
+        text.push_str(record.home_town.as_str());
+        end(&text, Col::HomeTown);
+        text.push_str(record.ethnicity.as_str());
+        end(&text, Col::Ethnicity);
+        text.push_str(record.nationality.as_str());
+        end(&text, Col::Nationality);
+        text.push_str(father.as_deref().unwrap_or_default());
+        end(&text, Col::Father);
+        text.push_str(mother.as_deref().unwrap_or_default());
+        end(&text, Col::Mother);
+        text.push_str(reg.unit_code.as_str());
+        end(&text, Col::UnitCode);
+        text.push_str(reg.book_number.as_str());
+        end(&text, Col::BookNumber);
+        let _ = write!(text, "{}", reg.registration_date);
+        end(&text, Col::RegistrationDate);
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+            father_known: father.is_some(),
+            mother_known: mother.is_some(),
+            sex: rows::sex_code(record.sex),
+            registration_number: reg.registration_number,
+            register_key: reg.entry_key(),
+            dup_key: record.duplicate_key(),
+            bucket: record.bucket(),
+        }
+    }
+
+    fn get(&self, col: Col) -> &str {
+        let i = col as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn request_id(&self) -> &str {
+        self.get(Col::RequestId)
+    }
+
+    fn hash(&self) -> &str {
+        self.get(Col::ContentHash)
+    }
+
+    fn father(&self) -> Option<&str> {
+        self.father_known.then(|| self.get(Col::Father))
+    }
+
+    fn mother(&self) -> Option<&str> {
+        self.mother_known.then(|| self.get(Col::Mother))
     }
 }
 
 /// A citizen row about to be inserted.
 pub(crate) struct NewRow<'a> {
-    request_id: &'a str,
-    hash: &'a ContentHash,
     kind: i64,
-    record: &'a BirthRecord,
-    text: &'a RowText,
+    values: &'a RowValues,
     replaces: Option<PersonalId>,
-    dup_key: i64,
 }
 
 /// An idempotency key already stored.
@@ -389,7 +466,7 @@ impl<D: WriteDb> Writer<D> {
     ) -> Result<Vec<Result<Issued, IssueError>>, TxError> {
         let policy = self.policy;
         let mut tx = self.begin().await?;
-        let ids: Vec<&str> = items.iter().map(|i| i.request_id.as_str()).collect();
+        let ids: Vec<&str> = items.iter().map(|i| i.row.request_id()).collect();
         let existing = tx.sql.existing_keys(&ids).await?;
 
         enum Plan {
@@ -401,15 +478,15 @@ impl<D: WriteDb> Writer<D> {
         let mut plans = Vec::with_capacity(items.len());
         let mut first_in_group: HashMap<&str, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
-            let rid = item.request_id.as_str();
+            let rid = item.row.request_id();
             let plan = if let Some(key) = existing.get(rid) {
-                if key.hash == item.hash.as_str() {
+                if key.hash == item.row.hash() {
                     Plan::Replay(key.personal_id, key.issue_time)
                 } else {
                     Plan::Done(IssueError::IdempotencyKeyReused)
                 }
             } else if let Some(&j) = first_in_group.get(rid) {
-                if items[j].hash == item.hash {
+                if items[j].row.hash() == item.row.hash() {
                     Plan::SameAs(j)
                 } else {
                     Plan::Done(IssueError::IdempotencyKeyReused)
@@ -425,12 +502,12 @@ impl<D: WriteDb> Writer<D> {
         let new_idx: Vec<usize> = (0..items.len())
             .filter(|&i| matches!(plans[i], Plan::New))
             .collect();
-        let buckets: Vec<BucketKey> = new_idx.iter().map(|&i| items[i].record.bucket()).collect();
+        let buckets: Vec<BucketKey> = new_idx.iter().map(|&i| items[i].row.bucket).collect();
         tx.load_buckets(&buckets).await?;
         let capacity = u64::from(policy.capacity());
         let mut to_mint = Vec::new();
         for &i in &new_idx {
-            let b = items[i].record.bucket();
+            let b = items[i].row.bucket;
             let used = tx.bucket_before[&b] + tx.bucket_delta.get(&b).copied().unwrap_or(0);
             if used >= capacity {
                 plans[i] = Plan::Done(IssueError::BucketExhausted);
@@ -441,7 +518,7 @@ impl<D: WriteDb> Writer<D> {
         }
 
         // Duplicate suspects among existing active citizens, before inserting.
-        let dup_keys: Vec<i64> = items.iter().map(|i| i.dup_key).collect();
+        let dup_keys: Vec<i64> = items.iter().map(|i| i.row.dup_key).collect();
         let unique_keys: Vec<i64> = dup_keys
             .iter()
             .copied()
@@ -453,13 +530,9 @@ impl<D: WriteDb> Writer<D> {
         let new_rows: Vec<NewRow<'_>> = to_mint
             .iter()
             .map(|&i| NewRow {
-                request_id: items[i].request_id.as_str(),
-                hash: &items[i].hash,
                 kind: rows::KIND_ISSUE,
-                record: &items[i].record,
-                text: &items[i].text,
+                values: &items[i].row,
                 replaces: None,
-                dup_key: dup_keys[i],
             })
             .collect();
         let minted = mint(policy, &mut tx, &new_rows).await?;
@@ -472,8 +545,8 @@ impl<D: WriteDb> Writer<D> {
                 action: "issue",
                 personal_id: id_i64(*id),
                 related_id: None,
-                request_id: items[i].request_id.as_str().to_owned(),
-                detail: items[i].hash.as_str().to_owned(),
+                request_id: items[i].row.request_id().to_owned(),
+                detail: items[i].row.hash().to_owned(),
             });
         }
         let now = tx.now;
@@ -601,14 +674,11 @@ impl<D: WriteDb> Writer<D> {
             return Ok(Err(ReissueError::BucketExhausted));
         }
         tx.bucket_delta.insert(bucket, 1);
+        let values = RowValues::new(req.request_id.as_str(), &req.hash, &req.record);
         let row = NewRow {
-            request_id: req.request_id.as_str(),
-            hash: &req.hash,
             kind: rows::KIND_REISSUE,
-            record: &req.record,
-            text: &RowText::of(&req.record),
+            values: &values,
             replaces: Some(req.old),
-            dup_key: req.record.duplicate_key(),
         };
         let new_id = mint(policy, &mut tx, &[row]).await?[0];
         tx.sql.cancel(req.old, new_id, tx.now).await?;
@@ -656,13 +726,13 @@ async fn mint<T: WriteTx>(
     let mut pending: Vec<usize> = (0..rows_in.len()).collect();
     let mut need: HashMap<BucketKey, usize> = HashMap::new();
     for r in rows_in {
-        *need.entry(r.record.bucket()).or_default() += 1;
+        *need.entry(r.values.bucket).or_default() += 1;
     }
     let mut round = 0;
     while !pending.is_empty() {
         let mut candidates = Vec::with_capacity(pending.len());
         for &i in &pending {
-            let b = rows_in[i].record.bucket();
+            let b = rows_in[i].values.bucket;
             let before = tx.bucket_before.get(&b).copied().unwrap_or(0);
             let enumerate =
                 round >= RANDOM_ROUNDS || policy.should_enumerate(before + need[&b] as u64);

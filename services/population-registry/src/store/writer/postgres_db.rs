@@ -12,7 +12,7 @@ use crate::domain::personal_id::{BucketKey, PersonalId};
 use super::super::audit::{Entry, chain_hash};
 use super::super::classify;
 use super::super::rows::{self, id_from_i64, id_i64};
-use super::{Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
+use super::{Col, Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
 
 /// Most rows per multi-row INSERT: 23,000 parameters for citizens, below PostgreSQL's
 /// 65,535. Few large statements keep the per-statement cost of the driver off the
@@ -232,7 +232,7 @@ impl WriteTx for PostgresTx {
             }
             let mine: HashMap<PersonalId, &str> = chunk
                 .iter()
-                .map(|&(i, id)| (id, rows_in[i].request_id))
+                .map(|&(i, id)| (id, rows_in[i].values.request_id()))
                 .collect();
             for row in q.fetch_all(&mut *self.tx).await? {
                 let id = id_from_i64(row.try_get(0)?)?;
@@ -429,33 +429,33 @@ fn insert_statement<'q>(
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (i, id) in chunk {
         let r = &rows_in[*i];
-        let rec = r.record;
-        let reg = &rec.registration;
+        let v = r.values;
+        let text = |col: Col| v.get(col).to_owned();
         q = q
             .bind(id_i64(*id))
-            .bind(r.request_id.to_owned())
-            .bind(r.hash.as_str().to_owned())
+            .bind(v.request_id().to_owned())
+            .bind(v.hash().to_owned())
             .bind(r.kind)
             .bind(rows::STATUS_ACTIVE)
             .bind(now)
             .bind(r.replaces.map(id_i64))
-            .bind(rec.full_name.as_str().to_owned())
-            .bind(rows::sex_code(rec.sex))
-            .bind(r.text.date_of_birth.clone())
-            .bind(rec.place_of_birth.as_str().to_owned())
-            .bind(r.text.pob_province.clone())
-            .bind(r.text.registration_province.clone())
-            .bind(rec.home_town.as_str().to_owned())
-            .bind(rec.ethnicity.as_str().to_owned())
-            .bind(rec.nationality.as_str().to_owned())
-            .bind(r.text.father.clone())
-            .bind(r.text.mother.clone())
-            .bind(reg.unit_code.as_str().to_owned())
-            .bind(reg.registration_number)
-            .bind(reg.book_number.as_str().to_owned())
-            .bind(r.text.registration_date.clone())
-            .bind(r.dup_key)
-            .bind(r.text.register_key);
+            .bind(text(Col::FullName))
+            .bind(v.sex)
+            .bind(text(Col::DateOfBirth))
+            .bind(text(Col::PlaceOfBirth))
+            .bind(text(Col::PobProvince))
+            .bind(text(Col::RegistrationProvince))
+            .bind(text(Col::HomeTown))
+            .bind(text(Col::Ethnicity))
+            .bind(text(Col::Nationality))
+            .bind(v.father().map(str::to_owned))
+            .bind(v.mother().map(str::to_owned))
+            .bind(text(Col::UnitCode))
+            .bind(v.registration_number)
+            .bind(text(Col::BookNumber))
+            .bind(text(Col::RegistrationDate))
+            .bind(v.dup_key)
+            .bind(v.register_key);
     }
     q
 }

@@ -14,7 +14,7 @@ use crate::domain::personal_id::{BucketKey, PersonalId};
 
 use super::super::audit::{Entry, chain_hash};
 use super::super::rows::{self, id_from_i64, id_i64};
-use super::{Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
+use super::{Col, Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
 
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 const KEY: &str =
@@ -176,33 +176,32 @@ impl WriteTx for SqliteTx<'_, '_> {
         by_number.sort_unstable_by_key(|&(_, id)| id_i64(id));
         for (i, id) in by_number {
             let r = &rows_in[i];
-            let (rec, text) = (r.record, r.text);
-            let reg = &rec.registration;
+            let v = r.values;
             let values: [Value<'_>; 24] = [
                 id_i64(id).into(),
-                r.request_id.into(),
-                r.hash.as_str().into(),
+                v.request_id().into(),
+                v.hash().into(),
                 r.kind.into(),
                 rows::STATUS_ACTIVE.into(),
                 now.into(),
                 r.replaces.map(id_i64).into(),
-                rec.full_name.as_str().into(),
-                rows::sex_code(rec.sex).into(),
-                text.date_of_birth.as_str().into(),
-                rec.place_of_birth.as_str().into(),
-                text.pob_province.as_str().into(),
-                text.registration_province.as_str().into(),
-                rec.home_town.as_str().into(),
-                rec.ethnicity.as_str().into(),
-                rec.nationality.as_str().into(),
-                text.father.as_deref().into(),
-                text.mother.as_deref().into(),
-                reg.unit_code.as_str().into(),
-                reg.registration_number.into(),
-                reg.book_number.as_str().into(),
-                text.registration_date.as_str().into(),
-                r.dup_key.into(),
-                text.register_key.into(),
+                v.get(Col::FullName).into(),
+                v.sex.into(),
+                v.get(Col::DateOfBirth).into(),
+                v.get(Col::PlaceOfBirth).into(),
+                v.get(Col::PobProvince).into(),
+                v.get(Col::RegistrationProvince).into(),
+                v.get(Col::HomeTown).into(),
+                v.get(Col::Ethnicity).into(),
+                v.get(Col::Nationality).into(),
+                v.father().into(),
+                v.mother().into(),
+                v.get(Col::UnitCode).into(),
+                v.registration_number.into(),
+                v.get(Col::BookNumber).into(),
+                v.get(Col::RegistrationDate).into(),
+                v.dup_key.into(),
+                v.register_key.into(),
             ];
             if self.tx.execute(INSERT_CITIZEN, &values)? == 1 {
                 inserted.insert(id);
