@@ -82,7 +82,7 @@ impl Default for MintingConfig {
         Self {
             bucket_capacity: 1_000_000,
             bucket_warn_percent: 80,
-            max_group_items: 16_384,
+            max_group_items: 32_768,
             post_merger_rule: PostMergerRule::Legacy,
         }
     }

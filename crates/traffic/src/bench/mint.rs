@@ -66,8 +66,9 @@ pub struct MintArgs {
     /// Concurrent BatchIssuePersonalIds streams (one HTTP/2 connection each).
     #[arg(long, default_value_t = 2)]
     pub streams: usize,
-    /// Request messages in flight per stream before waiting for an answer.
-    #[arg(long, default_value_t = 8)]
+    /// Request messages in flight per stream before waiting for an answer. Two streams of
+    /// 16 keep the registry's largest group (32,768 items) nearly full.
+    #[arg(long, default_value_t = 16)]
     pub window: usize,
     /// Skip the unary and Echo phases (batch only).
     #[arg(long)]
