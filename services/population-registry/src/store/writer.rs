@@ -181,8 +181,33 @@ impl RowValues {
         let father = rows::parent_json(&record.father);
         let mother = rows::parent_json(&record.mother);
         let reg = &record.registration;
+        // The exact length, so that the boxing below does not reallocate: two dates
+        // (`YYYY-MM-DD`) and up to two three-digit province codes are formatted in.
+        let formatted = 2 * 10
+            + 3
+            + if record.place_of_birth_province.is_some() {
+                3
+            } else {
+                0
+            };
         let mut text = String::with_capacity(
-            256 + father.as_deref().map_or(0, str::len) + mother.as_deref().map_or(0, str::len),
+            [
+                request_id,
+                hash.as_str(),
+                record.full_name.as_str(),
+                record.place_of_birth.as_str(),
+                record.home_town.as_str(),
+                record.ethnicity.as_str(),
+                record.nationality.as_str(),
+                father.as_deref().unwrap_or_default(),
+                mother.as_deref().unwrap_or_default(),
+                reg.unit_code.as_str(),
+                reg.book_number.as_str(),
+            ]
+            .iter()
+            .map(|s| s.len())
+            .sum::<usize>()
+                + formatted,
         );
         let mut ends = [0u32; TEXT_COLUMNS];
         let mut end = |text: &String, col: Col| ends[col as usize] = text.len() as u32;
@@ -218,6 +243,7 @@ impl RowValues {
         end(&text, Col::BookNumber);
         let _ = write!(text, "{}", reg.registration_date);
         end(&text, Col::RegistrationDate);
+        debug_assert_eq!(text.len(), text.capacity(), "the length computed above");
         Self {
             text: text.into_boxed_str(),
             ends,
