@@ -313,16 +313,7 @@ async fn get_citizen_returns_the_stored_record_or_not_found(db: TestDb) {
         .expect("issued")
         .into_inner();
 
-    let citizen = app
-        .client
-        .get_citizen(pb::GetCitizenRequest {
-            personal_id: issued.personal_id.clone(),
-        })
-        .await
-        .expect("found")
-        .into_inner()
-        .citizen
-        .expect("citizen");
+    let citizen = app.citizen(&issued.personal_id).await;
 
     assert_eq!(citizen.personal_id, issued.personal_id);
     assert_eq!(citizen.status, pb::CitizenStatus::Active as i32);
@@ -341,16 +332,7 @@ async fn get_citizen_returns_the_stored_record_or_not_found(db: TestDb) {
         .await
         .expect("issued")
         .into_inner();
-    let citizen = app
-        .client
-        .get_citizen(pb::GetCitizenRequest {
-            personal_id: issued.personal_id,
-        })
-        .await
-        .expect("found")
-        .into_inner()
-        .citizen
-        .expect("citizen");
+    let citizen = app.citizen(&issued.personal_id).await;
     assert_eq!(citizen.request_id, "reg-2");
     assert_eq!(citizen.birth, Some(fatherless));
 
@@ -521,29 +503,11 @@ async fn reissue_cancels_the_old_number_links_both_and_never_reuses_it(db: TestD
         .into_inner();
     assert_eq!(again.personal_id, new.personal_id);
     assert!(!again.newly_issued);
-    let old_citizen = app
-        .client
-        .get_citizen(pb::GetCitizenRequest {
-            personal_id: old.clone(),
-        })
-        .await
-        .expect("old")
-        .into_inner()
-        .citizen
-        .expect("citizen");
+    let old_citizen = app.citizen(&old).await;
     assert_eq!(old_citizen.status, pb::CitizenStatus::Cancelled as i32);
     assert_eq!(old_citizen.replaced_by, new.personal_id);
     assert!(old_citizen.cancel_time.is_some());
-    let new_citizen = app
-        .client
-        .get_citizen(pb::GetCitizenRequest {
-            personal_id: new.personal_id.clone(),
-        })
-        .await
-        .expect("new")
-        .into_inner()
-        .citizen
-        .expect("citizen");
+    let new_citizen = app.citizen(&new.personal_id).await;
     assert_eq!(new_citizen.replaces, old);
     let chain = app
         .client
@@ -872,16 +836,7 @@ async fn a_drawn_number_already_taken_is_drawn_again_and_never_given_twice(db: T
             .into_inner()
             .personal_id;
         assert!(numbers.insert(number.clone()), "{number} given twice");
-        let holder = app
-            .client
-            .get_citizen(pb::GetCitizenRequest {
-                personal_id: number.clone(),
-            })
-            .await
-            .expect("the number is stored")
-            .into_inner()
-            .citizen
-            .expect("citizen");
+        let holder = app.citizen(&number).await;
         assert_eq!(
             holder.request_id, request_id,
             "{number} belongs to this record"
@@ -927,16 +882,7 @@ async fn a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_o
         .into_iter()
         .chain((0..COUNT as usize).step_by(97));
     for i in probes {
-        let citizen = app
-            .client
-            .get_citizen(pb::GetCitizenRequest {
-                personal_id: numbers[i].clone(),
-            })
-            .await
-            .expect("found")
-            .into_inner()
-            .citizen
-            .expect("citizen");
+        let citizen = app.citizen(&numbers[i]).await;
         let birth = citizen.birth.expect("record");
         assert_eq!(birth.full_name, names[i], "number {i}");
         assert_eq!(

@@ -133,6 +133,19 @@ impl TestApp {
         }
     }
 
+    /// The stored citizen holding `personal_id`; panics when it is not found.
+    pub async fn citizen(&mut self, personal_id: &str) -> pb::Citizen {
+        self.client
+            .get_citizen(pb::GetCitizenRequest {
+                personal_id: personal_id.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("citizen {personal_id}: {e}"))
+            .into_inner()
+            .citizen
+            .expect("citizen")
+    }
+
     /// The gRPC health status of the whole server.
     pub async fn health(&self) -> i32 {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
