@@ -178,72 +178,48 @@ pub(crate) struct RowValues {
 impl RowValues {
     fn new(request_id: &str, hash: &ContentHash, record: &BirthRecord) -> Self {
         use std::fmt::Write as _;
+        fn cut(formatted: &mut String, value: &dyn std::fmt::Display) -> std::ops::Range<usize> {
+            let start = formatted.len();
+            let _ = write!(formatted, "{value}");
+            start..formatted.len()
+        }
         let father = rows::parent_json(&record.father);
         let mother = rows::parent_json(&record.mother);
         let reg = &record.registration;
-        // The exact length, so that the boxing below does not reallocate: two dates
-        // (`YYYY-MM-DD`) and up to two three-digit province codes are formatted in.
-        let formatted = 2 * 10
-            + 3
-            + if record.place_of_birth_province.is_some() {
-                3
-            } else {
-                0
-            };
-        let mut text = String::with_capacity(
-            [
-                request_id,
-                hash.as_str(),
-                record.full_name.as_str(),
-                record.place_of_birth.as_str(),
-                record.home_town.as_str(),
-                record.ethnicity.as_str(),
-                record.nationality.as_str(),
-                father.as_deref().unwrap_or_default(),
-                mother.as_deref().unwrap_or_default(),
-                reg.unit_code.as_str(),
-                reg.book_number.as_str(),
-            ]
-            .iter()
-            .map(|s| s.len())
-            .sum::<usize>()
-                + formatted,
-        );
+        // The columns formatted from numbers, in one scratch string.
+        let mut formatted = String::with_capacity(32);
+        let dob = cut(&mut formatted, &record.date_of_birth);
+        let pob_province = match record.place_of_birth_province {
+            Some(p) => cut(&mut formatted, &p),
+            None => 0..0,
+        };
+        let registration_province = cut(&mut formatted, &record.registration_province);
+        let registration_date = cut(&mut formatted, &reg.registration_date);
+        // In `Col` order.
+        let columns: [&str; TEXT_COLUMNS] = [
+            request_id,
+            hash.as_str(),
+            record.full_name.as_str(),
+            &formatted[dob],
+            record.place_of_birth.as_str(),
+            &formatted[pob_province],
+            &formatted[registration_province],
+            record.home_town.as_str(),
+            record.ethnicity.as_str(),
+            record.nationality.as_str(),
+            father.as_deref().unwrap_or_default(),
+            mother.as_deref().unwrap_or_default(),
+            reg.unit_code.as_str(),
+            reg.book_number.as_str(),
+            &formatted[registration_date],
+        ];
+        // The exact length: boxing the text then does not reallocate.
+        let mut text = String::with_capacity(columns.iter().map(|c| c.len()).sum());
         let mut ends = [0u32; TEXT_COLUMNS];
-        let mut end = |text: &String, col: Col| ends[col as usize] = text.len() as u32;
-        text.push_str(request_id);
-        end(&text, Col::RequestId);
-        text.push_str(hash.as_str());
-        end(&text, Col::ContentHash);
-        text.push_str(record.full_name.as_str());
-        end(&text, Col::FullName);
-        let _ = write!(text, "{}", record.date_of_birth);
-        end(&text, Col::DateOfBirth);
-        text.push_str(record.place_of_birth.as_str());
-        end(&text, Col::PlaceOfBirth);
-        if let Some(p) = record.place_of_birth_province {
-            let _ = write!(text, "{p}");
+        for (column, end) in columns.iter().zip(&mut ends) {
+            text.push_str(column);
+            *end = text.len() as u32;
         }
-        end(&text, Col::PobProvince);
-        let _ = write!(text, "{}", record.registration_province);
-        end(&text, Col::RegistrationProvince);
-        text.push_str(record.home_town.as_str());
-        end(&text, Col::HomeTown);
-        text.push_str(record.ethnicity.as_str());
-        end(&text, Col::Ethnicity);
-        text.push_str(record.nationality.as_str());
-        end(&text, Col::Nationality);
-        text.push_str(father.as_deref().unwrap_or_default());
-        end(&text, Col::Father);
-        text.push_str(mother.as_deref().unwrap_or_default());
-        end(&text, Col::Mother);
-        text.push_str(reg.unit_code.as_str());
-        end(&text, Col::UnitCode);
-        text.push_str(reg.book_number.as_str());
-        end(&text, Col::BookNumber);
-        let _ = write!(text, "{}", reg.registration_date);
-        end(&text, Col::RegistrationDate);
-        debug_assert_eq!(text.len(), text.capacity(), "the length computed above");
         Self {
             text: text.into_boxed_str(),
             ends,
