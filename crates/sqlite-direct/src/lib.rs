@@ -20,6 +20,10 @@ use std::ptr::NonNull;
 use libsqlite3_sys as ffi;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
+mod coalesce;
+
+pub use coalesce::{BUFFER_BYTES, wal_coalescing_vfs};
+
 /// A value bound to a statement's parameter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value<'a> {
