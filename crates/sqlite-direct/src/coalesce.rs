@@ -153,6 +153,20 @@ macro_rules! real {
     }};
 }
 
+/// Writes `$file`'s gathered bytes, then calls the default VFS's method as [`real!`] does;
+/// a failed write is answered instead.
+macro_rules! after_flush {
+    ($file:expr, $method:ident, $absent:expr $(, $arg:expr)*) => {{
+        let file = $file;
+        let rc = flush(file);
+        if rc == ffi::SQLITE_OK {
+            real!(file, $method, $absent $(, $arg)*)
+        } else {
+            rc
+        }
+    }};
+}
+
 unsafe extern "C" fn open(
     _vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -289,14 +303,16 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let file = file.cast::<File>();
     // SAFETY: SQLite's arguments for one of our open files.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        real!(file, xRead, ffi::SQLITE_IOERR_READ, buf, amount, offset)
+        after_flush!(
+            file.cast::<File>(),
+            xRead,
+            ffi::SQLITE_IOERR_READ,
+            buf,
+            amount,
+            offset
+        )
     }
 }
 
@@ -339,38 +355,31 @@ unsafe extern "C" fn write(
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let file = file.cast::<File>();
     // SAFETY: SQLite's arguments for one of our open files.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        real!(file, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, size)
+        after_flush!(
+            file.cast::<File>(),
+            xTruncate,
+            ffi::SQLITE_IOERR_TRUNCATE,
+            size
+        )
     }
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let file = file.cast::<File>();
     // SAFETY: SQLite's arguments for one of our open files.
-    unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        real!(file, xSync, ffi::SQLITE_IOERR_FSYNC, flags)
-    }
+    unsafe { after_flush!(file.cast::<File>(), xSync, ffi::SQLITE_IOERR_FSYNC, flags) }
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let file = file.cast::<File>();
     // SAFETY: SQLite's arguments for one of our open files.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        real!(file, xFileSize, ffi::SQLITE_IOERR_FSTAT, size)
+        after_flush!(
+            file.cast::<File>(),
+            xFileSize,
+            ffi::SQLITE_IOERR_FSTAT,
+            size
+        )
     }
 }
 
@@ -408,14 +417,15 @@ unsafe extern "C" fn file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let file = file.cast::<File>();
     // SAFETY: SQLite's arguments for one of our open files.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        real!(file, xFileControl, ffi::SQLITE_NOTFOUND, op, arg)
+        after_flush!(
+            file.cast::<File>(),
+            xFileControl,
+            ffi::SQLITE_NOTFOUND,
+            op,
+            arg
+        )
     }
 }
 
