@@ -243,7 +243,7 @@ pub async fn replay(
         .map(|c| BirthRegistrationServiceClient::new(c).max_decoding_message_size(16 << 20))
         .collect();
     let mut ticks = match opts.mode {
-        Mode::Rate(rate) => Some(Pacer::start(start, rate)),
+        Mode::Rate(rate) => Some(pacer(start, rate)),
         Mode::Concurrency(_) => None,
     };
     let mut i: u64 = 0;
@@ -296,33 +296,28 @@ pub async fn replay(
 }
 
 /// The open loop's clock: a thread of its own that sleeps until each request's start and
-/// hands it over. Tokio's timer rounds every sleep up to the next millisecond, which would
-/// add up to 1 ms (0.5 ms on average) of the load generator's own lateness to every
+/// hands over its scheduled instant, `rate` times a second from `start`, until the
+/// receiver is dropped. Tokio's timer rounds every sleep up to the next millisecond, which
+/// would add up to 1 ms (0.5 ms on average) of the load generator's own lateness to every
 /// latency measured from the schedule; a thread's sleep is late by tens of microseconds.
-struct Pacer;
-
-impl Pacer {
-    /// Starts ticking `rate` times a second from `start`; each tick carries its scheduled
-    /// instant. Ends when the receiver is dropped.
-    fn start(start: Instant, rate: f64) -> mpsc::Receiver<Instant> {
-        let (tx, rx) = mpsc::channel(1024);
-        let start = start.into_std();
-        std::thread::Builder::new()
-            .name("replay-pacer".into())
-            .spawn(move || {
-                for i in 0u64.. {
-                    let at = start + Duration::from_secs_f64(i as f64 / rate);
-                    if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    if tx.blocking_send(Instant::from_std(at)).is_err() {
-                        break;
-                    }
+fn pacer(start: Instant, rate: f64) -> mpsc::Receiver<Instant> {
+    let (tx, rx) = mpsc::channel(1024);
+    let start = start.into_std();
+    std::thread::Builder::new()
+        .name("replay-pacer".into())
+        .spawn(move || {
+            for i in 0u64.. {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
                 }
-            })
-            .expect("spawning the pacer thread");
-        rx
-    }
+                if tx.blocking_send(Instant::from_std(at)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the pacer thread");
+    rx
 }
 
 fn status_name(s: i32) -> String {
