@@ -22,7 +22,7 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
 
-pub use coalesce::{BUFFER_BYTES, wal_coalescing_vfs};
+pub use coalesce::wal_coalescing_vfs;
 
 /// A value bound to a statement's parameter.
 #[derive(Clone, Copy, Debug, PartialEq)]
