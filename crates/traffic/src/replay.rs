@@ -299,7 +299,8 @@ pub async fn replay(
 /// hands over its scheduled instant, `rate` times a second from `start`, until the
 /// receiver is dropped. Tokio's timer rounds every sleep up to the next millisecond, which
 /// would add up to 1 ms (0.5 ms on average) of the load generator's own lateness to every
-/// latency measured from the schedule; a thread's sleep is late by tens of microseconds.
+/// latency measured from the schedule; a thread's sleep is late by the kernel's timer slack
+/// (50 µs by default).
 fn pacer(start: Instant, rate: f64) -> mpsc::Receiver<Instant> {
     let (tx, rx) = mpsc::channel(1024);
     let start = start.into_std();
