@@ -2,7 +2,7 @@
 //! channels, and the verified client identity handlers use for authorization.
 
 use std::{
-    io::IoSlice,
+    io::{ErrorKind, IoSlice},
     path::Path,
     pin::Pin,
     sync::{Arc, Once},
@@ -11,15 +11,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use hyper_util::rt::TokioIo;
 use rustls::{
     RootCertStore,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
     server::WebPkiClientVerifier,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tonic::transport::{Certificate, Channel, Endpoint, Identity, server::Connected};
+use tonic::transport::{Channel, Endpoint, server::Connected};
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
 use crate::config::{ClientTlsConfig, ServerTlsConfig};
@@ -188,8 +189,9 @@ impl AsyncWrite for TlsConnection {
 /// A channel to `uri`: `https://host:port` with TLS (CA from `tls.ca_file`, client
 /// certificate for mTLS when `cert_file` and `key_file` are set), `http://` only with
 /// `tls.insecure_plaintext`. Connects lazily, so it can be built before the peer is up;
-/// `connect_timeout` bounds each connection attempt (the TCP connect and the TLS handshake
-/// each); HTTP/2 keepalive detects dead peers.
+/// `connect_timeout` bounds each connection attempt, the TCP connect and the TLS handshake
+/// together: a peer (or middlebox) that accepts the connection and never answers would
+/// otherwise hold the channel's only attempt for ever. HTTP/2 keepalive detects dead peers.
 pub fn client_channel(
     uri: &str,
     tls: &ClientTlsConfig,
@@ -203,49 +205,184 @@ pub fn client_channel(
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_string();
-    let endpoint = match (scheme.as_str(), tls.insecure_plaintext) {
+    match (scheme.as_str(), tls.insecure_plaintext) {
         ("http", true) => {
             tracing::warn!(
                 uri,
                 "TLS is off for this client: plaintext gRPC (insecure_plaintext)"
             );
-            endpoint
+            Ok(endpoint.connect_lazy())
         }
         ("http", false) => {
             bail!("{uri}: plaintext http:// needs tls.insecure_plaintext = true; use https://")
         }
         ("https", true) => bail!("{uri}: https:// contradicts tls.insecure_plaintext = true"),
-        // The handshake gets its own bound: a peer (or middlebox) that accepts the TCP
-        // connection and never answers would otherwise hold the channel's only connection
-        // attempt for ever, and the channel would never become ready again.
-        ("https", false) => endpoint.tls_config(client_tls(tls)?.timeout(connect_timeout))?,
+        ("https", false) => Ok(endpoint.connect_with_connector_lazy(client_connector(tls)?)),
         (other, _) => bail!("{uri}: unsupported scheme {other:?} (use https:// or http://)"),
-    };
-    Ok(endpoint.connect_lazy())
+    }
 }
 
-fn client_tls(tls: &ClientTlsConfig) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
-    install_crypto_provider();
+fn client_connector(tls: &ClientTlsConfig) -> anyhow::Result<TlsConnector> {
     let ca_file = tls
         .ca_file
         .as_deref()
         .context("tls.ca_file is required for https:// (the CA that signed the server)")?;
-    let mut config = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(ca_file, "tls.ca_file")?));
-    match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            config = config.identity(Identity::from_pem(
-                read(cert, "tls.cert_file")?,
-                read(key, "tls.key_file")?,
-            ));
-        }
-        (None, None) => {}
+    let ca = read(ca_file, "tls.ca_file")?;
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some((read(cert, "tls.cert_file")?, read(key, "tls.key_file")?)),
+        (None, None) => None,
         _ => bail!("tls.cert_file and tls.key_file must be set together"),
+    };
+    TlsConnector::from_pem(
+        &ca,
+        identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
+        tls.server_name.as_deref(),
+    )
+    .context("client TLS (tls.ca_file, tls.cert_file, tls.key_file, tls.server_name)")
+}
+
+/// Opens the TCP and TLS connections of an `https://` channel
+/// (`Endpoint::connect_with_connector`): rustls with the ring provider, ALPN `h2`, the
+/// server's certificate verified against the given CA under the URI's host (or a fixed
+/// server name), and a client certificate presented when one is given (mTLS). It exists,
+/// rather than tonic's own TLS, so that the connection can report non-vectored writes
+/// ([`ClientTlsConnection`]).
+#[derive(Clone)]
+pub struct TlsConnector {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
     }
-    if let Some(server_name) = &tls.server_name {
-        config = config.domain_name(server_name.clone());
+}
+
+impl TlsConnector {
+    /// From PEM: the CA certificates that may sign the server's certificate, the client's
+    /// certificate chain and key (mTLS), and the name the server's certificate must carry
+    /// when it is not the URI's host.
+    pub fn from_pem(
+        ca: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        server_name: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            roots
+                .add(cert.context("CA: not a PEM certificate")?)
+                .context("CA: unusable certificate")?;
+        }
+        if roots.is_empty() {
+            bail!("CA: no certificate in the PEM");
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("client certificate: not a PEM certificate chain")?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .context("client key: not a PEM private key")?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .context("the client key does not match the client certificate")?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .with_context(|| format!("server name {name:?} is not a DNS name or address"))
+            })
+            .transpose()?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
     }
-    Ok(config)
+}
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<ClientTlsConnection>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = self.connector.clone();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let invalid = |message: String| std::io::Error::new(ErrorKind::InvalidInput, message);
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid(format!("{uri}: no host")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = match server_name {
+                Some(name) => name,
+                None => ServerName::try_from(host.clone())
+                    .map_err(|e| invalid(format!("{host}: {e}")))?,
+            };
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok(TokioIo::new(ClientTlsConnection { stream }))
+        })
+    }
+}
+
+/// A client-side TLS connection of [`TlsConnector`].
+#[derive(Debug)]
+pub struct ClientTlsConnection {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl AsyncRead for ClientTlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientTlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    /// Not vectored, for the reason [`TlsConnection::is_write_vectored`] gives: a request's
+    /// message and its end of stream then leave in one write, after the headers.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// How long a client may take to complete the TLS handshake.

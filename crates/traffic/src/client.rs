@@ -1,15 +1,17 @@
 //! gRPC channels and bearer tokens for talking to the deployed services.
 //!
-//! The traffic tool builds its channels with tonic directly (not service-kit's
-//! `client_channel`): it needs several eager HTTP/2 connections to the same target so that
-//! one connection's flow control and one TLS session's CPU do not cap the replay.
+//! The traffic tool builds its channels from tonic's `Endpoint` and the service kit's TLS
+//! connector rather than the kit's `client_channel`: it needs several eager HTTP/2
+//! connections to the same target so that one connection's flow control and one TLS
+//! session's CPU do not cap the replay.
 
 use anyhow::{Context as _, bail};
+use service_kit::tls::TlsConnector;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// TLS settings of a client connection.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -31,42 +33,67 @@ pub struct ClientTls {
     pub insecure: bool,
 }
 
-/// An endpoint for `target` (`host:port`, `https://host:port` or, with `insecure`,
-/// `http://host:port`).
-pub fn endpoint(target: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
-    let uri = if target.contains("://") {
-        target.to_owned()
-    } else if tls.insecure {
-        format!("http://{target}")
-    } else {
-        format!("https://{target}")
-    };
-    if uri.starts_with("http://") && !tls.insecure {
-        bail!("{uri}: plaintext needs --insecure");
+/// Where and how to connect: the endpoint of `host:port`, `https://host:port` or, with
+/// `insecure`, `http://host:port`, and for `https://` its TLS connector (the service kit's,
+/// which sends a request's message and end of stream in one write).
+#[derive(Debug, Clone)]
+pub struct Target {
+    endpoint: Endpoint,
+    tls: Option<TlsConnector>,
+}
+
+impl Target {
+    pub fn new(target: &str, tls: &ClientTls) -> anyhow::Result<Self> {
+        let uri = if target.contains("://") {
+            target.to_owned()
+        } else if tls.insecure {
+            format!("http://{target}")
+        } else {
+            format!("https://{target}")
+        };
+        if uri.starts_with("http://") && !tls.insecure {
+            bail!("{uri}: plaintext needs --insecure");
+        }
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("bad target {uri}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let tls = if uri.starts_with("https://") {
+            let ca = read(tls.ca_file.as_deref().context("https needs --ca")?)?;
+            let identity = match (&tls.cert_file, &tls.key_file) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                (None, None) => None,
+                _ => bail!("--cert and --key go together"),
+            };
+            Some(TlsConnector::from_pem(
+                &ca,
+                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                tls.server_name.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { endpoint, tls })
     }
-    let mut ep = Endpoint::from_shared(uri.clone())
-        .with_context(|| format!("bad target {uri}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    if uri.starts_with("https://") {
-        let mut cfg = ClientTlsConfig::new();
-        if let Some(ca) = &tls.ca_file {
-            cfg = cfg.ca_certificate(Certificate::from_pem(read(ca)?));
+
+    /// A channel connected now.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
+            None => self.endpoint.connect().await,
         }
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(read(c)?, read(k)?)),
-            (None, None) => {}
-            _ => bail!("--cert and --key go together"),
-        }
-        if let Some(name) = &tls.server_name {
-            cfg = cfg.domain_name(name.clone());
-        }
-        ep = ep.tls_config(cfg)?;
     }
-    Ok(ep)
+
+    /// A channel that connects on first use (and again after the peer restarts).
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.clone()),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
 }
 
 fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
@@ -79,11 +106,12 @@ pub async fn connect_channels(
     tls: &ClientTls,
     n: usize,
 ) -> anyhow::Result<Vec<Channel>> {
-    let ep = endpoint(target, tls)?;
+    let target_of = Target::new(target, tls)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         out.push(
-            ep.connect()
+            target_of
+                .connect()
                 .await
                 .with_context(|| format!("connecting to {target}"))?,
         );

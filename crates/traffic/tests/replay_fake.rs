@@ -241,23 +241,22 @@ async fn the_throwaway_ca_gives_working_mtls_between_server_and_replayer() {
     // Arrange: a server requiring client certificates of the throwaway CA.
     let dir = tempfile::tempdir().unwrap();
     let certs = traffic::stack::Certs::create(&dir.path().join("tls")).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            read(&certs.server_cert),
-            read(&certs.server_key),
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(read(&certs.ca)));
-    let incoming =
-        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = incoming.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()))
-            .serve_with_incoming(incoming),
-    );
+    let config = service_kit::ServerConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: service_kit::ServerTlsConfig {
+            insecure_plaintext: false,
+            cert_file: Some(certs.server_cert.clone()),
+            key_file: Some(certs.server_key.clone()),
+            client_ca_file: Some(certs.ca.clone()),
+        },
+        ..service_kit::ServerConfig::default()
+    };
+    let server = service_kit::GrpcServer::bind(&config, contracts::FILE_DESCRIPTOR_SET)
+        .await
+        .unwrap()
+        .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()));
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
     let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
     let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
     let mut tokens = Tokens::default();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use contracts::moj::civilstatus::v1 as cpb;
 use contracts::moj::civilstatus::v1::birth_registration_service_client::BirthRegistrationServiceClient;
 use tonic::transport::Channel;
-use traffic::client::{ClientTls, Tokens, authorized, endpoint};
+use traffic::client::{ClientTls, Target, Tokens, authorized};
 use traffic::generate::{Outputs, generate_files};
 use traffic::profile::{Plan, ProfileName};
 use traffic::replay::{Mode, Outcome, ReplayOptions, ReplayReport, replay};
@@ -110,7 +110,7 @@ impl Fleet {
     /// `n` lazily connected channels to `uri` (each its own connection; they reconnect
     /// after the service restarts on the same address).
     pub fn channels(&self, uri: &str, n: usize) -> Vec<Channel> {
-        let ep = endpoint(uri, &self.tls()).expect("endpoint");
+        let ep = Target::new(uri, &self.tls()).expect("endpoint");
         (0..n).map(|_| ep.connect_lazy()).collect()
     }
 

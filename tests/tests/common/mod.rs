@@ -12,7 +12,7 @@ use contracts::moj::civilstatus::v1 as cpb;
 use contracts::moj::civilstatus::v1::birth_registration_service_client::BirthRegistrationServiceClient;
 use contracts::mps::population::v1 as ppb;
 use contracts::mps::population::v1::population_registry_service_client::PopulationRegistryServiceClient;
-use traffic::client::{ClientTls, Tokens, authorized, endpoint};
+use traffic::client::{ClientTls, Target, Tokens, authorized};
 use traffic::profile::{Level, Plan, ProfileName};
 use traffic::stack::{Build, Certs, SUPERVISOR_ID, Stack, locate_binaries};
 
@@ -102,7 +102,7 @@ impl World {
 
     /// A population-registry client presenting `cert` (connects lazily).
     pub fn population(&self, cert: Cert) -> Population {
-        let ep = endpoint(&self.stack.population.uri(), &self.tls(cert)).expect("endpoint");
+        let ep = Target::new(&self.stack.population.uri(), &self.tls(cert)).expect("endpoint");
         PopulationRegistryServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
@@ -110,7 +110,7 @@ impl World {
 
     /// A civil-registry client (officials authenticate by token, not certificate).
     pub fn civil(&self) -> Civil {
-        let ep = endpoint(&self.stack.civil.uri(), &self.tls(Cert::None)).expect("endpoint");
+        let ep = Target::new(&self.stack.civil.uri(), &self.tls(Cert::None)).expect("endpoint");
         BirthRegistrationServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
