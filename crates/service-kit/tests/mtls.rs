@@ -244,3 +244,45 @@ async fn with_mtls_the_plaintext_probe_listener_answers_health_and_nothing_else(
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_handshake_fails_the_call_at_the_connect_timeout() {
+    // Arrange: a listener that accepts connections and never says a word.
+    let ca = TestCa::new("trusted").expect("CA");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let channel = service_kit::tls::client_channel(
+        &format!("https://localhost:{}", addr.port()),
+        &client_tls(&ca, None),
+        Duration::from_millis(300),
+    )
+    .expect("channel config is valid");
+    let mut request = tonic::Request::new(EchoRequest::default());
+    request.set_timeout(Duration::from_secs(10));
+
+    // Act
+    let started = std::time::Instant::now();
+    let status = EchoServiceClient::new(channel)
+        .echo(request)
+        .await
+        .expect_err("nothing answers");
+    let elapsed = started.elapsed();
+    held.abort();
+
+    // Assert: bounded by the connect timeout (a transport error that callers retry), not
+    // by the call's 10 s deadline.
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(
+        std::error::Error::source(&status).is_some(),
+        "a transport error: {status:?}"
+    );
+    assert_ne!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}
