@@ -248,18 +248,16 @@ pub async fn replay(
     };
     let mut i: u64 = 0;
     while let Some(item) = rx.recv().await {
-        let scheduled = match &mut ticks {
-            Some(ticks) => ticks.recv().await.context("the pacer stopped")?,
-            None => Instant::now(),
+        // Open loop: the instant it was due; closed loop: when a permit lets it go.
+        let due = match &mut ticks {
+            Some(ticks) => Some(ticks.recv().await.context("the pacer stopped")?),
+            None => None,
         };
         let permit = Arc::clone(&sem)
             .acquire_owned()
             .await
             .context("semaphore closed")?;
-        let scheduled = match opts.mode {
-            Mode::Rate(_) => scheduled,
-            Mode::Concurrency(_) => Instant::now(),
-        };
+        let scheduled = due.unwrap_or_else(Instant::now);
         let client = clients[(i as usize) % clients.len()].clone();
         let ev_tx = ev_tx.clone();
         let retries = opts.retries;
