@@ -240,20 +240,13 @@ fn client_connector(tls: &ClientTlsConfig) -> anyhow::Result<TlsConnector> {
         .ca_file
         .as_deref()
         .context("tls.ca_file is required for https:// (the CA that signed the server)")?;
-    let ca = read(ca_file, "tls.ca_file")?;
     let identity = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => Some((read(cert, "tls.cert_file")?, read(key, "tls.key_file")?)),
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         (None, None) => None,
         _ => bail!("tls.cert_file and tls.key_file must be set together"),
     };
-    TlsConnector::from_pem(
-        &ca,
-        identity
-            .as_ref()
-            .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
-        tls.server_name.as_deref(),
-    )
-    .context("client TLS (tls.ca_file, tls.cert_file, tls.key_file, tls.server_name)")
+    TlsConnector::from_files(ca_file, identity, tls.server_name.as_deref())
+        .context("client TLS (tls.ca_file, tls.cert_file, tls.key_file, tls.server_name)")
 }
 
 /// Opens the TCP and TLS connections of an `https://` channel
@@ -277,17 +270,25 @@ impl std::fmt::Debug for TlsConnector {
 }
 
 impl TlsConnector {
-    /// From PEM: the CA certificates that may sign the server's certificate, the client's
-    /// certificate chain and key (mTLS), and the name the server's certificate must carry
-    /// when it is not the URI's host.
-    pub fn from_pem(
-        ca: &[u8],
-        identity: Option<(&[u8], &[u8])>,
+    /// From PEM files: the CA certificates that may sign the server's certificate, the
+    /// client's certificate chain and key (mTLS), and the name the server's certificate
+    /// must carry when it is not the URI's host.
+    pub fn from_files(
+        ca_file: &Path,
+        identity_files: Option<(&Path, &Path)>,
         server_name: Option<&str>,
     ) -> anyhow::Result<Self> {
+        let pem = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let ca = pem(ca_file)?;
+        let identity = match identity_files {
+            Some((cert, key)) => Some((pem(cert)?, pem(key)?)),
+            None => None,
+        };
         install_crypto_provider();
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca) {
+        for cert in CertificateDer::pem_slice_iter(&ca) {
             roots
                 .add(cert.context("CA: not a PEM certificate")?)
                 .context("CA: unusable certificate")?;
@@ -298,10 +299,10 @@ impl TlsConnector {
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let mut config = match identity {
             Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert)
+                let chain = CertificateDer::pem_slice_iter(&cert)
                     .collect::<Result<Vec<_>, _>>()
                     .context("client certificate: not a PEM certificate chain")?;
-                let key = PrivateKeyDer::from_pem_slice(key)
+                let key = PrivateKeyDer::from_pem_slice(&key)
                     .context("client key: not a PEM private key")?;
                 builder
                     .with_client_auth_cert(chain, key)

@@ -62,15 +62,15 @@ impl Target {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let tls = if uri.starts_with("https://") {
-            let ca = read(tls.ca_file.as_deref().context("https needs --ca")?)?;
+            let ca = tls.ca_file.as_deref().context("https needs --ca")?;
             let identity = match (&tls.cert_file, &tls.key_file) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
                 (None, None) => None,
                 _ => bail!("--cert and --key go together"),
             };
-            Some(TlsConnector::from_pem(
-                &ca,
-                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            Some(TlsConnector::from_files(
+                ca,
+                identity,
                 tls.server_name.as_deref(),
             )?)
         } else {
@@ -96,21 +96,17 @@ impl Target {
     }
 }
 
-fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-}
-
 /// `n` separately connected channels (each its own HTTP/2 connection).
 pub async fn connect_channels(
     target: &str,
     tls: &ClientTls,
     n: usize,
 ) -> anyhow::Result<Vec<Channel>> {
-    let target_of = Target::new(target, tls)?;
+    let destination = Target::new(target, tls)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         out.push(
-            target_of
+            destination
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {target}"))?,
