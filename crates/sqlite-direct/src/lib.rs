@@ -21,8 +21,10 @@ use libsqlite3_sys as ffi;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
+mod page_cache;
 
 pub use coalesce::wal_coalescing_vfs;
+pub use page_cache::{install_page_cache, parked_pages};
 
 /// A value bound to a statement's parameter.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -496,6 +498,16 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    #[tokio::test]
+    async fn the_page_cache_cannot_be_installed_once_sqlite_has_started() {
+        // No test of this process installs it, and this one starts SQLite first.
+        let dir = tempfile::tempdir().unwrap();
+        let _conn = connection(&dir).await;
+        let refused = install_page_cache().unwrap_err();
+        assert_eq!(refused.primary_code(), ffi::SQLITE_MISUSE);
+        assert_eq!(install_page_cache(), Err(refused), "the first answer stands");
     }
 
     #[tokio::test]

@@ -14,6 +14,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    // Before anything opens a database: SQLite takes its page cache when it starts.
+    if let Err(e) = sqlite_direct::install_page_cache() {
+        eprintln!("civil-registry: SQLite keeps its default page cache: {e}");
+    }
     let cli = Cli::parse();
     let cfg: Config = service_kit::config::load_or_exit(ENV_PREFIX, cli.config.as_deref());
     let mut telemetry = match service_kit::telemetry::init("civil-registry", &cfg.telemetry) {

@@ -7,6 +7,10 @@ use population_registry::cli::{self, Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before anything opens a database: SQLite takes its page cache when it starts.
+    if let Err(e) = sqlite_direct::install_page_cache() {
+        eprintln!("population-registry: SQLite keeps its default page cache: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve => cli::serve(cli.config).await,
