@@ -139,7 +139,11 @@ impl App {
             stop_rx.clone(),
         ));
         let metrics_task = tokio::spawn(sample_metrics(store.clone(), stop_rx.clone()));
-        let checkpoint_task = tokio::spawn(checkpoints(store.clone(), stop_rx));
+        let checkpoint_task = tokio::spawn(checkpoints(
+            store.clone(),
+            Duration::from_millis(cfg.database.checkpoint_interval_ms.max(10)),
+            stop_rx,
+        ));
         let result = server
             .serve(async move {
                 shutdown.await;
@@ -205,11 +209,11 @@ async fn watch_database(
     }
 }
 
-/// Background WAL checkpoints (SQLite), every 250 ms.
-async fn checkpoints(store: Store, mut stop: watch::Receiver<bool>) {
+/// Background WAL checkpoints (SQLite), every `period`.
+async fn checkpoints(store: Store, period: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(period) => {}
             _ = stop.changed() => return,
         }
         if let Err(e) = store.checkpoint().await {

@@ -62,6 +62,10 @@ pub struct DatabaseConfig {
     pub busy_timeout_ms: u64,
     /// How often health checks the database.
     pub health_check_interval_ms: u64,
+    /// SQLite: period of the background checkpoint that copies committed WAL pages into
+    /// the database file. Shorter keeps each round's write burst small; longer copies a
+    /// page that many commits rewrote once.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -72,6 +76,7 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: 5_000,
             busy_timeout_ms: 10_000,
             health_check_interval_ms: 2_000,
+            checkpoint_interval_ms: 250,
         }
     }
 }
