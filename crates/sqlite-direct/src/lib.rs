@@ -507,7 +507,11 @@ mod tests {
         let _conn = connection(&dir).await;
         let refused = install_page_cache().unwrap_err();
         assert_eq!(refused.primary_code(), ffi::SQLITE_MISUSE);
-        assert_eq!(install_page_cache(), Err(refused), "the first answer stands");
+        assert_eq!(
+            install_page_cache(),
+            Err(refused),
+            "the first answer stands"
+        );
     }
 
     #[tokio::test]

@@ -129,7 +129,10 @@ fn install() -> Result<(), Error> {
 }
 
 fn default_methods() -> &'static ffi::sqlite3_pcache_methods2 {
-    &DEFAULT.get().expect("installed before any cache is created").0
+    &DEFAULT
+        .get()
+        .expect("installed before any cache is created")
+        .0
 }
 
 /// One cache: the default cache's, and the key bookkeeping around it. SQLite calls a
@@ -194,7 +197,9 @@ unsafe extern "C" fn create(
 unsafe extern "C" fn cachesize(p: *mut ffi::sqlite3_pcache, pages: c_int) {
     // SAFETY: SQLite's own cache, per the method's contract.
     let cache = unsafe { cache(p) };
-    let f = default_methods().xCachesize.expect("the default cache has it");
+    let f = default_methods()
+        .xCachesize
+        .expect("the default cache has it");
     // SAFETY: the default cache's own handle.
     unsafe { f(cache.inner, pages) }
 }
@@ -202,7 +207,9 @@ unsafe extern "C" fn cachesize(p: *mut ffi::sqlite3_pcache, pages: c_int) {
 unsafe extern "C" fn pagecount(p: *mut ffi::sqlite3_pcache) -> c_int {
     // SAFETY: as above.
     let cache = unsafe { cache(p) };
-    let f = default_methods().xPagecount.expect("the default cache has it");
+    let f = default_methods()
+        .xPagecount
+        .expect("the default cache has it");
     // SAFETY: the default cache's own handle.
     unsafe { f(cache.inner) }
 }

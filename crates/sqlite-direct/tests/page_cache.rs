@@ -30,7 +30,9 @@ const PER_COMMIT: u64 = 50;
 async fn rebalances_park_pages_under_a_translated_key_and_the_database_stays_whole() {
     sqlite_direct::install_page_cache().expect("installed before SQLite starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = SqliteConnection::connect_with(&options(&dir)).await.unwrap();
+    let mut conn = SqliteConnection::connect_with(&options(&dir))
+        .await
+        .unwrap();
     sqlx::query("PRAGMA cache_size = -16384")
         .execute(&mut conn)
         .await
@@ -61,7 +63,9 @@ async fn rebalances_park_pages_under_a_translated_key_and_the_database_stays_who
     conn.close().await.unwrap();
 
     // A fresh cache reads what the first one wrote.
-    let mut conn = SqliteConnection::connect_with(&options(&dir)).await.unwrap();
+    let mut conn = SqliteConnection::connect_with(&options(&dir))
+        .await
+        .unwrap();
     assert_whole(&mut conn).await;
 }
 
