@@ -1041,14 +1041,17 @@ async fn two_replicas_relay_together_and_send_every_row_once(backend: Backend) {
 }
 
 async fn a_token_revoked_while_in_use_is_refused_once_the_token_cache_expires(backend: Backend) {
-    // Arrange: a short cache, and an official whose token has just been used.
-    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 300).await;
+    // Arrange: a short cache, and an official whose token has just been used. The window
+    // is wide enough for the revocation and the next call on a loaded machine (at 300 ms a
+    // busy CI host once let the entry expire before the second call).
+    const CACHE_MS: u64 = 2_000;
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = CACHE_MS).await;
     register(&app, "reg_c001", birth("c-1")).await.unwrap();
 
     // Act: revoke the account in the database, as `admin officials revoke` does.
     assert!(app.store.revoke_official("reg_c001", "test").await.unwrap());
     let within_cache = register(&app, "reg_c001", birth("c-2")).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(CACHE_MS + 100)).await;
     let after_cache = register(&app, "reg_c001", birth("c-3")).await.unwrap_err();
 
     // Assert: trusted only until the entry expires, then refused with the contract reason.
