@@ -1,7 +1,7 @@
 //! Drawing the six random digits: uniform over a bucket's free suffixes,
 //! from a cryptographically secure generator, never looping on a full bucket.
 
-use std::collections::HashSet;
+use foldhash::HashSet;
 
 use rand::RngExt;
 
@@ -107,7 +107,7 @@ mod tests {
     fn draws_cover_the_whole_range_uniformly_enough() {
         let mut counts = [0u32; 10];
         for _ in 0..10_000 {
-            counts[draw(10, &HashSet::new()) as usize] += 1;
+            counts[draw(10, &HashSet::default()) as usize] += 1;
         }
         assert!(
             counts.iter().all(|&c| (800..1200).contains(&c)),

@@ -3,13 +3,13 @@
 //! transaction locks the audit chain's head row (`FOR UPDATE`), which serialises the
 //! writers of every replica sharing the database.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 
 use crate::domain::personal_id::{BucketKey, PersonalId};
 
-use super::super::audit::{Entry, chain_hash};
+use super::super::audit::{Chainer, Entry};
 use super::super::classify;
 use super::super::rows::{self, id_from_i64, id_i64};
 use super::{Col, Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
@@ -399,8 +399,9 @@ fn audit_statement<'q>(
         placeholders(chunk.len(), 9)
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut chainer = Chainer::default();
     for e in chunk {
-        let hash = chain_hash(prev, e);
+        let hash = chainer.hash(prev, e);
         q = q
             .bind(e.seq)
             .bind(e.at_micros)

@@ -5,14 +5,14 @@
 //! statement also tells at once which candidate number was taken (no change), so no
 //! lookup of taken numbers is needed before inserting.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use sqlite_direct::{Direct, Transaction, Value};
 
 use crate::domain::errors::StoreError;
 use crate::domain::personal_id::{BucketKey, PersonalId};
 
-use super::super::audit::{Entry, chain_hash};
+use super::super::audit::{Chainer, Entry};
 use super::super::rows::{self, id_from_i64, id_i64};
 use super::{Col, Head, KeyRow, NewRow, TxError, WriteDb, WriteTx, prefix_i64};
 
@@ -234,8 +234,9 @@ impl WriteTx for SqliteTx<'_, '_> {
     }
 
     async fn append_audit(&mut self, entries: &[Entry], prev: &mut String) -> Result<(), TxError> {
+        let mut chainer = Chainer::default();
         for e in entries {
-            let hash = chain_hash(prev, e);
+            let hash = chainer.hash(prev, e);
             self.tx.execute(
                 INSERT_AUDIT,
                 &[
