@@ -21,23 +21,35 @@ pub(crate) struct Entry {
     pub detail: String,
 }
 
+/// An entry's chained fields, borrowed from a new entry or from a stored row.
+#[derive(Clone, Copy)]
+struct Fields<'a> {
+    seq: i64,
+    at_micros: i64,
+    action: &'a str,
+    personal_id: i64,
+    related_id: Option<i64>,
+    request_id: &'a str,
+    detail: &'a str,
+}
+
 /// The canonical bytes of an entry: a JSON array in a fixed order, which is
 /// unambiguous whatever the fields contain. Written straight into `buf` (cleared
 /// first), byte for byte what serde_json makes of the tuple
 /// `(seq, at_micros, action, "{personal_id:012}", "{related_id:012}" or "", request_id,
 /// detail)`: the writer chains every entry of a group in turn, and a fresh buffer and two
 /// formatted strings per entry were a third of that work.
-fn canonical_into(
-    buf: &mut Vec<u8>,
-    seq: i64,
-    at_micros: i64,
-    action: &str,
-    personal_id: i64,
-    related_id: Option<i64>,
-    request_id: &str,
-    detail: &str,
-) {
+fn canonical_into(buf: &mut Vec<u8>, e: &Fields<'_>) {
     use std::io::Write as _;
+    let Fields {
+        seq,
+        at_micros,
+        action,
+        personal_id,
+        related_id,
+        request_id,
+        detail,
+    } = *e;
     buf.clear();
     // Writing into a Vec cannot fail; strings are escaped by serde_json itself.
     let _ = write!(buf, "[{seq},{at_micros},");
@@ -64,16 +76,16 @@ pub(crate) struct Chainer {
 impl Chainer {
     /// sha256(prev_hash || canonical entry), hex.
     pub(crate) fn hash(&mut self, prev_hash: &str, entry: &Entry) -> String {
-        canonical_into(
-            &mut self.buf,
-            entry.seq,
-            entry.at_micros,
-            entry.action,
-            entry.personal_id,
-            entry.related_id,
-            &entry.request_id,
-            &entry.detail,
-        );
+        let fields = Fields {
+            seq: entry.seq,
+            at_micros: entry.at_micros,
+            action: entry.action,
+            personal_id: entry.personal_id,
+            related_id: entry.related_id,
+            request_id: &entry.request_id,
+            detail: &entry.detail,
+        };
+        canonical_into(&mut self.buf, &fields);
         chain_hash_parts(prev_hash, &self.buf)
     }
 }
@@ -140,16 +152,17 @@ pub(crate) async fn verify(pool: &AnyPool) -> anyhow::Result<AuditReport> {
                 return broken("prev_hash does not match the previous entry's hash");
             }
             let action: String = row.try_get(2)?;
-            canonical_into(
-                &mut bytes,
+            let (request_id, detail): (String, String) = (row.try_get(5)?, row.try_get(6)?);
+            let fields = Fields {
                 seq,
-                row.try_get(1)?,
-                &action,
-                row.try_get(3)?,
-                row.try_get(4)?,
-                &row.try_get::<String, _>(5)?,
-                &row.try_get::<String, _>(6)?,
-            );
+                at_micros: row.try_get(1)?,
+                action: &action,
+                personal_id: row.try_get(3)?,
+                related_id: row.try_get(4)?,
+                request_id: &request_id,
+                detail: &detail,
+            };
+            canonical_into(&mut bytes, &fields);
             let recomputed = chain_hash_parts(&prev, &bytes);
             if recomputed != stored_hash {
                 return broken("content does not match its hash");
@@ -224,7 +237,16 @@ mod tests {
             detail in any::<String>(),
         ) {
             let mut buf = b"left over".to_vec();
-            canonical_into(&mut buf, seq, at, &action, id, related, &request_id, &detail);
+            let fields = Fields {
+                seq,
+                at_micros: at,
+                action: &action,
+                personal_id: id,
+                related_id: related,
+                request_id: &request_id,
+                detail: &detail,
+            };
+            canonical_into(&mut buf, &fields);
             prop_assert_eq!(buf, reference(seq, at, &action, id, related, &request_id, &detail));
         }
     }
