@@ -1066,6 +1066,48 @@ async fn a_token_revoked_while_in_use_is_refused_once_the_token_cache_expires(ba
     app.stop().await;
 }
 
+async fn registrations_are_counted_by_status(backend: Backend) {
+    // Arrange: two numbers issued, one birth not eligible, one waiting for its number.
+    let app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 100).await;
+    let mut names = Vec::new();
+    for i in 0..2 {
+        names.push(
+            register(&app, "reg_c001", birth(&format!("n-{i}")))
+                .await
+                .unwrap()
+                .name,
+        );
+    }
+    for name in &names {
+        assert_eq!(
+            app.settled("reg_c001", name).await.personal_id_status,
+            ISSUED
+        );
+    }
+    let mut foreign = birth("foreign");
+    foreign.child.as_mut().unwrap().nationality = "FR".into();
+    register(&app, "reg_c001", foreign).await.unwrap();
+    app.fake.set_down(true);
+    let waiting = register(&app, "reg_c001", birth("waiting")).await.unwrap();
+    assert_eq!(waiting.personal_id_status, PENDING);
+
+    // Act
+    let mut counts = app.store.status_counts().await.unwrap();
+
+    // Assert
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("ISSUED".to_owned(), 2),
+            ("NOT_ELIGIBLE".to_owned(), 1),
+            ("PENDING".to_owned(), 1)
+        ]
+    );
+    app.fake.set_down(false);
+    app.stop().await;
+}
+
 async fn without_the_token_cache_a_revoked_token_is_refused_at_once(backend: Backend) {
     // Arrange
     let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 0).await;
@@ -1103,7 +1145,47 @@ both_backends!(
     pending_numbers_survive_a_restart_of_the_civil_registry,
     a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
     each_group_commit_is_timed_for_operators,
+    registrations_are_counted_by_status,
 );
+
+/// SQLite before migration 5 kept a counter row per register book; the numbers go on from
+/// the highest stored, gapless, once the counters are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_register_from_before_the_derived_counts_migration_goes_on_numbering() {
+    // Arrange: three entries, then the register put back in its shape before migration 5.
+    let mut app = TestApp::start(Backend::Sqlite).await;
+    for i in 0..3 {
+        register(&app, "reg_c001", birth(&format!("dc-{i}")))
+            .await
+            .unwrap();
+    }
+    app.halt().await;
+    app.sql(
+        "CREATE TABLE register_counters (unit_code TEXT NOT NULL, reg_year BIGINT NOT NULL, \
+         last_number BIGINT NOT NULL, PRIMARY KEY (unit_code, reg_year))",
+    )
+    .await;
+    app.sql("INSERT INTO register_counters VALUES ('C001', 2025, 3)")
+        .await;
+    app.sql("DROP INDEX registrations_unsettled").await;
+    app.sql("CREATE INDEX registrations_status ON registrations (status)")
+        .await;
+    app.sql("DELETE FROM schema_migrations WHERE version = 5")
+        .await;
+
+    // Act
+    app.launch().await;
+    let next = register(&app, "reg_c001", birth("dc-3")).await.unwrap();
+
+    // Assert
+    assert_eq!(next.registration_number, 4);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'register_counters'")
+            .await,
+        0
+    );
+    app.stop().await;
+}
 
 /// An in-memory SQLite register would lose every registration when the process exits.
 #[tokio::test]

@@ -20,10 +20,9 @@ use crate::config::DatabaseConfig;
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 const STORED: &str =
     "SELECT id, content_hash FROM registrations WHERE origin_unit_code = ?1 AND request_id = ?2";
-const ADVANCE: &str = "INSERT OR FAIL INTO register_counters (unit_code, reg_year, last_number) \
-    VALUES (?1, ?2, ?3) ON CONFLICT (unit_code, reg_year) \
-    DO UPDATE SET last_number = register_counters.last_number + excluded.last_number \
-    RETURNING last_number";
+/// A book's last entry number (migration 5: derived from the unique index, no counter row).
+const LAST_NUMBER: &str = "SELECT MAX(registration_number) FROM registrations \
+    WHERE origin_unit_code = ?1 AND reg_year = ?2";
 const SETTLE_FIRST: &str = "UPDATE registrations SET status = 'ISSUED', issue_time_ms = ?1, \
     updated_at_ms = ?1, rejection_reason = NULL, personal_id = ?2 \
     WHERE id = ?3 AND issue_key = ?4 AND status = 'PENDING'";
@@ -172,16 +171,16 @@ impl GroupTx for DirectTx<'_, '_> {
     ) -> Result<Vec<i64>, sqlx::Error> {
         let mut lasts = Vec::with_capacity(books.len());
         for (unit, year, count) in books {
-            let mut last = None;
+            let mut last = 0;
             self.tx.query::<sqlx::Error>(
-                ADVANCE,
-                &[(*unit).into(), (*year).into(), (*count).into()],
+                LAST_NUMBER,
+                &[(*unit).into(), (*year).into()],
                 |row| {
-                    last = Some(row.int(0)?);
+                    last = row.opt_int(0)?.unwrap_or(0);
                     Ok(())
                 },
             )?;
-            lasts.push(last.ok_or(sqlx::Error::RowNotFound)?);
+            lasts.push(last + count);
         }
         Ok(lasts)
     }

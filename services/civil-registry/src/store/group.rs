@@ -7,7 +7,7 @@
 use super::audit::{AUDIT_LOG, AuditChain, SET_HEAD, Val, WriteTx, insert_rows};
 use super::outbox::{Completion, complete_outbox_tx};
 use super::registrations::{GroupWritten, Lease, NewRow, insert_registrations_tx};
-use super::{Store, param, pieces};
+use super::{Backend, Store, param, pieces};
 
 /// A table the group commit inserts rows into, with its one-row INSERT for statements
 /// prepared once and run per row.
@@ -60,8 +60,10 @@ pub(crate) trait GroupTx {
         keys: &[(&str, &str)],
     ) -> Result<Vec<StoredRequest>, sqlx::Error>;
 
-    /// Adds each book's count of new entries to its counter (unit, year, count); returns
-    /// each book's last number after it, in the same order.
+    /// Reserves each book's next `count` entry numbers (unit, year, count); returns each
+    /// book's last number after them, in the same order. PostgreSQL keeps a counter row
+    /// per book (replicas lock it); SQLite, one writer at a time, reads the highest number
+    /// from the register's unique index (migration 5).
     async fn advance_counters(
         &mut self,
         books: &[(&str, i64, i64)],
@@ -204,6 +206,20 @@ impl GroupTx for WriteTx {
         books: &[(&str, i64, i64)],
     ) -> Result<Vec<i64>, sqlx::Error> {
         let mut lasts = Vec::with_capacity(books.len());
+        if self.backend == Backend::Sqlite {
+            for (unit, year, count) in books {
+                let (last,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MAX(registration_number) FROM registrations \
+                     WHERE origin_unit_code = $1 AND reg_year = $2",
+                )
+                .bind(*unit)
+                .bind(*year)
+                .fetch_one(&mut *self.tx)
+                .await?;
+                lasts.push(last.unwrap_or(0) + count);
+            }
+            return Ok(lasts);
+        }
         for piece in pieces(books) {
             let values: Vec<String> = (0..piece.len())
                 .map(|i| {

@@ -69,6 +69,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_lighter_commits.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_derived_counts.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
