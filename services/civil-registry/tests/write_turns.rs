@@ -28,16 +28,19 @@ async fn group_commits_relay_claims_and_pool_writes_take_turns_not_meeting_the_b
     app.halt().await;
     app.cfg.database.busy_timeout_ms = 0;
     // Starting can find the file locked while the service's own connections open and
-    // migrate (5 starts of 60 here, before any of the writes below), and with no
-    // busy timeout that start fails. The start is not what this test is about: it is
-    // tried again. The writes below get no such second chance.
+    // check each migration under the write lock (5 starts of 60 here, before any of the
+    // writes below; under a loaded test run, several in a row while the halted instance's
+    // connections close), and with no busy timeout that start fails. The start is not what
+    // this test is about: it is tried again, a moment later. The writes below get no such
+    // second chance.
     let mut attempts = 0;
     while let Err(e) = app.try_launch().await {
         attempts += 1;
         assert!(
-            attempts < 5 && format!("{e:#}").contains("database is locked"),
+            attempts < 20 && format!("{e:#}").contains("database is locked"),
             "start: {e:#}"
         );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let store = app.served_store.clone().expect("served");
     let units_before = store.units().await.unwrap().len();
