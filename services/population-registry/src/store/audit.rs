@@ -251,6 +251,22 @@ mod tests {
         }
     }
 
+    /// sha256(prev_bytes || the reference canonical form of `e`), hex.
+    fn expected(prev_bytes: &[u8], e: &Entry) -> String {
+        let mut h = Sha256::new();
+        h.update(prev_bytes);
+        h.update(reference(
+            e.seq,
+            e.at_micros,
+            e.action,
+            e.personal_id,
+            e.related_id,
+            &e.request_id,
+            &e.detail,
+        ));
+        hex::encode(h.finalize())
+    }
+
     #[test]
     fn a_chained_hash_covers_the_previous_hash_and_the_entry() {
         let entry = Entry {
@@ -262,41 +278,18 @@ mod tests {
             request_id: "civil-1".into(),
             detail: "ab".repeat(32),
         };
-        let expected = {
-            let mut h = Sha256::new();
-            h.update([0u8; 32]);
-            h.update(reference(
-                1,
-                entry.at_micros,
-                "issue",
-                entry.personal_id,
-                None,
-                "civil-1",
-                &entry.detail,
-            ));
-            hex::encode(h.finalize())
-        };
+        let first = expected(&[0u8; 32], &entry);
         let mut chainer = Chainer::default();
-        assert_eq!(chainer.hash(GENESIS, &entry), expected);
+        assert_eq!(chainer.hash(GENESIS, &entry), first);
         let next = Entry {
             seq: 2,
             ..entry.clone()
         };
-        assert_ne!(chainer.hash(&expected, &next), chainer.hash(GENESIS, &next));
+        assert_ne!(chainer.hash(&first, &next), chainer.hash(GENESIS, &next));
         // A damaged previous hash is hashed as stored, as before.
-        assert_eq!(chainer.hash("not hex", &entry), {
-            let mut h = Sha256::new();
-            h.update(b"not hex");
-            h.update(reference(
-                1,
-                entry.at_micros,
-                "issue",
-                entry.personal_id,
-                None,
-                "civil-1",
-                &entry.detail,
-            ));
-            hex::encode(h.finalize())
-        });
+        assert_eq!(
+            chainer.hash("not hex", &entry),
+            expected(b"not hex", &entry)
+        );
     }
 }
