@@ -13,16 +13,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::audit::{AuditChain, Val};
-use super::group::{FirstIssue, GroupTx, GroupWriter, StoredRequest, Table};
+use super::group::{FirstIssue, GroupTx, GroupWriter, LAST_NUMBER, StoredRequest, Table};
 use super::{Backend, Store};
 use crate::config::DatabaseConfig;
 
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 const STORED: &str =
     "SELECT id, content_hash FROM registrations WHERE origin_unit_code = ?1 AND request_id = ?2";
-/// A book's last entry number (migration 5: derived from the unique index, no counter row).
-const LAST_NUMBER: &str = "SELECT MAX(registration_number) FROM registrations \
-    WHERE origin_unit_code = ?1 AND reg_year = ?2";
 const SETTLE_FIRST: &str = "UPDATE registrations SET status = 'ISSUED', issue_time_ms = ?1, \
     updated_at_ms = ?1, rejection_reason = NULL, personal_id = ?2 \
     WHERE id = ?3 AND issue_key = ?4 AND status = 'PENDING'";

@@ -107,6 +107,11 @@ pub(crate) async fn finish<T: GroupTx>(mut tx: T) -> Result<(), sqlx::Error> {
     tx.commit_written().await
 }
 
+/// A register book's last entry number on SQLite (migration 5: read from the unique index,
+/// no counter row).
+pub(crate) const LAST_NUMBER: &str = "SELECT MAX(registration_number) FROM registrations \
+    WHERE origin_unit_code = $1 AND reg_year = $2";
+
 /// Where the writer's group commits run.
 pub(crate) trait GroupWriter {
     /// Its transaction.
@@ -208,14 +213,11 @@ impl GroupTx for WriteTx {
         let mut lasts = Vec::with_capacity(books.len());
         if self.backend == Backend::Sqlite {
             for (unit, year, count) in books {
-                let (last,): (Option<i64>,) = sqlx::query_as(
-                    "SELECT MAX(registration_number) FROM registrations \
-                     WHERE origin_unit_code = $1 AND reg_year = $2",
-                )
-                .bind(*unit)
-                .bind(*year)
-                .fetch_one(&mut *self.tx)
-                .await?;
+                let (last,): (Option<i64>,) = sqlx::query_as(LAST_NUMBER)
+                    .bind(*unit)
+                    .bind(*year)
+                    .fetch_one(&mut *self.tx)
+                    .await?;
                 lasts.push(last.unwrap_or(0) + count);
             }
             return Ok(lasts);
