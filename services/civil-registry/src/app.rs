@@ -48,10 +48,14 @@ impl App {
         let waiters = Arc::new(Waiters::default());
         let wake = Arc::new(Notify::new());
         let relay = if cfg.relay.enabled {
-            let client = GrpcPopulationRegistry::new(&cfg.population_registry)?;
+            let client = Arc::new(GrpcPopulationRegistry::new(&cfg.population_registry)?);
+            tokio::spawn({
+                let client = Arc::clone(&client);
+                async move { client.warm_up().await }
+            });
             Some(Relay::new(
                 store.clone(),
-                Arc::new(client),
+                client,
                 cfg.relay.clone(),
                 waiters.clone(),
                 wake.clone(),

@@ -70,6 +70,22 @@ async fn register_birth_returns_the_number_obtained_from_the_population_registry
     app.stop().await;
 }
 
+async fn the_relay_connects_to_the_population_registry_when_the_service_starts(backend: Backend) {
+    // Arrange: a fresh service, nothing registered, so the relay has nothing to send.
+    let app = TestApp::start(backend).await;
+
+    // Act: wait (bounded) for the fake to see a connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.fake.connections() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Assert: connected ahead of any registration, and nothing was issued by it.
+    assert!(app.fake.connections() >= 1, "no connection at start");
+    assert_eq!(app.fake.received(), 0);
+    app.stop().await;
+}
+
 async fn ineligible_births_are_registered_with_their_reason_and_never_sent(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1130,6 +1146,7 @@ both_backends!(
     without_the_token_cache_a_revoked_token_is_refused_at_once,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,
+    the_relay_connects_to_the_population_registry_when_the_service_starts,
     ineligible_births_are_registered_with_their_reason_and_never_sent,
     a_retry_returns_the_same_registration_and_other_content_is_refused,
     every_bad_field_is_named_and_nothing_is_written,

@@ -12,6 +12,8 @@ use service_kit::telemetry::TraceContextInterceptor;
 use tonic::Code;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use crate::config::PopulationRegistryConfig;
@@ -23,6 +25,7 @@ use crate::domain::population::{
 #[derive(Clone, Debug)]
 pub struct GrpcPopulationRegistry {
     client: PopulationRegistryServiceClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    health: HealthClient<Channel>,
     call_timeout: Duration,
 }
 
@@ -35,13 +38,43 @@ impl GrpcPopulationRegistry {
             Duration::from_millis(cfg.connect_timeout_ms),
         )
         .context("population_registry: building the channel")?;
+        let health = HealthClient::new(channel.clone());
         let client =
             PopulationRegistryServiceClient::with_interceptor(channel, TraceContextInterceptor)
                 .max_decoding_message_size(64 * 1024 * 1024);
         Ok(Self {
             client,
+            health,
             call_timeout: Duration::from_millis(cfg.call_timeout_ms),
         })
+    }
+
+    /// Opens the connection (TCP, mTLS handshake, HTTP/2) at start with a health check, so
+    /// that a wrong address, certificate or allow-list shows in the log when the service
+    /// starts rather than as the first registrations' PENDING answers. Any answer, even
+    /// UNIMPLEMENTED, proves the connection; a failure changes nothing, the channel connects
+    /// again on first use.
+    pub async fn warm_up(&self) {
+        let mut health = self.health.clone();
+        let check = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        match tokio::time::timeout(self.call_timeout, check).await {
+            Ok(Ok(_)) => tracing::info!("population registry connected"),
+            Ok(Err(status))
+                if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+            {
+                tracing::info!("population registry connected");
+            }
+            Ok(Err(status)) => tracing::warn!(
+                code = ?status.code(),
+                error = %status.message(),
+                "population registry not reachable at start; numbers wait in the outbox until it is"
+            ),
+            Err(_) => tracing::warn!(
+                "population registry did not answer at start; numbers wait in the outbox until it does"
+            ),
+        }
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {

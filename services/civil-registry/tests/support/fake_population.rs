@@ -35,6 +35,8 @@ pub struct State {
     pub conflicts: usize,
     pub batch_calls: usize,
     pub next: u64,
+    /// Connections accepted.
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -68,10 +70,16 @@ impl FakePopulation {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let svc = PopulationRegistryServiceServer::new(fake.clone());
+        let state = Arc::clone(&fake.state);
+        let incoming =
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |connection| {
+                state.lock().unwrap().connections += 1;
+                connection
+            });
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         (fake, addr)
@@ -83,6 +91,10 @@ impl FakePopulation {
 
     pub fn reject_name(&self, name: &str, code: Code) {
         self.state.lock().unwrap().reject_name = Some((name.to_owned(), code));
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn received(&self) -> usize {
