@@ -50,10 +50,11 @@ impl GrpcPopulationRegistry {
     }
 
     /// Opens the connection (TCP, mTLS handshake, HTTP/2) at start with a health check, so
-    /// that a wrong address, certificate or allow-list shows in the log when the service
-    /// starts rather than as the first registrations' PENDING answers. Any answer, even
-    /// UNIMPLEMENTED, proves the connection; a failure changes nothing, the channel connects
-    /// again on first use.
+    /// that a wrong address or certificate shows in the log when the service starts rather
+    /// than as the first registrations' PENDING answers (the health service is outside the
+    /// allow-lists, which only a minting call checks). Any answer, even UNIMPLEMENTED,
+    /// proves the connection; a failure changes nothing, the channel connects again on
+    /// first use.
     pub async fn warm_up(&self) {
         let mut health = self.health.clone();
         let check = health.check(HealthCheckRequest {
