@@ -61,17 +61,16 @@ impl GrpcPopulationRegistry {
             service: String::new(),
         });
         match tokio::time::timeout(self.call_timeout, check).await {
-            Ok(Ok(_)) => tracing::info!("population registry connected"),
             Ok(Err(status))
-                if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
             {
-                tracing::info!("population registry connected");
+                tracing::warn!(
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "population registry not reachable at start; numbers wait in the outbox until it is"
+                );
             }
-            Ok(Err(status)) => tracing::warn!(
-                code = ?status.code(),
-                error = %status.message(),
-                "population registry not reachable at start; numbers wait in the outbox until it is"
-            ),
+            Ok(_) => tracing::info!("population registry connected"),
             Err(_) => tracing::warn!(
                 "population registry did not answer at start; numbers wait in the outbox until it does"
             ),
