@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod client;
+pub mod cores;
 pub mod generate;
 pub mod pilot;
 pub mod profile;

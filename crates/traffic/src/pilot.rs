@@ -43,6 +43,9 @@ pub struct PilotResult {
     pub p99_ms: f64,
     pub number_p99_ms: f64,
     pub failed: u64,
+    /// Share of the machine's core time busy during the replay (absent off Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores_busy: Option<f64>,
 }
 
 /// Everything a pilot run measured.
@@ -102,6 +105,7 @@ pub async fn run(opts: &PilotOptions) -> anyhow::Result<PilotRun> {
         p99_ms: replay.register_ms.p99,
         number_p99_ms: replay.time_to_number_ms.p99,
         failed: replay.failed,
+        cores_busy: replay.cores_busy.map(|b| (b * 1000.0).round() / 1000.0),
     };
     Ok(PilotRun {
         plan,

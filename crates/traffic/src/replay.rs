@@ -9,6 +9,7 @@
 //! server shows up in the percentiles (no coordinated omission).
 
 use crate::client::{Tokens, authorized};
+use crate::cores::CoreTimes;
 use crate::record::TrafficLine;
 use anyhow::{Context as _, bail};
 use contracts::moj::civilstatus::v1 as pb;
@@ -105,6 +106,9 @@ pub struct ReplayReport {
     /// RegisterBirth p99 (ms) of the requests sent in each second of the replay, in order:
     /// shows whether a tail is a moment (start-up, a stall) or the steady state.
     pub register_p99_ms_by_second: Vec<f64>,
+    /// Share of all cores' time busy (any process) from the first request to the last
+    /// answer: near 1 the CPU bounded the run; lower, its waits did.
+    pub cores_busy: Option<f64>,
     #[serde(skip)]
     pub outcomes: Vec<Outcome>,
 }
@@ -231,6 +235,7 @@ pub async fn replay(
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
     let progress = opts.progress;
     let start = Instant::now();
+    let cores_at_start = CoreTimes::now();
     let collector = tokio::spawn(collect(ev_rx, total, progress, start));
 
     let permits = match opts.mode {
@@ -288,6 +293,9 @@ pub async fn replay(
     drop(ev_tx);
     reader.await.context("reader panicked")??;
     let (mut report, last) = collector.await.context("collector panicked")?;
+    report.cores_busy = CoreTimes::now()
+        .zip(cores_at_start)
+        .and_then(|(end, start)| end.busy_since(start));
     report.seconds = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
     report.births_per_s = if report.seconds > 0.0 {
         report.registrations as f64 / report.seconds
@@ -532,6 +540,7 @@ async fn collect(
         register_ms: Percentiles::default(),
         time_to_number_ms: Percentiles::default(),
         register_p99_ms_by_second: Vec::new(),
+        cores_busy: None,
         outcomes: Vec::with_capacity(total as usize),
     };
     let mut last_registered: Option<Instant> = None;
@@ -608,6 +617,12 @@ impl ReplayReport {
         );
         println!("RegisterBirth latency: {}", self.register_ms);
         println!("time to number:        {}", self.time_to_number_ms);
+        if let Some(busy) = self.cores_busy {
+            println!(
+                "cores busy (any process) during the replay: {:.0} %",
+                busy * 100.0
+            );
+        }
         if let Some(line) = p99_by_second_summary(&self.register_p99_ms_by_second) {
             println!("RegisterBirth p99 per second sent: {line}");
         }

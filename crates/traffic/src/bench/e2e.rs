@@ -203,6 +203,9 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
             format!("{label}_number_p99_ms"),
             json!(r.time_to_number_ms.p99),
         );
+        if let Some(busy) = r.cores_busy {
+            out.insert(format!("{label}_cores_busy"), json!(r3(busy)));
+        }
         out.insert(
             format!("{label}_pending_first"),
             json!(r.first_answer.get("PENDING").copied().unwrap_or(0)),
