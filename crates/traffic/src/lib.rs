@@ -13,3 +13,4 @@ pub mod record;
 pub mod replay;
 pub mod stack;
 pub mod verify;
+pub mod wire;
