@@ -468,12 +468,25 @@ pub struct NewBirth {
 }
 
 impl NewBirth {
-    /// A digest of the request's content: a retry with the same key must carry the same one.
-    pub fn content_hash(&self) -> String {
+    /// The record as stored (JSON) and a digest of the request's content: a retry with the
+    /// same key must carry the same digest.
+    ///
+    /// The digest is SHA-256 of the JSON of `(record, given date or null)`, which serde
+    /// writes as `[<record>,<date>]`: it is hashed from the record's JSON in pieces, so
+    /// that the record is serialised once per registration. Digests already stored stay
+    /// valid (a test holds the two forms equal).
+    pub fn record_json_and_content_hash(&self) -> (String, String) {
         use sha2::{Digest, Sha256};
+        let record_json = serde_json::to_string(&self.record).unwrap_or_default();
         let given = self.registered_on_given.then_some(self.registered_on);
-        let json = serde_json::to_vec(&(&self.record, given)).unwrap_or_default();
-        hex::encode(Sha256::digest(json))
+        let given_json = serde_json::to_string(&given).unwrap_or_default();
+        let mut digest = Sha256::new();
+        digest.update(b"[");
+        digest.update(record_json.as_bytes());
+        digest.update(b",");
+        digest.update(given_json.as_bytes());
+        digest.update(b"]");
+        (record_json, hex::encode(digest.finalize()))
     }
 }
 

@@ -560,3 +560,65 @@ pub fn stats_row_to(code: String, name: String, row: &StatsRow) -> pb::Registrat
         not_eligible_before_program_start: c[11],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn date(year: i32, month: i32, day: i32) -> Option<Date> {
+        Some(Date { year, month, day })
+    }
+
+    fn request(registered_on: Option<Date>) -> pb::RegisterBirthRequest {
+        pb::RegisterBirthRequest {
+            request_id: "req-1".into(),
+            kind: pb::RegistrationKind::FirstTime as i32,
+            has_foreign_element: false,
+            child: Some(pb::Child {
+                full_name: "Nguyễn Văn \"An\"".into(),
+                sex: pb::Sex::Male as i32,
+                date_of_birth: date(2016, 1, 20),
+                place_of_birth: Some(pb::PlaceOfBirth {
+                    description: "Bệnh viện Phụ sản Hà Nội".into(),
+                    province_code: "001".into(),
+                }),
+                home_town: "Nam Định".into(),
+                ethnicity: "Kinh".into(),
+                nationality: "VN".into(),
+            }),
+            father: None,
+            mother: Some(pb::Parent {
+                full_name: "Trần Thị Cúc".into(),
+                year_of_birth: 1992,
+                nationality: "VN".into(),
+                ..Default::default()
+            }),
+            requester: Some(pb::Requester {
+                full_name: "Trần Thị Cúc".into(),
+                relationship: pb::Relationship::Mother as i32,
+            }),
+            registered_on,
+        }
+    }
+
+    /// The digest's definition since the first release: SHA-256 of the JSON of the pair.
+    /// Stored digests were made this way; a retry after an upgrade must still match them.
+    #[test]
+    fn the_content_hash_is_the_digest_of_the_record_and_date_pair() {
+        for registered_on in [None, date(2016, 2, 1)] {
+            let birth = new_birth(&request(registered_on)).unwrap();
+            let (record_json, hash) = birth.record_json_and_content_hash();
+            let given = birth.registered_on_given.then_some(birth.registered_on);
+            let pair = serde_json::to_vec(&(&birth.record, given)).unwrap();
+            assert_eq!(hash, hex::encode(Sha256::digest(pair)));
+            assert_eq!(record_json, serde_json::to_string(&birth.record).unwrap());
+        }
+        let with = new_birth(&request(date(2016, 2, 1))).unwrap();
+        let without = new_birth(&request(None)).unwrap();
+        assert_ne!(
+            with.record_json_and_content_hash().1,
+            without.record_json_and_content_hash().1
+        );
+    }
+}

@@ -50,8 +50,7 @@ impl NewRow {
         official_id: String,
         decision: Decision,
     ) -> Self {
-        let content_hash = birth.content_hash();
-        let record_json = serde_json::to_string(&birth.record).unwrap_or_default();
+        let (record_json, content_hash) = birth.record_json_and_content_hash();
         Self {
             id,
             birth,
