@@ -309,18 +309,26 @@ impl<P: PopulationRegistry> Relay<P> {
             .unwrap_or_else(|e| e.into_inner())
             .record(!all_retry);
         let now = now_ms();
+        // Counted per batch: one look-up of the labelled counter per code, not per row.
+        let mut by_code: HashMap<&str, u64> = HashMap::new();
+        for outcome in &outcomes {
+            let code = match outcome {
+                Outcome::Issued { .. } => "OK",
+                Outcome::Rejected { code, .. } | Outcome::Retry { code } => code.as_str(),
+            };
+            *by_code.entry(code).or_default() += 1;
+        }
+        for (code, n) in by_code {
+            metrics::counter!("civil_registry_relay_outcomes_total", "code" => code.to_owned())
+                .increment(n);
+        }
         let completions: Vec<Completion> = items
             .into_iter()
             .zip(outcomes)
             .map(|(item, outcome)| {
-                let code = match &outcome {
-                    Outcome::Issued { .. } => "OK".to_owned(),
-                    Outcome::Rejected { code, .. } | Outcome::Retry { code } => code.clone(),
-                };
-                metrics::counter!("civil_registry_relay_outcomes_total", "code" => code.clone()).increment(1);
                 match outcome {
                     Outcome::Issued { personal_id } => Completion::Issued { item, personal_id },
-                    Outcome::Rejected { reason, .. } => {
+                    Outcome::Rejected { reason, code } => {
                         tracing::warn!(target: "civil_registry::relay", registration_id = %item.registration_id, code = %code, "population registry refused a record");
                         Completion::Rejected { item, reason }
                     }
