@@ -161,6 +161,30 @@ async fn a_retry_returns_the_same_registration_and_other_content_is_refused(back
     app.stop().await;
 }
 
+/// A registration's content digest has been SHA-256 of the JSON of (record, given date or
+/// null) since the first release: digests stored then must still match their retries.
+#[test]
+fn the_content_digest_is_that_of_the_record_and_date_pair() {
+    use civil_registry::grpc::convert::new_birth;
+    use sha2::{Digest, Sha256};
+    let mut undated = birth("digest");
+    undated.registered_on = None;
+    let mut digests = Vec::new();
+    for request in [birth("digest"), undated] {
+        let new = new_birth(&request).unwrap();
+        let (record_json, digest) = new.record_json_and_content_hash();
+        let given = new.registered_on_given.then_some(new.registered_on);
+        let pair = serde_json::to_vec(&(&new.record, given)).unwrap();
+        assert_eq!(digest, hex::encode(Sha256::digest(pair)));
+        assert_eq!(record_json, serde_json::to_string(&new.record).unwrap());
+        digests.push(digest);
+    }
+    assert_ne!(
+        digests[0], digests[1],
+        "the given date is part of the content"
+    );
+}
+
 async fn every_bad_field_is_named_and_nothing_is_written(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
