@@ -2,10 +2,10 @@
 //! and the answer decoded into the three fields the replay reads.
 //!
 //! The replayer shares the machine's cores with the services it measures, so every
-//! microsecond it spends per call is taken from them. Encoding each request as it is sent
+//! microsecond it spends per call is taken from them: encoding each request as it is sent
 //! (and again on a retry) and decoding the whole registration it answers, with every
-//! name's UTF-8 check and allocation, cost the replayer about a third of its CPU; the
-//! services see the same bytes either way.
+//! name's UTF-8 check and allocation, is work the measurement does not need. The services
+//! see the same bytes either way.
 
 use contracts::moj::civilstatus::v1 as pb;
 use prost::Message as _;
