@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use contracts::moj::civilstatus::v1 as pb;
 use contracts::moj::civilstatus::v1::birth_registration_service_client::BirthRegistrationServiceClient;
 use hdrhistogram::Histogram;
+use prost::Message as _;
 use prost::bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -230,7 +231,7 @@ pub async fn replay(
             let request = pb::RegisterBirthRequest::try_from(&parsed.request)
                 .with_context(|| format!("{} line {}", path.display(), i + 1))?;
             let item = Item {
-                body: wire::encode_request(&request),
+                body: Bytes::from(request.encode_to_vec()),
                 request_id: request.request_id,
                 auth,
                 unit_code: parsed.unit_code,

@@ -8,7 +8,6 @@
 //! see the same bytes either way.
 
 use contracts::moj::civilstatus::v1 as pb;
-use prost::Message as _;
 use prost::bytes::{BufMut as _, Bytes};
 use tonic::client::Grpc;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -17,11 +16,6 @@ use tonic::transport::Channel;
 
 /// `RegisterBirth`'s path on the wire.
 pub const REGISTER_BIRTH_PATH: &str = "/moj.civilstatus.v1.BirthRegistrationService/RegisterBirth";
-
-/// An encoded `RegisterBirthRequest`.
-pub fn encode_request(request: &pb::RegisterBirthRequest) -> Bytes {
-    Bytes::from(request.encode_to_vec())
-}
 
 /// `RegisterBirthResponse` with only the registration fields the replay reads; prost skips
 /// the others without decoding them. The tags are the contract's.
@@ -101,6 +95,7 @@ impl Encoder for EncodedRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn full_answer() -> pb::RegisterBirthResponse {
         pb::RegisterBirthResponse {
@@ -136,19 +131,6 @@ mod tests {
         assert_eq!(
             slim_reg.personal_id_status,
             pb::PersonalIdStatus::Issued as i32
-        );
-    }
-
-    #[test]
-    fn an_encoded_request_decodes_to_the_request() {
-        let request = pb::RegisterBirthRequest {
-            request_id: "req-1".into(),
-            ..Default::default()
-        };
-        let bytes = encode_request(&request);
-        assert_eq!(
-            pb::RegisterBirthRequest::decode(bytes.as_ref()).unwrap(),
-            request
         );
     }
 }
