@@ -23,7 +23,7 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 mod coalesce;
 mod page_cache;
 
-pub use coalesce::wal_coalescing_vfs;
+pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
 pub use page_cache::{install_page_cache, parked_pages};
 
 /// A value bound to a statement's parameter.

@@ -239,7 +239,14 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(&cfg.url)
+            .connect(&if backend == Backend::Sqlite {
+                // The checkpoints run on these connections: paced, their writes
+                // to the database file reach the disk in steps instead of in front of
+                // every commit's WAL sync at once.
+                sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
+            } else {
+                cfg.url.clone()
+            })
             .await
             .context("connecting to the database")?;
         Ok(Self {

@@ -262,7 +262,14 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
                 Ok(())
             })
         })
-        .connect(&cfg.url)
+        .connect(&if backend == Backend::Sqlite {
+            // The checkpointer runs on these connections: paced, its writes to
+            // the database file reach the disk in steps instead of in front of every
+            // commit's WAL sync at once.
+            sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
+        } else {
+            cfg.url.clone()
+        })
         .await
         .context("database.url: cannot connect")?;
     Ok((pool, backend))
