@@ -22,9 +22,11 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
 mod page_cache;
+mod wal_restart;
 
 pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
 pub use page_cache::{install_page_cache, parked_pages};
+pub use wal_restart::CheckpointSignal;
 
 /// A value bound to a statement's parameter.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -698,6 +698,7 @@ impl GroupLoop {
                     }
                 }
             }
+            writer.between_groups().await;
         }
     }
 }

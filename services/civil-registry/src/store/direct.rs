@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlite_direct::{Direct, Transaction, Value};
+use sqlite_direct::{CheckpointSignal, Direct, Transaction, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -30,6 +30,7 @@ const DELETE_OUTBOX: &str = "DELETE FROM outbox WHERE issue_key = ?1";
 pub struct SqliteWriter {
     conn: SqliteConnection,
     turn: Arc<Mutex<()>>,
+    checkpointed: CheckpointSignal,
 }
 
 impl Store {
@@ -75,6 +76,7 @@ impl Store {
         Ok(Some(SqliteWriter {
             conn,
             turn: Arc::clone(&self.write_turn),
+            checkpointed: self.checkpointed.clone(),
         }))
     }
 }
@@ -85,6 +87,7 @@ impl SqliteWriter {
         Ok(DirectWriter {
             direct: Direct::lock(&mut self.conn).await?,
             turn: Arc::clone(&self.turn),
+            checkpointed: self.checkpointed.clone(),
         })
     }
 
@@ -101,6 +104,7 @@ impl SqliteWriter {
 pub(crate) struct DirectWriter<'c> {
     direct: Direct<'c>,
     turn: Arc<Mutex<()>>,
+    checkpointed: CheckpointSignal,
 }
 
 /// A group commit's `BEGIN IMMEDIATE` transaction, holding the process's write turn.
@@ -131,6 +135,12 @@ impl<'c> GroupWriter for DirectWriter<'c> {
             _turn: turn,
             chain: AuditChain::from_head(seq, hash),
         })
+    }
+
+    async fn between_groups(&mut self) {
+        if let Err(e) = self.direct.copy_rest_of_wal(&self.checkpointed) {
+            tracing::debug!(error = %e, "finishing the background WAL checkpoint failed");
+        }
     }
 }
 

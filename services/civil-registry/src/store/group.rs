@@ -121,6 +121,10 @@ pub(crate) trait GroupWriter {
 
     /// Begins a transaction that holds the write lock and the audit chain's head.
     async fn begin(&mut self) -> Result<Self::Tx<'_>, sqlx::Error>;
+
+    /// Upkeep between two groups, after their replies are sent (SQLite: finishing a
+    /// background checkpoint, see `sqlite_direct::CheckpointSignal`).
+    async fn between_groups(&mut self) {}
 }
 
 /// One group commit of the writer: registrations (their outbox rows leased to `lease`

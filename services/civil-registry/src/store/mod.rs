@@ -53,6 +53,9 @@ pub struct Store {
     /// writer's own connection (`Store::sqlite_writer`); other processes still meet the
     /// busy handler.
     write_turn: Arc<Mutex<()>>,
+    /// SQLite: given after each background checkpoint, for the writer to finish it
+    /// (`sqlite_direct::CheckpointSignal`).
+    checkpointed: sqlite_direct::CheckpointSignal,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
@@ -253,6 +256,7 @@ impl Store {
             pool,
             backend,
             write_turn: Arc::new(Mutex::new(())),
+            checkpointed: sqlite_direct::CheckpointSignal::new(),
         })
     }
 
@@ -317,6 +321,7 @@ impl Store {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(&self.pool)
                 .await?;
+            self.checkpointed.checkpointed();
         }
         Ok(())
     }

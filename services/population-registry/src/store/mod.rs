@@ -291,7 +291,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// connection, concurrently with the writer (a PASSIVE checkpoint never
 /// blocks it), so the writer's commits pay only their WAL fsync. Stops when
 /// the store is dropped or its pool closed.
-async fn checkpointer(inner: std::sync::Weak<Inner>) {
+async fn checkpointer(
+    inner: std::sync::Weak<Inner>,
+    checkpointed: sqlite_direct::CheckpointSignal,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -302,11 +305,12 @@ async fn checkpointer(inner: std::sync::Weak<Inner>) {
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&pool)
             .await
         {
-            tracing::debug!(error = %e, "background WAL checkpoint failed");
+            Ok(_) => checkpointed.checkpointed(),
+            Err(e) => tracing::debug!(error = %e, "background WAL checkpoint failed"),
         }
     }
 }
@@ -337,6 +341,7 @@ async fn spawn_sqlite_writer(
     policy: BucketPolicy,
     max_group_items: usize,
     timeout: Duration,
+    checkpointed: sqlite_direct::CheckpointSignal,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -355,7 +360,7 @@ async fn spawn_sqlite_writer(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let db = writer::SqliteDb::new(direct);
+                let db = writer::SqliteDb::new(direct, checkpointed);
                 writer::Writer::new(db, policy, max_group_items, timeout)
                     .run(rx)
                     .await;
@@ -434,6 +439,7 @@ impl Store {
     ) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let timeout = Duration::from_millis(cfg.operation_timeout_ms);
+        let checkpointed = sqlite_direct::CheckpointSignal::new();
         match writer_db {
             WriterDb::Pool(writer_pool) => {
                 let db = writer::PostgresDb::new(writer_pool);
@@ -441,7 +447,15 @@ impl Store {
                 tokio::spawn(writer.run(rx));
             }
             WriterDb::Sqlite(conn) => {
-                spawn_sqlite_writer(conn, rx, policy, max_group_items, timeout).await?;
+                spawn_sqlite_writer(
+                    conn,
+                    rx,
+                    policy,
+                    max_group_items,
+                    timeout,
+                    checkpointed.clone(),
+                )
+                .await?;
             }
         }
         let inner = Arc::new(Inner {
@@ -452,7 +466,7 @@ impl Store {
             timeout,
         });
         if backend == Backend::Sqlite {
-            tokio::spawn(checkpointer(Arc::downgrade(&inner)));
+            tokio::spawn(checkpointer(Arc::downgrade(&inner), checkpointed));
         }
         Ok(Self { inner })
     }

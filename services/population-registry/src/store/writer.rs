@@ -80,6 +80,10 @@ pub(crate) trait WriteDb {
     /// Begins a transaction that holds the write lock (SQLite) or the chain head's row
     /// (PostgreSQL) until it commits or is dropped, and reads the chain head.
     async fn begin(&mut self) -> Result<(Self::Tx<'_>, Head), TxError>;
+
+    /// Upkeep between two groups, after their replies are sent (SQLite: finishing a
+    /// background checkpoint, see `sqlite_direct::CheckpointSignal`).
+    async fn between_groups(&mut self) {}
 }
 
 /// The statements of one writing transaction; dropped uncommitted, it rolls back.
@@ -386,6 +390,7 @@ impl<D: WriteDb> Writer<D> {
                 let result = self.commit_reissue(&req).await;
                 let _ = reply.send(result);
             }
+            self.db.between_groups().await;
         }
     }
 

@@ -7,7 +7,7 @@
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
-use sqlite_direct::{Direct, Transaction, Value};
+use sqlite_direct::{CheckpointSignal, Direct, Transaction, Value};
 
 use crate::domain::errors::StoreError;
 use crate::domain::personal_id::{BucketKey, PersonalId};
@@ -59,11 +59,15 @@ impl From<sqlite_direct::Error> for TxError {
 /// The writer's SQLite connection, held for direct use.
 pub(crate) struct SqliteDb<'c> {
     direct: Direct<'c>,
+    checkpointed: CheckpointSignal,
 }
 
 impl<'c> SqliteDb<'c> {
-    pub(crate) fn new(direct: Direct<'c>) -> Self {
-        Self { direct }
+    pub(crate) fn new(direct: Direct<'c>, checkpointed: CheckpointSignal) -> Self {
+        Self {
+            direct,
+            checkpointed,
+        }
     }
 }
 
@@ -92,6 +96,12 @@ impl<'c> WriteDb for SqliteDb<'c> {
         })?;
         let head = head.ok_or_else(|| rows::corrupt("audit_head has no row"))?;
         Ok((SqliteTx { tx }, head))
+    }
+
+    async fn between_groups(&mut self) {
+        if let Err(e) = self.direct.copy_rest_of_wal(&self.checkpointed) {
+            tracing::debug!(error = %e, "finishing the background WAL checkpoint failed");
+        }
     }
 }
 
