@@ -52,8 +52,8 @@ impl Direct<'_> {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
     use sqlx::Connection as _;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 
     use super::*;
 
@@ -118,12 +118,18 @@ mod tests {
         assert!(grown > left_over, "{grown} frames after {left_over}");
         signal.checkpointed();
         assert!(direct.copy_rest_of_wal(&signal).unwrap());
-        assert!(!direct.copy_rest_of_wal(&signal).unwrap(), "once per signal");
+        assert!(
+            !direct.copy_rest_of_wal(&signal).unwrap(),
+            "once per signal"
+        );
 
         // The next transaction starts the WAL again from its first frame.
         commit_rows(&mut direct, 1);
         let after = wal_frames(&dir);
-        assert!(after < 10, "{after} frames after the restart, {grown} before");
+        assert!(
+            after < 10,
+            "{after} frames after the restart, {grown} before"
+        );
         drop(direct);
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
             .fetch_one(&mut writer)
