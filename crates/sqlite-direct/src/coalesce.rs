@@ -618,8 +618,9 @@ mod writeback {
     /// found would silently never make any).
     pub(super) static PUSH_OUTS: AtomicU64 = AtomicU64::new(0);
 
-    /// The start of the unix VFS's `unixFile`, unchanged since SQLite 3.7: its methods, its
-    /// VFS, its inode's lock state, then the descriptor.
+    /// The start of the unix VFS's `unixFile` (as of SQLite 3.51): its methods, its VFS,
+    /// its inode's lock state, then the descriptor. Another layout fails the confirmation
+    /// in `descriptor`, and the paced checkpoint's test.
     #[repr(C)]
     struct UnixFileStart {
         methods: *const c_void,
