@@ -129,7 +129,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         Self {
             count: h.len(),
@@ -673,7 +673,7 @@ impl ReplayReport {
 
 /// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
 /// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
-fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
+pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
     let seen: Vec<(usize, f64)> = p99s
         .iter()
         .copied()

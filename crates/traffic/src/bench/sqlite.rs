@@ -1,8 +1,11 @@
-//! The bare storage baseline: durable SQLite inserts through sqlx in a temporary file with
+//! The bare storage baselines: durable SQLite inserts through sqlx in a temporary file with
 //! the services' settings (WAL, synchronous=FULL), one row per transaction and batched
-//! (1,000 rows per transaction, 50 rows per multi-VALUES statement).
+//! (1,000 rows per transaction, 50 rows per multi-VALUES statement); and the open loop's
+//! floor, one row per arrival at a fixed rate in group commits.
 
 use super::records::mix;
+use crate::replay::Percentiles;
+use hdrhistogram::Histogram;
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use std::path::Path;
@@ -40,13 +43,8 @@ fn row(i: u64) -> (String, String, String) {
     )
 }
 
-/// Runs the batched phase (`batched_rows` rows; it also warms the WAL up), then the
-/// single-row phase for `single_for`.
-pub async fn measure(
-    path: &Path,
-    batched_rows: u64,
-    single_for: Duration,
-) -> anyhow::Result<SqliteBaseline> {
+/// Opens (creating it) the baseline's database with the services' durability settings.
+async fn open(path: &Path) -> anyhow::Result<SqliteConnection> {
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -64,6 +62,17 @@ pub async fn measure(
     )
     .execute(&mut conn)
     .await?;
+    Ok(conn)
+}
+
+/// Runs the batched phase (`batched_rows` rows; it also warms the WAL up), then the
+/// single-row phase for `single_for`.
+pub async fn measure(
+    path: &Path,
+    batched_rows: u64,
+    single_for: Duration,
+) -> anyhow::Result<SqliteBaseline> {
+    let mut conn = open(path).await?;
 
     let values = vec!["(?, ?, ?)"; ROWS_PER_STATEMENT as usize].join(", ");
     // `OR FAIL`, as the registries write: no statement journal (see their `insert_into`),
@@ -133,6 +142,157 @@ pub async fn measure(
     })
 }
 
+/// The open loop's floor on this disk: the latency of the registries' three commits in turn
+/// with nothing else around them.
+#[derive(Debug, Clone)]
+pub struct PacedBaseline {
+    pub rate: f64,
+    /// The first database's commits (arrivals and settlements together) and the second's.
+    pub commits: (u64, u64),
+    /// From each arrival's scheduled instant to the end of its first commit.
+    pub first_commit_ms: Percentiles,
+    /// From each arrival's scheduled instant to the end of its third commit.
+    pub three_commits_ms: Percentiles,
+    /// The p99 of the three commits for each second's arrivals.
+    pub p99_ms_by_second: Vec<f64>,
+}
+
+/// What the first database's writer commits: a new arrival, or its settlement.
+enum Step {
+    Arrival(Instant),
+    Settlement(Instant),
+}
+
+/// Paces `rate` arrivals a second for `duration` through the registries' storage path
+/// without the rest of them: each arrival is a durable row in database A (the civil
+/// register), then one in database B (the population register), then another in A (the
+/// settlement). Each database has one writer, which commits everything queued when it
+/// starts, as the registries' writers do. Arrivals come from a thread of their own, on
+/// schedule whatever the commits do (an open loop), so a slow sync delays every arrival
+/// behind it. The full path adds the RPCs and the services' CPU to this.
+pub async fn paced(
+    a_path: &Path,
+    b_path: &Path,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<PacedBaseline> {
+    anyhow::ensure!(rate > 0.0, "the rate must be positive");
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let mut a = open(a_path).await?;
+    let mut b = open(b_path).await?;
+    let (to_a, mut a_rx) = tokio::sync::mpsc::unbounded_channel::<Step>();
+    let (to_b, mut b_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let start = Instant::now() + Duration::from_millis(50);
+    let pacer = {
+        let to_a = to_a.clone();
+        std::thread::spawn(move || {
+            for i in 0..total {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if to_a.send(Step::Arrival(due)).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let second_writer = tokio::spawn(async move {
+        let mut commits = 0u64;
+        let mut next = 0;
+        let mut group = Vec::new();
+        while let Some(first) = b_rx.recv().await {
+            group.push(first);
+            while let Ok(due) = b_rx.try_recv() {
+                group.push(due);
+            }
+            next = insert_group(&mut b, next, group.len()).await?;
+            commits += 1;
+            for due in group.drain(..) {
+                // The first writer outlives this one: it stops after the last settlement.
+                let _ = to_a.send(Step::Settlement(due));
+            }
+        }
+        b.close().await?;
+        anyhow::Ok(commits)
+    });
+
+    let new_hist =
+        || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let (mut first_commit, mut three_commits) = (new_hist(), new_hist());
+    let mut by_second: Vec<Histogram<u32>> = Vec::new();
+    let (mut commits, mut settled, mut next) = (0u64, 0u64, 0);
+    let mut group = Vec::new();
+    while settled < total {
+        let Some(first) = a_rx.recv().await else {
+            break;
+        };
+        group.push(first);
+        while let Ok(step) = a_rx.try_recv() {
+            group.push(step);
+        }
+        next = insert_group(&mut a, next, group.len()).await?;
+        commits += 1;
+        let durable = Instant::now();
+        for step in group.drain(..) {
+            match step {
+                Step::Arrival(due) => {
+                    let us = durable.saturating_duration_since(due).as_micros() as u64;
+                    first_commit.saturating_record(us.max(1));
+                    let _ = to_b.send(due);
+                }
+                Step::Settlement(due) => {
+                    settled += 1;
+                    let us = durable.saturating_duration_since(due).as_micros() as u64;
+                    three_commits.saturating_record(us.max(1));
+                    let second = due.saturating_duration_since(start).as_secs() as usize;
+                    if by_second.len() <= second {
+                        by_second.resize_with(second + 1, || {
+                            Histogram::<u32>::new_with_bounds(1, 600_000_000, 2)
+                                .expect("valid histogram bounds")
+                        });
+                    }
+                    by_second[second].saturating_record(us.max(1));
+                }
+            }
+        }
+    }
+    drop(to_b);
+    let second_commits = second_writer.await??;
+    pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    a.close().await?;
+    anyhow::ensure!(settled == total, "{settled} of {total} arrivals settled");
+    Ok(PacedBaseline {
+        rate,
+        commits: (commits, second_commits),
+        first_commit_ms: Percentiles::of(&first_commit),
+        three_commits_ms: Percentiles::of(&three_commits),
+        p99_ms_by_second: by_second
+            .iter()
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .collect(),
+    })
+}
+
+/// Commits `rows` rows in one transaction, numbered from `next` (their keys continue after
+/// the batched phase's); returns the next number.
+async fn insert_group(conn: &mut SqliteConnection, next: u64, rows: usize) -> anyhow::Result<u64> {
+    let mut txn = conn.begin().await?;
+    for k in next..next + rows as u64 {
+        let (a, b, c) = row(k);
+        sqlx::query("INSERT INTO bench_row (request_id, personal_id, payload) VALUES (?, ?, ?)")
+            .bind(a)
+            .bind(b)
+            .bind(c)
+            .execute(&mut *txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(next + rows as u64)
+}
+
 /// Columns and rows per statement of the wide phase (the registry's citizens insert).
 const WIDE_COLUMNS: usize = 23;
 const WIDE_ROWS_PER_STATEMENT: usize = 100;
@@ -190,4 +350,42 @@ async fn wide(
         tx.commit().await?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_paced_arrival_is_committed_three_times_in_turn() {
+        let dir = std::env::temp_dir().join(format!("traffic-paced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.db"), dir.join("b.db"));
+        let floor = paced(&a, &b, 400.0, Duration::from_millis(500))
+            .await
+            .unwrap();
+        let rows = |path: &Path| {
+            let path = path.to_owned();
+            async move {
+                let mut conn = open(&path).await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bench_row")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                n
+            }
+        };
+        let (in_a, in_b) = (rows(&a).await, rows(&b).await);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(floor.three_commits_ms.count, 200);
+        assert_eq!(floor.first_commit_ms.count, 200);
+        // Each arrival is a row in A, one in B, and its settlement another in A.
+        assert_eq!((in_a, in_b), (400, 200));
+        assert!(floor.commits.0 >= 1 && floor.commits.1 >= 1);
+        assert!(floor.commits.0 <= 400 && floor.commits.1 <= 200);
+        // Each arrival's third commit ends after its first.
+        assert!(floor.three_commits_ms.p50 >= floor.first_commit_ms.p50);
+        assert!(floor.three_commits_ms.max >= floor.first_commit_ms.max);
+        assert!(!floor.p99_ms_by_second.is_empty());
+    }
 }
