@@ -90,45 +90,10 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     out.insert("echo_per_s".into(), json!(r0(echo.per_s)));
     out.insert("echo_p99_ms".into(), json!(echo.p99_ms));
 
-    // 2. Bare storage.
-    let sqlite = super::sqlite::measure(
-        &dir.join("baseline.db"),
-        args.sqlite_batched_rows,
-        Duration::from_secs_f64(args.sqlite_single_seconds),
-    )
-    .await?;
-    println!(
-        "sqlite baseline (WAL, synchronous=FULL): single-row {:.0} rows/s ({} rows in {:.1} s); batched {:.0} rows/s ({} rows, {} per transaction, {} per statement, {:.1} s)",
-        sqlite.single_per_s,
-        sqlite.single_rows,
-        sqlite.single_seconds,
-        sqlite.batched_per_s,
-        sqlite.batched_rows,
-        super::sqlite::ROWS_PER_TXN,
-        super::sqlite::ROWS_PER_STATEMENT,
-        sqlite.batched_seconds
-    );
-    println!(
-        "sqlite, the registry's statement shape (23 columns, 100 rows per INSERT, 1000 per transaction): {:.0} rows/s with $N placeholders, {:.0} rows/s with ? placeholders",
-        sqlite.wide_dollar_per_s, sqlite.wide_question_per_s
-    );
-    out.insert(
-        "sqlite_wide_dollar_per_s".into(),
-        json!(r0(sqlite.wide_dollar_per_s)),
-    );
-    out.insert(
-        "sqlite_wide_question_per_s".into(),
-        json!(r0(sqlite.wide_question_per_s)),
-    );
-    out.insert("sqlite_single_per_s".into(), json!(r0(sqlite.single_per_s)));
-    out.insert(
-        "sqlite_batched_per_s".into(),
-        json!(r0(sqlite.batched_per_s)),
-    );
-    let _ = std::fs::remove_file(dir.join("baseline.db"));
-
-    // 2b. The open loop's floor: the registries' three commits in turn per arrival, at the
-    // open loop's rate, for as long, on fresh databases.
+    // 2. The open loop's floor: the registries' three commits in turn per arrival, at the
+    // open loop's rate, for as long, on fresh databases. It comes before the bulk phases so
+    // that the device is not still absorbing their hundreds of megabytes (written, then
+    // deleted) while it is measured.
     let paced = super::sqlite::paced(
         &dir.join("paced-a.db"),
         &dir.join("paced-b.db"),
@@ -164,6 +129,43 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         "sqlite_open_first_commit_p99_ms".into(),
         json!(paced.first_commit_ms.p99),
     );
+
+    // 3. Bare storage, rows/s.
+    let sqlite = super::sqlite::measure(
+        &dir.join("baseline.db"),
+        args.sqlite_batched_rows,
+        Duration::from_secs_f64(args.sqlite_single_seconds),
+    )
+    .await?;
+    println!(
+        "sqlite baseline (WAL, synchronous=FULL): single-row {:.0} rows/s ({} rows in {:.1} s); batched {:.0} rows/s ({} rows, {} per transaction, {} per statement, {:.1} s)",
+        sqlite.single_per_s,
+        sqlite.single_rows,
+        sqlite.single_seconds,
+        sqlite.batched_per_s,
+        sqlite.batched_rows,
+        super::sqlite::ROWS_PER_TXN,
+        super::sqlite::ROWS_PER_STATEMENT,
+        sqlite.batched_seconds
+    );
+    println!(
+        "sqlite, the registry's statement shape (23 columns, 100 rows per INSERT, 1000 per transaction): {:.0} rows/s with $N placeholders, {:.0} rows/s with ? placeholders",
+        sqlite.wide_dollar_per_s, sqlite.wide_question_per_s
+    );
+    out.insert(
+        "sqlite_wide_dollar_per_s".into(),
+        json!(r0(sqlite.wide_dollar_per_s)),
+    );
+    out.insert(
+        "sqlite_wide_question_per_s".into(),
+        json!(r0(sqlite.wide_question_per_s)),
+    );
+    out.insert("sqlite_single_per_s".into(), json!(r0(sqlite.single_per_s)));
+    out.insert(
+        "sqlite_batched_per_s".into(),
+        json!(r0(sqlite.batched_per_s)),
+    );
+    let _ = std::fs::remove_file(dir.join("baseline.db"));
 
     let violations = if args.baselines_only {
         0
