@@ -1,0 +1,98 @@
+//! The relay's claims take the longest overdue rows first and pass over rows another relay
+//! holds; when nothing is due, it sleeps until the earliest row no relay holds.
+
+mod support;
+
+use sqlx::Connection as _;
+use support::{Backend, TestApp, auth, birth};
+
+/// Issue keys of the queued rows, in the order they were created.
+async fn queued_keys(app: &TestApp) -> Vec<String> {
+    let mut conn = sqlx::AnyConnection::connect(&app.db_url).await.unwrap();
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT issue_key FROM outbox ORDER BY created_at_ms, issue_key")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.ok();
+    keys
+}
+
+async fn claimed(app: &TestApp, limit: i64) -> Vec<String> {
+    let mut keys: Vec<String> = app
+        .store
+        .claim_outbox("relay-under-test", limit, 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| item.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(keys: &[&String]) -> Vec<String> {
+    let mut keys: Vec<String> = keys.iter().map(|k| (*k).clone()).collect();
+    keys.sort();
+    keys
+}
+
+async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
+    let mut app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
+    app.fake.set_down(true);
+    let mut client = app.client().await;
+    let token = app.token("reg_c001");
+    for i in 0..6 {
+        client
+            .register_birth(auth(birth(&format!("overdue-{i}")), &token))
+            .await
+            .unwrap();
+    }
+    // Only the rows, and this test's claims, from here on.
+    app.halt().await;
+    let keys = queued_keys(&app).await;
+    assert_eq!(keys.len(), 6, "one queued row per eligible registration");
+    let now = chrono::Utc::now().timestamp_millis();
+    let in_an_hour = now + 3_600_000;
+    // (next attempt, leased by another relay until): due in an order unlike creation's.
+    let plan = [
+        (5_000, 0),
+        (1_000, 0),
+        (3_000, 0),
+        (2_000, now + 60_000),
+        (4_000, 0),
+        (in_an_hour, 0),
+    ];
+    for (key, (next_attempt, lease_until)) in keys.iter().zip(plan) {
+        app.sql(&format!(
+            "UPDATE outbox SET next_attempt_ms = {next_attempt}, lease_until_ms = {lease_until}, \
+             lease_owner = {} WHERE issue_key = '{key}'",
+            if lease_until > 0 {
+                "'another-relay'"
+            } else {
+                "NULL"
+            }
+        ))
+        .await;
+    }
+
+    assert_eq!(
+        claimed(&app, 2).await,
+        sorted(&[&keys[1], &keys[2]]),
+        "the two longest overdue, past the one another relay holds"
+    );
+    assert_eq!(
+        claimed(&app, 10).await,
+        sorted(&[&keys[4], &keys[0]]),
+        "the rest of the due rows; the held one and the one due in an hour stay"
+    );
+    assert_eq!(claimed(&app, 10).await, Vec::<String>::new());
+    assert_eq!(
+        app.store.next_outbox_due().await.unwrap(),
+        Some(in_an_hour),
+        "the relay sleeps until the earliest row no relay holds"
+    );
+    app.stop().await;
+}
+
+both_backends!(claims_take_the_longest_overdue_rows_first);
