@@ -673,6 +673,14 @@ impl ReplayReport {
 
 /// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
 /// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
+/// The median of the seconds' p99s (seconds with no request left out): the tail of a
+/// typical second, which a few stalled seconds do not move.
+pub(crate) fn median_second_p99(p99s: &[f64]) -> Option<f64> {
+    let mut seen: Vec<f64> = p99s.iter().copied().filter(|p| *p > 0.0).collect();
+    seen.sort_by(f64::total_cmp);
+    seen.get(seen.len() / 2).copied()
+}
+
 pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
     let seen: Vec<(usize, f64)> = p99s
         .iter()
@@ -680,9 +688,7 @@ pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
         .enumerate()
         .filter(|(_, p)| *p > 0.0)
         .collect();
-    let mut sorted: Vec<f64> = seen.iter().map(|(_, p)| *p).collect();
-    sorted.sort_by(f64::total_cmp);
-    let median = *sorted.get(sorted.len() / 2)?;
+    let median = median_second_p99(p99s)?;
     let (worst_at, worst) = seen.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
     let slow: Vec<String> = seen
         .iter()
