@@ -538,15 +538,9 @@ async fn collect(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let new_hist = || {
-        // 1 µs .. 1 h at 3 significant digits: constant, valid bounds.
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
-    };
-    let mut register = new_hist();
-    let mut number = new_hist();
-    // One small histogram per second of the replay (2 significant digits, latencies up to
-    // 10 min).
-    let mut by_second: Vec<Histogram<u32>> = Vec::new();
+    let mut register = latency_histogram();
+    let mut number = latency_histogram();
+    let mut by_second = PerSecond::default();
     let mut report = ReplayReport {
         registrations: 0,
         succeeded: 0,
@@ -577,13 +571,7 @@ async fn collect(
             } => {
                 let _ = register.record(latency_us.max(1));
                 let second = scheduled.saturating_duration_since(start).as_secs() as usize;
-                if by_second.len() <= second {
-                    by_second.resize_with(second + 1, || {
-                        Histogram::<u32>::new_with_bounds(1, 600_000_000, 2)
-                            .expect("valid histogram bounds")
-                    });
-                }
-                by_second[second].saturating_record(latency_us.max(1));
+                by_second.record(second, latency_us);
                 *report
                     .first_answer
                     .entry(if pending { "PENDING" } else { "ANSWERED" }.to_owned())
@@ -617,10 +605,7 @@ async fn collect(
     bar.finish_and_clear();
     report.register_seconds =
         last_registered.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
-    report.register_p99_ms_by_second = by_second
-        .iter()
-        .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
-        .collect();
+    report.register_p99_ms_by_second = by_second.p99_ms();
     report.register_ms = Percentiles::of(&register);
     report.time_to_number_ms = Percentiles::of(&number);
     (report, last)
@@ -673,6 +658,38 @@ impl ReplayReport {
 
 /// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
 /// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
+/// Latencies in µs, 1 µs to 1 h at 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latencies by the second they were scheduled in, for each second's p99 (2 significant
+/// digits, up to 10 min).
+#[derive(Default)]
+pub(crate) struct PerSecond {
+    seconds: Vec<Histogram<u32>>,
+}
+
+impl PerSecond {
+    pub(crate) fn record(&mut self, second: usize, latency_us: u64) {
+        if self.seconds.len() <= second {
+            self.seconds.resize_with(second + 1, || {
+                Histogram::<u32>::new_with_bounds(1, 600_000_000, 2)
+                    .expect("valid histogram bounds")
+            });
+        }
+        self.seconds[second].saturating_record(latency_us.max(1));
+    }
+
+    /// Each second's p99 in ms (0 for a second with no request).
+    pub(crate) fn p99_ms(&self) -> Vec<f64> {
+        self.seconds
+            .iter()
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .collect()
+    }
+}
+
 /// The median of the seconds' p99s (seconds with no request left out): the tail of a
 /// typical second, which a few stalled seconds do not move.
 pub(crate) fn median_second_p99(p99s: &[f64]) -> Option<f64> {

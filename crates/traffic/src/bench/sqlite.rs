@@ -4,8 +4,7 @@
 //! floor, one row per arrival at a fixed rate in group commits.
 
 use super::records::mix;
-use crate::replay::Percentiles;
-use hdrhistogram::Histogram;
+use crate::replay::{PerSecond, Percentiles, latency_histogram};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use std::path::Path;
@@ -217,10 +216,8 @@ pub async fn paced(
         anyhow::Ok(commits)
     });
 
-    let new_hist =
-        || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
-    let (mut first_commit, mut three_commits) = (new_hist(), new_hist());
-    let mut by_second: Vec<Histogram<u32>> = Vec::new();
+    let (mut first_commit, mut three_commits) = (latency_histogram(), latency_histogram());
+    let mut by_second = PerSecond::default();
     let (mut commits, mut settled, mut next) = (0u64, 0u64, 0);
     let mut group = Vec::new();
     while settled < total {
@@ -246,13 +243,7 @@ pub async fn paced(
                     let us = durable.saturating_duration_since(due).as_micros() as u64;
                     three_commits.saturating_record(us.max(1));
                     let second = due.saturating_duration_since(start).as_secs() as usize;
-                    if by_second.len() <= second {
-                        by_second.resize_with(second + 1, || {
-                            Histogram::<u32>::new_with_bounds(1, 600_000_000, 2)
-                                .expect("valid histogram bounds")
-                        });
-                    }
-                    by_second[second].saturating_record(us.max(1));
+                    by_second.record(second, us);
                 }
             }
         }
@@ -269,10 +260,7 @@ pub async fn paced(
         commits: (commits, second_commits),
         first_commit_ms: Percentiles::of(&first_commit),
         three_commits_ms: Percentiles::of(&three_commits),
-        p99_ms_by_second: by_second
-            .iter()
-            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
-            .collect(),
+        p99_ms_by_second: by_second.p99_ms(),
     })
 }
 
