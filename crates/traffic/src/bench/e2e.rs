@@ -14,7 +14,7 @@ use super::{Dirs, machine_json, run_id};
 use crate::pilot::{self, PilotOptions};
 use crate::profile::ProfileName;
 use crate::replay::{Mode, ReplayOptions};
-use crate::stack::{Build, Certs, locate_binaries};
+use crate::stack::{Build, Certs};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -113,22 +113,14 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
     if let Some(line) = crate::replay::p99_by_second_summary(&paced.p99_ms_by_second) {
         println!("  the three commits' p99 per second: {line}");
     }
-    out.insert(
-        "sqlite_open_p50_ms".into(),
-        json!(paced.three_commits_ms.p50),
-    );
-    out.insert(
-        "sqlite_open_p99_ms".into(),
-        json!(paced.three_commits_ms.p99),
-    );
-    out.insert(
-        "sqlite_open_max_ms".into(),
-        json!(paced.three_commits_ms.max),
-    );
-    out.insert(
-        "sqlite_open_first_commit_p99_ms".into(),
-        json!(paced.first_commit_ms.p99),
-    );
+    for (key, ms) in [
+        ("sqlite_open_p50_ms", paced.three_commits_ms.p50),
+        ("sqlite_open_p99_ms", paced.three_commits_ms.p99),
+        ("sqlite_open_max_ms", paced.three_commits_ms.max),
+        ("sqlite_open_first_commit_p99_ms", paced.first_commit_ms.p99),
+    ] {
+        out.insert(key.into(), json!(ms));
+    }
 
     // 3. Bare storage, rows/s.
     let sqlite = super::sqlite::measure(
@@ -195,14 +187,7 @@ async fn full_path(
     paced: &super::sqlite::PacedBaseline,
     out: &mut Map<String, Value>,
 ) -> anyhow::Result<u64> {
-    let bins = {
-        let build = if args.dirs.build {
-            Build::Always
-        } else {
-            Build::IfMissing
-        };
-        tokio::task::spawn_blocking(move || locate_binaries(build)).await??
-    };
+    let bins = args.dirs.binaries().await?;
     let pilot_opts = |sub: &str, mode: Mode, limit: Option<u64>| PilotOptions {
         profile: ProfileName::Pilot2016,
         seed: args.seed,

@@ -9,7 +9,7 @@ use super::proc::{self, Proc};
 use super::records::{Order, RecordGen};
 use super::{Dirs, machine_json, run_id};
 use crate::client::connect_channels;
-use crate::stack::{Build, Certs, TRAFFIC_CLIENT_IDENTITY, locate_binaries};
+use crate::stack::{Certs, TRAFFIC_CLIENT_IDENTITY};
 use anyhow::{Context as _, bail};
 use contracts::mps::population::v1::{
     BatchIssuePersonalIdsRequest, batch_issue_result::Outcome,
@@ -182,14 +182,7 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
     out.insert("loadavg_start".into(), json!(proc::loadavg()));
     machine_json(&mut out);
 
-    let bins = {
-        let build = if args.dirs.build {
-            Build::Always
-        } else {
-            Build::IfMissing
-        };
-        tokio::task::spawn_blocking(move || locate_binaries(build)).await??
-    };
+    let bins = args.dirs.binaries().await?;
 
     // 1. The bare transport.
     let mut echo_phases: Vec<Phase> = Vec::new();

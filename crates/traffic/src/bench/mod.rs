@@ -22,6 +22,7 @@ pub use echo::EchoServerArgs;
 pub use mint::{Backend, MintArgs};
 pub use records::RecordGen;
 
+use crate::stack::{Binaries, Build, locate_binaries};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
 
@@ -64,6 +65,17 @@ pub struct Dirs {
 }
 
 impl Dirs {
+    /// The service binaries: next to this executable, or built first (`--build`, or when
+    /// they are missing).
+    async fn binaries(&self) -> anyhow::Result<Binaries> {
+        let build = if self.build {
+            Build::Always
+        } else {
+            Build::IfMissing
+        };
+        tokio::task::spawn_blocking(move || locate_binaries(build)).await?
+    }
+
     /// Creates the run's directory; `true` when it is a temporary one.
     fn prepare(&self, kind: &str, run: &str) -> anyhow::Result<(PathBuf, bool)> {
         let (dir, temporary) = match &self.data_dir {
