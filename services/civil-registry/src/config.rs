@@ -151,7 +151,8 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
-    /// How long RegisterBirth waits for the number before answering PENDING.
+    /// How long RegisterBirth waits for the number, counted from the request (its durable
+    /// commit included), before answering PENDING. The answer never precedes that commit.
     pub wait_for_number_ms: u64,
     /// Most registrations committed together in one transaction.
     pub writer_batch_max: usize,

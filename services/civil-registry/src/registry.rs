@@ -293,43 +293,78 @@ impl Registry {
         let mut settled = self.waiters.subscribe(id);
         let (reply, answer) = oneshot::channel();
         let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
-        self.writer
+        if self
+            .writer
             .send(Box::new(WriteJob::Register { row, reply }))
             .await
-            .map_err(|_| stopped())?;
-        let outcome = answer.await.map_err(|_| stopped());
-        let (outcome, created) = match outcome.and_then(|o| o) {
-            Ok(o) => o,
+            .is_err()
+        {
+            self.waiters.forget(id);
+            return Err(stopped());
+        }
+        // Wait for the number, not for the insert's commit: the writer releases this
+        // subscription as soon as it knows no number is coming (not eligible, a retry, a
+        // conflict, a failed commit), so one wake-up ends the wait either way. The number
+        // comes only after the insert's commit, whose answer is then ready.
+        let mut number = None;
+        let mut subscribed = !self.wait_for_number.is_zero();
+        if subscribed {
+            match tokio::time::timeout(self.wait_for_number, &mut settled).await {
+                Ok(Ok(settlement)) => (number, subscribed) = (Some(settlement), false),
+                Ok(Err(_)) => subscribed = false,
+                Err(_) => {}
+            }
+        }
+        let outcome = match answer.await.map_err(|_| stopped()).and_then(|o| o) {
+            Ok(outcome) => outcome,
             Err(e) => {
                 self.waiters.forget(id);
                 return Err(e);
             }
         };
-        let mut registration = match (outcome, created) {
-            (InsertOutcome::Created(_), Some(registration)) => registration,
+        match outcome {
+            (InsertOutcome::Created(_), Some(mut registration)) => {
+                if registration.status == PersonalIdStatus::Pending && subscribed {
+                    // The wait ran out; a number written since is still taken.
+                    number = settled.try_recv().ok();
+                }
+                drop(settled);
+                match number {
+                    Some(settlement) => registration.settle(settlement),
+                    None => self.waiters.forget(id),
+                }
+                Ok(registration)
+            }
             (InsertOutcome::Created(other) | InsertOutcome::Existing(other), _) => {
                 // A retry: wait on the stored registration instead.
                 drop(settled);
                 self.waiters.forget(id);
-                settled = self.waiters.subscribe(other);
-                self.load(other).await?
+                let settled = self.waiters.subscribe(other);
+                let mut registration = match self.load(other).await {
+                    Ok(registration) => registration,
+                    Err(e) => {
+                        self.waiters.forget(other);
+                        return Err(e);
+                    }
+                };
+                if registration.status != PersonalIdStatus::Pending
+                    || self.wait_for_number.is_zero()
+                {
+                    drop(settled);
+                    self.waiters.forget(other);
+                    return Ok(registration);
+                }
+                match tokio::time::timeout(self.wait_for_number, settled).await {
+                    Ok(Ok(settlement)) => registration.settle(settlement),
+                    Ok(Err(_)) | Err(_) => self.waiters.forget(other),
+                }
+                Ok(registration)
             }
             (InsertOutcome::Conflict, _) => {
                 self.waiters.forget(id);
-                return Err(RegistryError::IdempotencyKeyReused);
+                Err(RegistryError::IdempotencyKeyReused)
             }
-        };
-        let rid = registration.id;
-        if registration.status != PersonalIdStatus::Pending || self.wait_for_number.is_zero() {
-            drop(settled);
-            self.waiters.forget(rid);
-            return Ok(registration);
         }
-        match tokio::time::timeout(self.wait_for_number, settled).await {
-            Ok(Ok(settlement)) => registration.settle(settlement),
-            Ok(Err(_)) | Err(_) => self.waiters.forget(rid),
-        }
-        Ok(registration)
     }
 
     async fn load(&self, id: Uuid) -> Result<Registration, RegistryError> {
@@ -625,9 +660,17 @@ impl GroupLoop {
                     let queued = rows.iter().zip(&written.outcomes).any(|(r, o)| {
                         matches!(o.0, InsertOutcome::Created(_)) && r.decision.is_eligible()
                     });
+                    let no_number: Vec<Uuid> = rows
+                        .iter()
+                        .zip(&written.outcomes)
+                        .filter(|(_, outcome)| !number_coming(outcome))
+                        .map(|(row, _)| row.id)
+                        .collect();
                     for (reply, outcome) in inserts.into_iter().zip(written.outcomes) {
                         let _ = reply.send(Ok(outcome));
                     }
+                    // After the replies, so that the released callers find them sent.
+                    waiters.release(&no_number);
                     hand_over(handoff.as_ref(), lease.as_ref(), written.leased, &wake);
                     if queued && lease.is_none() {
                         wake.notify_one();
@@ -685,7 +728,11 @@ impl GroupLoop {
                         {
                             wake.notify_one();
                         }
+                        let released = !reply_value.as_ref().is_ok_and(number_coming);
                         let _ = reply.send(reply_value);
+                        if released {
+                            waiters.release(&[row.id]);
+                        }
                     }
                 }
                 Err(e) => {
@@ -693,6 +740,8 @@ impl GroupLoop {
                     for reply in inserts {
                         let _ = reply.send(Err(copy_error(&error)));
                     }
+                    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+                    waiters.release(&ids);
                     for reply in completed {
                         let _ = reply.send(Err(copy_error(&error)));
                     }
@@ -701,6 +750,13 @@ impl GroupLoop {
             writer.between_groups().await;
         }
     }
+}
+
+/// Whether a number will be written back for this insert: a new registration still
+/// pending. Its caller waits for that number; every other caller is released at once.
+fn number_coming(outcome: &(InsertOutcome, Option<Registration>)) -> bool {
+    matches!(outcome, (InsertOutcome::Created(_), Some(registration))
+        if registration.status == PersonalIdStatus::Pending)
 }
 
 /// Gives rows leased in a commit to the relay. A row that does not fit (it always should)

@@ -138,6 +138,37 @@ async fn ineligible_births_are_registered_with_their_reason_and_never_sent(backe
     app.stop().await;
 }
 
+/// A caller waits for a number only when one is coming: the writer ends every other wait as
+/// it commits. With a two-minute wait configured, a caller left waiting would exceed the
+/// bound below many times over.
+async fn callers_with_no_number_coming_are_answered_without_waiting_for_one(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| {
+        cfg.registration.wait_for_number_ms = 120_000;
+    })
+    .await;
+    let well_within = std::time::Duration::from_secs(30);
+    let answered = |req| tokio::time::timeout(well_within, register(&app, "reg_c001", req));
+    let mut foreign = birth("no-number-foreign");
+    foreign.child.as_mut().unwrap().nationality = "FR".into();
+    let mut other_content = birth("no-number-issued");
+    other_content.child.as_mut().unwrap().full_name = "Someone Else".into();
+    // Act
+    let issued = answered(birth("no-number-issued")).await.expect("answered");
+    let not_eligible = answered(foreign).await.expect("answered");
+    let retry = answered(birth("no-number-issued")).await.expect("answered");
+    let conflict = answered(other_content).await.expect("answered");
+    // Assert
+    assert_eq!(issued.unwrap().personal_id_status, ISSUED);
+    assert_eq!(
+        not_eligible.unwrap().personal_id_status,
+        pb::PersonalIdStatus::NotEligible as i32
+    );
+    assert_eq!(retry.unwrap().personal_id_status, ISSUED);
+    assert_eq!(conflict.unwrap_err().code(), Code::AlreadyExists);
+    app.stop().await;
+}
+
 async fn a_retry_returns_the_same_registration_and_other_content_is_refused(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1173,6 +1204,7 @@ both_backends!(
     the_relay_connects_to_the_population_registry_when_the_service_starts,
     ineligible_births_are_registered_with_their_reason_and_never_sent,
     a_retry_returns_the_same_registration_and_other_content_is_refused,
+    callers_with_no_number_coming_are_answered_without_waiting_for_one,
     every_bad_field_is_named_and_nothing_is_written,
     every_policy_case_is_refused_with_its_reason,
     numbers_arrive_after_the_population_registry_comes_back,

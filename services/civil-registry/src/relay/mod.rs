@@ -52,6 +52,18 @@ impl Waiters {
         }
     }
 
+    /// Ends the waits on registrations for which no number is coming (their receivers
+    /// see the channel closed).
+    pub fn release(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            map.remove(id);
+        }
+    }
+
     /// Wakes everyone waiting for these registrations.
     pub fn notify(&self, settled: &[(Uuid, Settlement)]) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
