@@ -1,7 +1,7 @@
 //! The bare storage baselines: durable SQLite inserts through sqlx in a temporary file with
 //! the services' settings (WAL, synchronous=FULL), one row per transaction and batched
 //! (1,000 rows per transaction, 50 rows per multi-VALUES statement); and the open loop's
-//! floor, one row per arrival at a fixed rate in group commits.
+//! floor, each arrival at a fixed rate committed three times in turn on two databases.
 
 use super::records::mix;
 use crate::replay::{PerSecond, Percentiles, latency_histogram};
@@ -264,8 +264,7 @@ pub async fn paced(
     })
 }
 
-/// Commits `rows` rows in one transaction, numbered from `next` (their keys continue after
-/// the batched phase's); returns the next number.
+/// Commits `rows` rows in one transaction, numbered from `next`; returns the next number.
 async fn insert_group(conn: &mut SqliteConnection, next: u64, rows: usize) -> anyhow::Result<u64> {
     let mut txn = conn.begin().await?;
     for k in next..next + rows as u64 {
