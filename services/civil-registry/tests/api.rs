@@ -1056,6 +1056,30 @@ async fn each_group_commit_is_timed_for_operators(backend: Backend) {
     app.stop().await;
 }
 
+async fn the_gauges_the_alert_rules_read_are_sampled(backend: Backend) {
+    // Arrange: the names deploy/k8s/overlays/prod-monitoring/prometheusrules.yaml reads.
+    let metrics = service_kit::metrics::handle().expect("recorder");
+    let gauges = [
+        "civil_registry_outbox_depth ",
+        "civil_registry_outbox_oldest_pending_age_seconds ",
+        "civil_registry_registrations{status=\"PENDING\"} ",
+        "civil_registry_metrics_sample_seconds ",
+    ];
+    // Act: the sampler's first round starts with the service.
+    let app = TestApp::start(backend).await;
+    // Assert
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut rendered = metrics.render();
+    while gauges.iter().any(|g| !rendered.contains(g)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rendered = metrics.render();
+    }
+    for gauge in gauges {
+        assert!(rendered.contains(gauge), "{gauge} missing from\n{rendered}");
+    }
+    app.stop().await;
+}
+
 async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backend) {
     // Arrange
     let mut app =
@@ -1218,6 +1242,7 @@ both_backends!(
     pending_numbers_survive_a_restart_of_the_civil_registry,
     a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
     each_group_commit_is_timed_for_operators,
+    the_gauges_the_alert_rules_read_are_sampled,
     registrations_are_counted_by_status,
 );
 

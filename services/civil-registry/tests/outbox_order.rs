@@ -1,5 +1,6 @@
 //! The relay's claims take the longest overdue rows first and pass over rows another relay
-//! holds; when nothing is due, it sleeps until the earliest row no relay holds.
+//! holds; when nothing is due, it sleeps until the earliest row no relay holds. The depth
+//! gauge counts the queue and dates its oldest row.
 
 mod support;
 
@@ -95,4 +96,63 @@ async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
     app.stop().await;
 }
 
-both_backends!(claims_take_the_longest_overdue_rows_first);
+/// The oldest pending row's creation time, read the slow way.
+async fn oldest_created(app: &TestApp) -> Option<i64> {
+    let mut conn = sqlx::AnyConnection::connect(&app.db_url).await.unwrap();
+    let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at_ms) FROM outbox")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    oldest
+}
+
+async fn the_depth_gauge_counts_the_queue_and_dates_its_oldest_row(backend: Backend) {
+    let mut app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
+    app.fake.set_down(true);
+    let mut client = app.client().await;
+    let token = app.token("reg_c001");
+    for i in 0..5 {
+        client
+            .register_birth(auth(birth(&format!("queued-{i}")), &token))
+            .await
+            .unwrap();
+        // Distinct creation times, so that the oldest row is one row.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    app.halt().await;
+    let keys = queued_keys(&app).await;
+    assert_eq!(keys.len(), 5);
+    let (depth, oldest) = app.store.outbox_depth().await.unwrap();
+    assert_eq!(depth, 5);
+    assert_eq!(oldest, oldest_created(&app).await);
+
+    // The oldest row failed and waits an hour for its next attempt: still the oldest.
+    app.sql(&format!(
+        "UPDATE outbox SET next_attempt_ms = next_attempt_ms + 3600000, attempts = 3 \
+         WHERE issue_key = '{}'",
+        keys[0]
+    ))
+    .await;
+    assert_eq!(app.store.outbox_depth().await.unwrap(), (5, oldest));
+
+    // The two oldest were delivered: the third is now the oldest.
+    app.sql(&format!(
+        "DELETE FROM outbox WHERE issue_key IN ('{}', '{}')",
+        keys[0], keys[1]
+    ))
+    .await;
+    let (depth, third) = app.store.outbox_depth().await.unwrap();
+    assert_eq!(depth, 3);
+    assert_eq!(third, oldest_created(&app).await);
+    assert!(third > oldest, "{third:?} after {oldest:?}");
+
+    app.sql("DELETE FROM outbox").await;
+    assert_eq!(app.store.outbox_depth().await.unwrap(), (0, None));
+    app.stop().await;
+}
+
+both_backends!(
+    claims_take_the_longest_overdue_rows_first,
+    the_depth_gauge_counts_the_queue_and_dates_its_oldest_row,
+);
