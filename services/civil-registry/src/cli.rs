@@ -72,10 +72,15 @@ pub enum Command {
     },
 }
 
+/// Exit code of `audit verify` when the chain is broken (`EX_DATAERR` from sysexits.h), so
+/// that a scheduled check tells tampering from a database it could not reach (exit 1).
+pub const EXIT_AUDIT_BROKEN: i32 = 65;
+
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain; exit 1 when broken.
+    /// Recompute the hash chain; report the first broken link and exit 65 if any (1 when
+    /// the chain cannot be read).
     Verify,
 }
 
@@ -178,7 +183,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
                 }
                 Some(seq) => {
                     println!("audit chain BROKEN at entry {seq}");
-                    Ok(1)
+                    Ok(EXIT_AUDIT_BROKEN)
                 }
             }
         }

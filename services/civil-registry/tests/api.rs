@@ -954,7 +954,33 @@ async fn concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain
         app.store.verify_audit().await.unwrap().first_broken,
         Some(5)
     );
+    let (code, report) = audit_verify_command(&app.db_url).await;
+    assert_eq!(
+        code,
+        Some(65),
+        "the scheduled check's exit for tampering: {report}"
+    );
+    assert!(report.contains("BROKEN at entry 5"), "{report}");
     app.stop().await;
+}
+
+/// `civil-registry audit verify` run against `url`, as a scheduled Job runs it: its exit
+/// code and what it printed.
+async fn audit_verify_command(url: &str) -> (Option<i32>, String) {
+    let url = url.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_civil-registry"))
+            .args(["audit", "verify"])
+            .env("CIVIL_REGISTRY_DATABASE__URL", url)
+            .output()
+            .expect("civil-registry audit verify runs")
+    })
+    .await
+    .expect("joined");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 async fn a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers(

@@ -63,10 +63,15 @@ pub enum Command {
     },
 }
 
+/// Exit code of `audit verify` when the chain is broken (`EX_DATAERR` from sysexits.h), so
+/// that a scheduled check tells tampering from a database it could not reach (exit 1).
+pub const EXIT_AUDIT_BROKEN: u8 = 65;
+
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain; report the first broken link and exit 1 if any.
+    /// Recompute the hash chain; report the first broken link and exit 65 if any (1 when
+    /// the chain cannot be read).
     Verify,
 }
 
@@ -105,7 +110,7 @@ pub async fn admin(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("audit chain intact: {} entries", report.entries),
                 Some((seq, reason)) => {
                     println!("audit chain BROKEN at entry {seq}: {reason}");
-                    return Ok(ExitCode::FAILURE);
+                    return Ok(ExitCode::from(EXIT_AUDIT_BROKEN));
                 }
             }
         }

@@ -898,6 +898,25 @@ async fn a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_o
     app.stop().await;
 }
 
+/// `population-registry audit verify` run against `url`, as a scheduled Job runs it: its
+/// exit code and what it printed.
+async fn audit_verify_command(url: &str) -> (Option<i32>, String) {
+    let url = url.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_population-registry"))
+            .args(["audit", "verify"])
+            .env("POPULATION_REGISTRY_DATABASE__URL", url)
+            .output()
+            .expect("population-registry audit verify runs")
+    })
+    .await
+    .expect("joined");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 async fn the_audit_chain_verifies_and_reports_a_tampered_row(db: TestDb) {
     let mut app = TestApp::spawn(&db).await;
     let old = app
@@ -922,6 +941,7 @@ async fn the_audit_chain_verifies_and_reports_a_tampered_row(db: TestDb) {
     let intact = population_registry::store::verify_audit(&pool)
         .await
         .expect("verify");
+    let (intact_code, intact_report) = audit_verify_command(&db.url).await;
     sqlx::query("UPDATE audit_log SET request_id = 'forged' WHERE seq = 2")
         .execute(&pool)
         .await
@@ -932,7 +952,19 @@ async fn the_audit_chain_verifies_and_reports_a_tampered_row(db: TestDb) {
 
     assert_eq!(intact.entries, 4, "issue, issue, cancel, reissue");
     assert_eq!(intact.first_broken, None);
+    assert_eq!(intact_code, Some(0), "{intact_report}");
+    assert!(
+        intact_report.contains("intact: 4 entries"),
+        "{intact_report}"
+    );
     assert_eq!(tampered.first_broken.map(|(seq, _)| seq), Some(2));
+    let (code, report) = audit_verify_command(&db.url).await;
+    assert_eq!(
+        code,
+        Some(65),
+        "the scheduled check's exit for tampering: {report}"
+    );
+    assert!(report.contains("BROKEN at entry 2"), "{report}");
     sqlx::query("DELETE FROM audit_log WHERE seq = 2")
         .execute(&pool)
         .await
