@@ -96,16 +96,8 @@ async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
     app.stop().await;
 }
 
-/// The oldest pending row's creation time, read the slow way.
-async fn oldest_created(app: &TestApp) -> Option<i64> {
-    let mut conn = sqlx::AnyConnection::connect(&app.db_url).await.unwrap();
-    let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at_ms) FROM outbox")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.ok();
-    oldest
-}
+/// The oldest queued row's creation time, read the slow way.
+const OLDEST: &str = "SELECT MIN(created_at_ms) FROM outbox";
 
 async fn the_depth_gauge_counts_the_queue_and_dates_its_oldest_row(backend: Backend) {
     let mut app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
@@ -125,7 +117,7 @@ async fn the_depth_gauge_counts_the_queue_and_dates_its_oldest_row(backend: Back
     assert_eq!(keys.len(), 5);
     let (depth, oldest) = app.store.outbox_depth().await.unwrap();
     assert_eq!(depth, 5);
-    assert_eq!(oldest, oldest_created(&app).await);
+    assert_eq!(oldest, Some(app.scalar(OLDEST).await));
 
     // The oldest row failed and waits an hour for its next attempt: still the oldest.
     app.sql(&format!(
@@ -144,7 +136,7 @@ async fn the_depth_gauge_counts_the_queue_and_dates_its_oldest_row(backend: Back
     .await;
     let (depth, third) = app.store.outbox_depth().await.unwrap();
     assert_eq!(depth, 3);
-    assert_eq!(third, oldest_created(&app).await);
+    assert_eq!(third, Some(app.scalar(OLDEST).await));
     assert!(third > oldest, "{third:?} after {oldest:?}");
 
     app.sql("DELETE FROM outbox").await;
