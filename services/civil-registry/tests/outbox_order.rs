@@ -38,21 +38,29 @@ fn sorted(keys: &[&String]) -> Vec<String> {
     keys
 }
 
-async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
+/// A registry whose population side was down while `n` births were registered, one every
+/// few milliseconds (distinct creation times), then halted: only the queued rows, and the
+/// test's own claims, from here on. Returns it with the rows' keys in creation order.
+async fn queued_births(backend: Backend, prefix: &str, n: usize) -> (TestApp, Vec<String>) {
     let mut app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
     app.fake.set_down(true);
     let mut client = app.client().await;
     let token = app.token("reg_c001");
-    for i in 0..6 {
+    for i in 0..n {
         client
-            .register_birth(auth(birth(&format!("overdue-{i}")), &token))
+            .register_birth(auth(birth(&format!("{prefix}-{i}")), &token))
             .await
             .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
-    // Only the rows, and this test's claims, from here on.
     app.halt().await;
     let keys = queued_keys(&app).await;
-    assert_eq!(keys.len(), 6, "one queued row per eligible registration");
+    assert_eq!(keys.len(), n, "one queued row per eligible registration");
+    (app, keys)
+}
+
+async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
+    let (app, keys) = queued_births(backend, "overdue", 6).await;
     let now = chrono::Utc::now().timestamp_millis();
     let in_an_hour = now + 3_600_000;
     // (next attempt, leased by another relay until): due in an order unlike creation's.
@@ -100,21 +108,7 @@ async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
 const OLDEST: &str = "SELECT MIN(created_at_ms) FROM outbox";
 
 async fn the_depth_gauge_counts_the_queue_and_dates_its_oldest_row(backend: Backend) {
-    let mut app = TestApp::start_with(backend, |cfg| cfg.registration.wait_for_number_ms = 0).await;
-    app.fake.set_down(true);
-    let mut client = app.client().await;
-    let token = app.token("reg_c001");
-    for i in 0..5 {
-        client
-            .register_birth(auth(birth(&format!("queued-{i}")), &token))
-            .await
-            .unwrap();
-        // Distinct creation times, so that the oldest row is one row.
-        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-    }
-    app.halt().await;
-    let keys = queued_keys(&app).await;
-    assert_eq!(keys.len(), 5);
+    let (app, keys) = queued_births(backend, "queued", 5).await;
     let (depth, oldest) = app.store.outbox_depth().await.unwrap();
     assert_eq!(depth, 5);
     assert_eq!(oldest, Some(app.scalar(OLDEST).await));
