@@ -1,0 +1,104 @@
+//! Another language's client against both real services: the Python client of
+//! `tests/interop/python` compiles the public contracts itself (grpcio-tools), registers a
+//! birth over TLS with an official's token, reads the `google.rpc.BadRequest` of a bad one,
+//! and checks the number on the population registry with a reader certificate. This test
+//! then checks what it reported against the services' own state.
+//!
+//! It needs a Python with the client's packages, named by `INTEROP_PYTHON` (`.ci/run` makes
+//! one); without it the test says `skipped: INTEROP_PYTHON not set`.
+
+mod common;
+
+use common::{Cert, World};
+use contracts::moj::civilstatus::v1 as cpb;
+use contracts::mps::population::v1 as ppb;
+use traffic::client::authorized;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_registers_a_birth_reads_its_errors_and_checks_its_number() {
+    let Ok(python) = std::env::var("INTEROP_PYTHON") else {
+        eprintln!("skipped: INTEROP_PYTHON not set");
+        return;
+    };
+    // Arrange
+    let world = World::start().await;
+    let (official, _unit, province) = world.commune_registrar(0);
+    let token = world.auth(&official);
+    let before = world.counts().await;
+    let certs = &world.stack.certs;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/interop/python/registry_client.py"
+    );
+
+    // Act
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .args(["--civil", &world.stack.civil.grpc.to_string()])
+        .args(["--population", &world.stack.population.grpc.to_string()])
+        .arg("--ca")
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.traffic_client_cert)
+        .arg("--key")
+        .arg(&certs.traffic_client_key)
+        .args(["--server-name", "localhost"])
+        .env("OFFICIAL_TOKEN", token.to_str().expect("ascii token"))
+        .output()
+        .await
+        .expect("the Python client runs");
+
+    // Assert: it passed its own checks, and what it saw is what the services hold.
+    assert!(
+        output.status.success(),
+        "the Python client failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON line on stdout");
+    let name = seen["registration"].as_str().expect("registration");
+    let number = seen["personal_id"].as_str().expect("personal_id");
+    assert_eq!(
+        seen["invalid_fields"],
+        serde_json::json!(["child.full_name"])
+    );
+    assert_eq!(seen["province_code"], serde_json::json!(province));
+    let stored = world
+        .civil()
+        .get_birth_registration(authorized(
+            cpb::GetBirthRegistrationRequest { name: name.into() },
+            &token,
+        ))
+        .await
+        .expect("the registration the client made")
+        .into_inner()
+        .registration
+        .expect("registration");
+    assert_eq!(stored.personal_id, number);
+    assert_eq!(
+        stored.personal_id_status,
+        cpb::PersonalIdStatus::Issued as i32
+    );
+    let citizen = world
+        .population(Cert::Reader)
+        .find_citizen_by_registration(ppb::FindCitizenByRegistrationRequest {
+            request_id: name.trim_start_matches("birthRegistrations/").into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the citizen under the registration's key")
+        .into_inner()
+        .citizens;
+    assert_eq!(
+        citizen
+            .iter()
+            .map(|c| c.personal_id.as_str())
+            .collect::<Vec<_>>(),
+        [number]
+    );
+    // One registration and one number: the retry and the nameless child wrote nothing.
+    let after = world.counts().await;
+    assert_eq!(after.registrations, before.registrations + 1);
+    assert_eq!(after.population_issued, before.population_issued + 1);
+    world.stop().await;
+}
