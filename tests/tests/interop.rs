@@ -1,8 +1,9 @@
 //! Another language's client against both real services: the Python client of
 //! `tests/interop/python` compiles the public contracts itself (grpcio-tools), registers a
 //! birth over TLS with an official's token, reads the `google.rpc.BadRequest` of a bad one,
-//! and checks the number on the population registry with a reader certificate. This test
-//! then checks what it reported against the services' own state.
+//! checks the number on the population registry with a reader certificate, and backfills
+//! through the `BatchIssuePersonalIds` stream with a minting one. This test then checks what
+//! it reported against the services' own state.
 //!
 //! It needs a Python with the client's packages, named by `INTEROP_PYTHON` (`.ci/run` makes
 //! one); without it the test says `skipped: INTEROP_PYTHON not set`.
@@ -15,7 +16,7 @@ use contracts::mps::population::v1 as ppb;
 use traffic::client::authorized;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_client_registers_a_birth_reads_its_errors_and_checks_its_number() {
+async fn a_python_client_registers_births_backfills_numbers_and_reads_their_errors() {
     let Ok(python) = std::env::var("INTEROP_PYTHON") else {
         eprintln!("skipped: INTEROP_PYTHON not set");
         return;
@@ -42,6 +43,10 @@ async fn a_python_client_registers_a_birth_reads_its_errors_and_checks_its_numbe
         .arg(&certs.traffic_client_cert)
         .arg("--key")
         .arg(&certs.traffic_client_key)
+        .arg("--minting-cert")
+        .arg(&certs.civil_client_cert)
+        .arg("--minting-key")
+        .arg(&certs.civil_client_key)
         .args(["--server-name", "localhost"])
         .env("OFFICIAL_TOKEN", token.to_str().expect("ascii token"))
         .output()
@@ -96,9 +101,29 @@ async fn a_python_client_registers_a_birth_reads_its_errors_and_checks_its_numbe
             .collect::<Vec<_>>(),
         [number]
     );
-    // One registration and one number: the retry and the nameless child wrote nothing.
+    // The backfill's number is stored under its key; its invalid item named its field.
+    assert_eq!(
+        seen["backfill_invalid_fields"],
+        serde_json::json!(["items[1].birth.nationality"])
+    );
+    let backfilled = seen["backfill_personal_id"]
+        .as_str()
+        .expect("backfill number");
+    let citizen = world
+        .population(Cert::Reader)
+        .get_citizen(ppb::GetCitizenRequest {
+            personal_id: backfilled.into(),
+        })
+        .await
+        .expect("the backfilled citizen")
+        .into_inner()
+        .citizen
+        .expect("citizen");
+    assert!(citizen.request_id.starts_with("py-backfill-"));
+    assert_eq!(citizen.status, ppb::CitizenStatus::Active as i32);
+    // One registration and two numbers: the retries and the invalid records wrote nothing.
     let after = world.counts().await;
     assert_eq!(after.registrations, before.registrations + 1);
-    assert_eq!(after.population_issued, before.population_issued + 1);
+    assert_eq!(after.population_issued, before.population_issued + 2);
     world.stop().await;
 }

@@ -11,7 +11,10 @@ committed), then over TLS:
   4. sends a birth whose child has no name: INVALID_ARGUMENT, with a google.rpc.BadRequest
      in the status details that names the field `child.full_name`;
   5. with a client certificate on the population registry's read allow-list, decodes the
-     number (ValidatePersonalId) and reads the citizen record (GetCitizen).
+     number (ValidatePersonalId) and reads the citizen record (GetCitizen);
+  6. with a certificate on its minting allow-list (optional, as a national backfill would),
+     streams BatchIssuePersonalIds: a valid record gets a number, an invalid one its own
+     google.rpc.Status with a BadRequest, and the valid one sent again the same number.
 
 It writes a registration and mints a number: run it against a test deployment, never
 against the live register. Any broken expectation exits non-zero with the reason. On success it prints one JSON line
@@ -117,6 +120,68 @@ def birth_request(civil, request_id, child_name):
     )
 
 
+def backfill_record(population, registration_number, nationality):
+    from google.type import date_pb2
+
+    return population.BirthRecord(
+        full_name="Lê Thị Hoa",
+        sex=population.SEX_FEMALE,
+        date_of_birth=date_pb2.Date(year=2016, month=2, day=1),
+        place_of_birth=population.PlaceOfBirth(description="Bệnh viện Bạch Mai", province_code="001"),
+        registration_province_code="001",
+        home_town="Hà Nội",
+        ethnicity="Kinh",
+        nationality=nationality,
+        mother=population.Parent(full_name="Phạm Thị Lan", year_of_birth=1987, ethnicity="Kinh", nationality="VN"),
+        registration=population.RegistrationReference(
+            unit_code="PY-BACKFILL",
+            registration_number=registration_number,
+            book_number="01/2016",
+            registration_date=date_pb2.Date(year=2016, month=2, day=15),
+        ),
+    )
+
+
+def details_fields(status):
+    """The fields a google.rpc.Status's BadRequest names."""
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields.extend(v.field for v in bad_request.field_violations)
+    return fields
+
+
+def backfill(population, stub):
+    """Two items in one stream message, then the valid one again in a second message."""
+    run = uuid.uuid4().hex[:12]
+    valid = population.IssuePersonalIdRequest(
+        request_id=f"py-backfill-{run}-1", birth=backfill_record(population, 1, "VN")
+    )
+    invalid = population.IssuePersonalIdRequest(
+        request_id=f"py-backfill-{run}-2", birth=backfill_record(population, 2, "Vietnam")
+    )
+    messages = [
+        population.BatchIssuePersonalIdsRequest(items=[valid, invalid]),
+        population.BatchIssuePersonalIdsRequest(items=[valid]),
+    ]
+    answers = list(stub.BatchIssuePersonalIds(iter(messages), timeout=30))
+    expect(len(answers) == 2, f"{len(answers)} answer messages for 2 request messages")
+    first, second = answers[0].results, answers[1].results
+    expect([r.request_id for r in first] == [valid.request_id, invalid.request_id], "results out of order")
+    expect(first[0].WhichOneof("outcome") == "issued", "the valid record got no number")
+    number = first[0].issued.personal_id
+    expect(len(number) == 12 and first[0].issued.newly_issued, "the valid record's number is not new")
+    expect(first[1].WhichOneof("outcome") == "error", "the invalid record got a number")
+    expect(first[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], f"item error code {first[1].error.code}")
+    invalid_fields = details_fields(first[1].error)
+    expect("items[1].birth.nationality" in invalid_fields, f"the item's BadRequest names {invalid_fields}")
+    expect(second[0].issued.personal_id == number, "the same request_id got another number")
+    expect(not second[0].issued.newly_issued, "the repeated item was issued anew")
+    return {"backfill_personal_id": number, "backfill_invalid_fields": sorted(set(invalid_fields))}
+
+
 def check_health(name, chan):
     reply = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     expect(reply.status == health_pb2.HealthCheckResponse.SERVING, f"{name} health is {reply.status}, not SERVING")
@@ -137,13 +202,7 @@ def field_violations(error):
     """The fields a failed call's google.rpc.BadRequest names."""
     status = rpc_status.from_call(error)
     expect(status is not None, f"{error.code()} came without google.rpc.Status details")
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            fields.extend(v.field for v in bad_request.field_violations)
-    return fields
+    return details_fields(status)
 
 
 def run(args):
@@ -198,14 +257,25 @@ def run(args):
             citizen.birth.full_name == unicodedata.normalize("NFC", CHILD_NAME),
             "the citizen record carries another name",
         )
+        seen = {
+            "registration": registration.name,
+            "personal_id": number,
+            "province_code": checked.decoded.province_code,
+            "invalid_fields": sorted(set(invalid_fields)),
+        }
+        if args.minting_cert:
+            minting_channel = channel(
+                args.population,
+                ca,
+                args.server_name,
+                pathlib.Path(args.minting_cert).read_bytes(),
+                pathlib.Path(args.minting_key).read_bytes(),
+            )
+            seen.update(backfill(population, population_grpc.PopulationRegistryServiceStub(minting_channel)))
+            minting_channel.close()
         civil_channel.close()
         population_channel.close()
-    return {
-        "registration": registration.name,
-        "personal_id": number,
-        "province_code": checked.decoded.province_code,
-        "invalid_fields": sorted(set(invalid_fields)),
-    }
+    return seen
 
 
 def main():
@@ -215,9 +285,13 @@ def main():
     parser.add_argument("--ca", required=True, help="CA certificate (PEM) that signed both servers")
     parser.add_argument("--cert", required=True, help="client certificate on the population read allow-list")
     parser.add_argument("--key", required=True, help="its private key")
+    parser.add_argument("--minting-cert", help="client certificate on the minting allow-list: also backfill")
+    parser.add_argument("--minting-key", help="its private key")
     parser.add_argument("--server-name", default="", help="name to check in the servers' certificates")
     parser.add_argument("--proto", default=str(REPO / "proto"), help="the contracts' directory")
     args = parser.parse_args()
+    if bool(args.minting_cert) != bool(args.minting_key):
+        parser.error("--minting-cert and --minting-key go together")
     try:
         print(json.dumps(run(args)))
     except (Broken, grpc.RpcError) as error:
