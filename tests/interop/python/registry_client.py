@@ -44,6 +44,7 @@ import uuid
 
 import grpc
 from google.rpc import error_details_pb2
+from google.type import date_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from grpc_tools import protoc
@@ -90,8 +91,6 @@ def channel(target, ca, server_name, cert=None, key=None):
 
 
 def birth_request(civil, request_id, child_name):
-    from google.type import date_pb2
-
     def parent(name, year):
         return civil.Parent(
             full_name=name,
@@ -121,8 +120,6 @@ def birth_request(civil, request_id, child_name):
 
 
 def backfill_record(population, registration_number, nationality):
-    from google.type import date_pb2
-
     return population.BirthRecord(
         full_name="Lê Thị Hoa",
         sex=population.SEX_FEMALE,
