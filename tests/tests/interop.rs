@@ -84,7 +84,7 @@ async fn a_python_client_registers_births_backfills_numbers_and_reads_their_erro
         stored.personal_id_status,
         cpb::PersonalIdStatus::Issued as i32
     );
-    let citizen = world
+    let under_key = world
         .population(Cert::Reader)
         .find_citizen_by_registration(ppb::FindCitizenByRegistrationRequest {
             request_id: name.trim_start_matches("birthRegistrations/").into(),
@@ -95,7 +95,7 @@ async fn a_python_client_registers_births_backfills_numbers_and_reads_their_erro
         .into_inner()
         .citizens;
     assert_eq!(
-        citizen
+        under_key
             .iter()
             .map(|c| c.personal_id.as_str())
             .collect::<Vec<_>>(),
