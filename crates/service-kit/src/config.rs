@@ -31,6 +31,28 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// The error for `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The exit code for an error that stopped a binary: [`EXIT_CONFIG`] when a
+/// [`ConfigError`] is among its causes (a value that parsed but cannot work, found while
+/// starting), 1 otherwise. Operators and supervisors tell "fix the configuration" from
+/// "retry later" by it.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.chain().any(|cause| cause.is::<ConfigError>()) {
+        EXIT_CONFIG
+    } else {
+        1
+    }
+}
+
 /// Loads `T` from its defaults, then the optional TOML `file`, then environment variables
 /// named `{env_prefix}{KEY}` (nested keys joined by `__`). A missing `file` is an error:
 /// an operator who names a file expects it to be read.

@@ -23,7 +23,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::{Channel, Endpoint, server::Connected};
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
-use crate::config::{ClientTlsConfig, ServerTlsConfig};
+use crate::config::{ClientTlsConfig, ConfigError, ServerTlsConfig};
 
 /// Installs rustls' ring crypto provider as the process default, once. Every TLS set-up
 /// in the kit calls it; services that use rustls elsewhere (e.g. sqlx) may call it too.
@@ -388,24 +388,27 @@ impl ServerTlsMaterial {
         }
         install_crypto_provider();
         let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
-            bail!(
+            return Err(ConfigError::new(
+                "server.tls.cert_file",
                 "server.tls.cert_file and server.tls.key_file are required \
-                 (or set server.tls.insecure_plaintext = true for local runs)"
-            );
+                 (or set server.tls.insecure_plaintext = true for local runs)",
+            )
+            .into());
         };
         let cert_chain = CertificateDer::pem_slice_iter(&read(cert, "server.tls.cert_file")?)
             .collect::<Result<Vec<_>, _>>()
-            .context("server.tls.cert_file: not a PEM certificate chain")?;
+            .map_err(|e| invalid("server.tls.cert_file", "not a PEM certificate chain", e))?;
         let key = PrivateKeyDer::from_pem_slice(&read(key, "server.tls.key_file")?)
-            .context("server.tls.key_file: not a PEM private key")?;
+            .map_err(|e| invalid("server.tls.key_file", "not a PEM private key", e))?;
         let client_roots = match &tls.client_ca_file {
             Some(ca) => {
+                let key = "server.tls.client_ca_file";
                 let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&read(ca, "server.tls.client_ca_file")?)
-                {
+                for cert in CertificateDer::pem_slice_iter(&read(ca, key)?) {
+                    let cert = cert.map_err(|e| invalid(key, "not a PEM certificate", e))?;
                     roots
-                        .add(cert.context("server.tls.client_ca_file: not a PEM certificate")?)
-                        .context("server.tls.client_ca_file: unusable CA certificate")?;
+                        .add(cert)
+                        .map_err(|e| invalid(key, "unusable CA certificate", e))?;
                 }
                 Some(Arc::new(roots))
             }
@@ -417,7 +420,9 @@ impl ServerTlsMaterial {
             client_roots,
         };
         // Fail at bind, not at the first connection.
-        material.acceptor(false)?;
+        material
+            .acceptor(false)
+            .map_err(|e| invalid("server.tls", "the certificate, key and CA do not fit", e))?;
         Ok(Some(material))
     }
 
@@ -452,6 +457,12 @@ impl ServerTlsMaterial {
     }
 }
 
-fn read(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{key}: cannot read {}", path.display()))
+fn read(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// A configured file that does not hold what its key needs.
+fn invalid(key: &str, what: &str, cause: impl std::fmt::Display) -> ConfigError {
+    ConfigError::new(key, format!("{what}: {cause:#}"))
 }

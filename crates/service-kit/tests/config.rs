@@ -132,6 +132,30 @@ fn an_invalid_file_value_makes_the_binary_exit_64_naming_the_key() {
 }
 
 #[test]
+fn an_unreadable_certificate_makes_the_binary_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("server.pem");
+    let missing = missing.to_str().expect("utf-8 path");
+
+    let output = kit_echo(
+        &["serve"],
+        &[
+            ("KIT_ECHO_SERVER__LISTEN_ADDR", "127.0.0.1:0"),
+            ("KIT_ECHO_SERVER__TLS__INSECURE_PLAINTEXT", "false"),
+            ("KIT_ECHO_SERVER__TLS__CERT_FILE", missing),
+            ("KIT_ECHO_SERVER__TLS__KEY_FILE", missing),
+        ],
+    );
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(config::EXIT_CONFIG), "{stderr}");
+    assert!(
+        stderr.contains("server.tls.cert_file: cannot read"),
+        "names the key: {stderr}"
+    );
+}
+
+#[test]
 fn an_unknown_environment_key_makes_the_binary_exit_64() {
     let output = kit_echo(
         &["serve"],

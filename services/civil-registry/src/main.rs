@@ -30,9 +30,14 @@ async fn main() {
     let code = match run(cli, cfg).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "civil-registry failed");
-            eprintln!("error: {e:#}");
-            1
+            let code = service_kit::config::exit_code(&e);
+            if code == service_kit::config::EXIT_CONFIG {
+                eprintln!("invalid configuration: {e:#}");
+            } else {
+                tracing::error!(error = format!("{e:#}"), "civil-registry failed");
+                eprintln!("error: {e:#}");
+            }
+            code
         }
     };
     tokio::task::spawn_blocking(move || telemetry.shutdown())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use contracts::mps::population::v1::population_registry_service_server::PopulationRegistryServiceServer;
-use service_kit::GrpcServer;
+use service_kit::{ConfigError, GrpcServer};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -34,13 +34,18 @@ pub struct App {
 /// Checks what the type system cannot: returns the bucket policy.
 fn validate(cfg: &Config) -> anyhow::Result<BucketPolicy> {
     let policy = BucketPolicy::new(cfg.minting.bucket_capacity, cfg.minting.bucket_warn_percent)
-        .map_err(|e| anyhow::anyhow!("minting.bucket_capacity/bucket_warn_percent: {e}"))?;
+        .map_err(|e| {
+            ConfigError::new("minting.bucket_capacity/bucket_warn_percent", e.to_string())
+        })?;
     let tls = &cfg.server.tls;
-    anyhow::ensure!(
-        tls.insecure_plaintext || tls.client_ca_file.is_some(),
-        "server.tls.client_ca_file: required, callers are authenticated by client certificate \
-         (or set server.tls.insecure_plaintext for development)"
-    );
+    if !tls.insecure_plaintext && tls.client_ca_file.is_none() {
+        return Err(ConfigError::new(
+            "server.tls.client_ca_file",
+            "required, callers are authenticated by client certificate \
+             (or set server.tls.insecure_plaintext for development)",
+        )
+        .into());
+    }
     Ok(policy)
 }
 

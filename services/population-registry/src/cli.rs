@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use service_kit::ConfigError;
 use service_kit::config::{ClientTlsConfig, keys, load_or_exit};
 
 use crate::app::App;
@@ -148,7 +149,8 @@ pub async fn admin(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `serve`: config -> telemetry -> App::build -> LISTENING -> serve -> flush.
 pub async fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg: Config = load_or_exit(ENV_PREFIX, config.as_deref());
-    let mut telemetry = service_kit::telemetry::init("population-registry", &cfg.telemetry)?;
+    let mut telemetry = service_kit::telemetry::init("population-registry", &cfg.telemetry)
+        .map_err(|e| ConfigError::new("telemetry", format!("{e:#}")))?;
     let app = App::build(&cfg).await?;
     let metrics = app
         .metrics_addr()

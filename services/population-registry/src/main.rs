@@ -17,7 +17,12 @@ async fn main() -> ExitCode {
         _ => cli::admin(cli).await,
     };
     result.unwrap_or_else(|e| {
-        eprintln!("population-registry: {e:#}");
-        ExitCode::FAILURE
+        let code = service_kit::config::exit_code(&e);
+        if code == service_kit::config::EXIT_CONFIG {
+            eprintln!("invalid configuration: {e:#}");
+        } else {
+            eprintln!("population-registry: {e:#}");
+        }
+        ExitCode::from(code as u8)
     })
 }

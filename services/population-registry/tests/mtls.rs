@@ -146,3 +146,33 @@ async fn tls_without_a_client_ca_is_refused_at_startup() {
         "{err}"
     );
 }
+
+#[test]
+fn serving_without_a_client_ca_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("registry").expect("CA");
+    let server = ca.server_cert().expect("server certificate");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_population-registry"))
+        .arg("serve")
+        .env(
+            "POPULATION_REGISTRY_DATABASE__URL",
+            format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
+        )
+        .env("POPULATION_REGISTRY_SERVER__LISTEN_ADDR", "127.0.0.1:0")
+        .env(
+            "POPULATION_REGISTRY_SERVER__TLS__CERT_FILE",
+            &server.cert_file,
+        )
+        .env(
+            "POPULATION_REGISTRY_SERVER__TLS__KEY_FILE",
+            &server.key_file,
+        )
+        .output()
+        .expect("population-registry runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("invalid configuration: server.tls.client_ca_file: required"),
+        "{stderr}"
+    );
+}

@@ -52,8 +52,18 @@ enum ConfigCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    run(cli).await.map_or_else(
+        |e| {
+            eprintln!("kit-echo: {e:#}");
+            std::process::ExitCode::from(config::exit_code(&e) as u8)
+        },
+        |()| std::process::ExitCode::SUCCESS,
+    )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Config {
         command: ConfigCommand::Keys,
     }) = cli.command

@@ -37,7 +37,7 @@ impl GrpcPopulationRegistry {
             &cfg.tls,
             Duration::from_millis(cfg.connect_timeout_ms),
         )
-        .context("population_registry: building the channel")?;
+        .map_err(|e| service_kit::ConfigError::new("population_registry", format!("{e:#}")))?;
         let health = HealthClient::new(channel.clone());
         let client =
             PopulationRegistryServiceClient::with_interceptor(channel, TraceContextInterceptor)

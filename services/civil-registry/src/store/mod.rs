@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use service_kit::ConfigError;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -183,14 +184,18 @@ impl Store {
         } else if cfg.url.starts_with("postgres:") || cfg.url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            anyhow::bail!("database.url must start with sqlite: or postgres:");
-        };
-        if backend == Backend::Sqlite {
-            anyhow::ensure!(
-                !cfg.url.contains(":memory:"),
-                "database.url: an in-memory SQLite register would lose every registration at \
-                 exit; name a file"
+            return Err(
+                ConfigError::new("database.url", "must start with sqlite: or postgres:").into(),
             );
+        };
+        if backend == Backend::Sqlite && cfg.url.contains(":memory:") {
+            return Err(ConfigError::new(
+                "database.url",
+                "an in-memory SQLite register would lose every registration at exit; name a file",
+            )
+            .into());
+        }
+        if backend == Backend::Sqlite {
             let path = cfg
                 .url
                 .trim_start_matches("sqlite://")

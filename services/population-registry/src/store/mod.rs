@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use service_kit::ConfigError;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor as _, Row as _, SqlSafeStr as _};
@@ -46,7 +47,7 @@ impl Backend {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self::Postgres)
         } else {
-            anyhow::bail!("database.url: must start with sqlite: or postgres:")
+            Err(ConfigError::new("database.url", "must start with sqlite: or postgres:").into())
         }
     }
 }
@@ -210,11 +211,13 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
     install_default_drivers();
     let backend = Backend::of_url(&cfg.url)?;
     if backend == Backend::Sqlite {
-        anyhow::ensure!(
-            !cfg.url.contains(":memory:"),
-            "database.url: an in-memory SQLite database would lose every number issued at \
-             exit; name a file"
-        );
+        if cfg.url.contains(":memory:") {
+            return Err(ConfigError::new(
+                "database.url",
+                "an in-memory SQLite database would lose every number issued at exit; name a file",
+            )
+            .into());
+        }
         create_sqlite_dir(&cfg.url)?;
     }
     let busy = cfg.sqlite_busy_timeout_ms;
