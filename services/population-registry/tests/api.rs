@@ -76,7 +76,13 @@ async fn issue_returns_a_number_encoding_province_sex_and_year(db: TestDb) {
         resp.personal_id
     );
     assert!(resp.newly_issued);
-    assert!(resp.issue_time.is_some());
+    assert!(resp.issued_at.is_some());
+    #[allow(deprecated)]
+    let first_version_time = resp.issue_time;
+    assert_eq!(
+        first_version_time, resp.issued_at,
+        "the deprecated field agrees"
+    );
     assert!(resp.duplicate_suspects.is_empty());
     app.stop().await;
 }
@@ -100,7 +106,7 @@ async fn the_same_request_id_and_content_returns_the_same_number_without_minting
 
     assert_eq!(again.personal_id, first.personal_id);
     assert!(!again.newly_issued);
-    assert_eq!(again.issue_time, first.issue_time);
+    assert_eq!(again.issued_at, first.issued_at);
     let stats = app
         .client
         .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
@@ -227,6 +233,8 @@ async fn batch_answers_every_item_by_request_id_with_its_number_or_its_own_error
         .expect("earlier issue");
     let mut bad = birth("Lê Thị Lỗi", 3);
     bad.nationality = "US".into();
+    let mut invalid_again = birth("Lê Văn Bốn", 4);
+    invalid_again.full_name = String::new();
     let first_message = pb::BatchIssuePersonalIdsRequest {
         items: vec![
             issue("reg-1", birth("Lê Văn Một", 1)),
@@ -234,6 +242,8 @@ async fn batch_answers_every_item_by_request_id_with_its_number_or_its_own_error
             issue("reg-3", bad),
             issue("reg-0", birth("Khác hẳn", 100)),
             issue("reg-1", birth("Lê Văn Một", 1)),
+            issue("reg-4", invalid_again),
+            issue("reg-4", birth("Lê Văn Bốn", 4)),
         ],
     };
     let second_message = pb::BatchIssuePersonalIdsRequest {
@@ -265,7 +275,12 @@ async fn batch_answers_every_item_by_request_id_with_its_number_or_its_own_error
         .iter()
         .map(|r| r.request_id.as_str())
         .collect();
-    assert_eq!(ids, ["reg-1", "reg-2", "reg-3", "reg-0", "reg-1"]);
+    assert_eq!(
+        ids,
+        [
+            "reg-1", "reg-2", "reg-3", "reg-0", "reg-1", "reg-4", "reg-4"
+        ]
+    );
     use pb::batch_issue_result::Outcome;
     let number = |i: usize| match &first.results[i].outcome {
         Some(Outcome::Issued(r)) => r.personal_id.clone(),
@@ -282,6 +297,12 @@ async fn batch_answers_every_item_by_request_id_with_its_number_or_its_own_error
         code(4),
         Code::InvalidArgument as i32,
         "duplicate id in one message"
+    );
+    assert_eq!(code(5), Code::InvalidArgument as i32, "an invalid record");
+    assert_eq!(
+        code(6),
+        Code::InvalidArgument as i32,
+        "a valid copy of a key whose first copy was invalid is still a repeat"
     );
     let err = match &first.results[2].outcome {
         Some(Outcome::Error(s)) => s.clone(),

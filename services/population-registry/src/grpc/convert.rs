@@ -335,23 +335,27 @@ pub fn citizen(c: &Citizen) -> pb::Citizen {
     }
 }
 
-/// Proto issuance response.
+/// Proto issuance response (the deprecated `issue_time` filled beside `issued_at`).
+#[allow(deprecated)]
 pub fn issued(i: &Issued) -> pb::IssuePersonalIdResponse {
     pb::IssuePersonalIdResponse {
         personal_id: i.personal_id.to_string(),
         newly_issued: i.newly_issued,
         issue_time: Some(timestamp(i.issue_time)),
         duplicate_suspects: i.duplicate_suspects.iter().map(|s| s.to_string()).collect(),
+        issued_at: Some(timestamp(i.issue_time)),
     }
 }
 
-/// Proto re-issue response.
+/// Proto re-issue response (the deprecated `issue_time` filled beside `issued_at`).
+#[allow(deprecated)]
 pub fn reissued(r: &Reissued) -> pb::ReissuePersonalIdResponse {
     pb::ReissuePersonalIdResponse {
         personal_id: r.personal_id.to_string(),
         cancelled_personal_id: r.cancelled.to_string(),
         newly_issued: r.newly_issued,
         issue_time: Some(timestamp(r.issue_time)),
+        issued_at: Some(timestamp(r.issue_time)),
     }
 }
 

@@ -79,8 +79,10 @@ impl RegistryService {
         let mut valid_pos = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, parsed) in parsed.into_iter().enumerate() {
+            // Every copy counts, valid or not: a key is served at most once per message.
+            let repeated = !seen.insert(request_ids[i].as_str());
             match parsed {
-                Ok(_) if !seen.insert(request_ids[i].as_str()) => {
+                Ok(_) if repeated => {
                     outcomes.push(Some(Err(status::issue(IssueError::Invalid(vec![
                         crate::domain::birth::Violation::new(
                             format!("items[{i}].request_id"),
