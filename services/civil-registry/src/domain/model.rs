@@ -16,7 +16,12 @@ pub fn today_in_vietnam() -> NaiveDate {
 /// A description of why a raw value was refused (for `google.rpc.BadRequest`).
 pub type Invalid = String;
 
+/// NFC, trimmed of spaces, length in characters. Control characters are refused wherever
+/// they stand: trimming first would quietly drop a tab or a line break at either end.
 fn clean_text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     let trimmed = raw.trim();
     // Most input is NFC already (all ASCII is): the quick check spares the
     // decompose/recompose pass and its allocations.
@@ -35,9 +40,6 @@ fn clean_text(raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
     }
     if len > max {
         return Err(format!("must have at most {max} characters"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
     }
     Ok(text)
 }
@@ -748,5 +750,25 @@ impl Registration {
         }
         self.rejection_reason = settlement.rejection_reason;
         self.updated_at_ms = settlement.at_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_of_spaces_but_refused_with_a_control_character_anywhere() {
+        assert_eq!(
+            PersonName::parse("  Lê Văn An ").unwrap().as_str(),
+            "Lê Văn An"
+        );
+        for raw in ["Lê\u{7}An", "Lê Văn An\n", "\tLê Văn An", "Lê Văn An\u{85}"] {
+            assert_eq!(
+                PersonName::parse(raw).unwrap_err(),
+                "must not contain control characters",
+                "{raw:?}"
+            );
+        }
     }
 }

@@ -79,8 +79,13 @@ impl Violations {
     }
 }
 
-/// Normalises free text to NFC, trims it and checks its length in characters.
+/// Normalises free text to NFC, trims it and checks its length in characters. Control
+/// characters are refused wherever they stand: trimming first would quietly drop a tab or
+/// a line break at either end.
 fn text(raw: &str, min: usize, max: usize) -> Result<String, String> {
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
     // Most input is already NFC (all ASCII is): the quick check spares the
     // decompose/recompose pass and its allocations.
     let normalised: String = if is_nfc_quick(raw.chars()) == IsNormalized::Yes {
@@ -88,9 +93,6 @@ fn text(raw: &str, min: usize, max: usize) -> Result<String, String> {
     } else {
         raw.nfc().collect::<String>().trim().to_owned()
     };
-    if normalised.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
     let len = normalised.chars().count();
     if len < min {
         return Err(if min == 1 {
@@ -623,7 +625,7 @@ impl BirthRecord {
         let digest = h.finalize();
         let mut low = [0u8; 8];
         low[3..].copy_from_slice(&digest[..5]);
-        // Encodable birth dates are within 1800..=2299: under 2^20 days.
+        // Encodable birth dates are within 1900..=2399: under 2^20 days.
         let days = i64::from(self.date_of_birth.num_days_from_ce().max(0));
         (days << 40) | i64::from_be_bytes(low)
     }
@@ -861,6 +863,10 @@ mod tests {
         let mut i = input();
         i.full_name = "An\u{7}";
         assert_eq!(fields(parse(&i)), vec!["full_name"]);
+        for at_an_end in ["An\n", "\tAn", "An\u{85}"] {
+            i.full_name = at_an_end;
+            assert_eq!(fields(parse(&i)), vec!["full_name"], "{at_an_end:?}");
+        }
         let long = "a".repeat(101);
         i.full_name = &long;
         assert_eq!(fields(parse(&i)), vec!["full_name"]);
