@@ -22,10 +22,12 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
 mod page_cache;
+mod unavailable;
 mod wal_restart;
 
 pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
 pub use page_cache::{install_page_cache, parked_pages};
+pub use unavailable::{is_unavailable, is_unavailable_code};
 pub use wal_restart::CheckpointSignal;
 
 /// A value bound to a statement's parameter.
@@ -87,6 +89,12 @@ impl Error {
     /// `SQLITE_LOCKED`), which a later attempt may not meet.
     pub fn is_busy(&self) -> bool {
         matches!(self.primary_code(), ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED)
+    }
+
+    /// The database cannot be used now: locked, or its storage failing, full, gone or
+    /// read-only ([`is_unavailable_code`]).
+    pub fn is_unavailable(&self) -> bool {
+        is_unavailable_code(self.code)
     }
 
     /// A UNIQUE or PRIMARY KEY constraint refused the row.

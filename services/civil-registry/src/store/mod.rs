@@ -382,29 +382,7 @@ impl Store {
 /// Whether an error means the database cannot be reached (as opposed to a bad statement):
 /// those answer UNAVAILABLE, which clients retry with the same request_id.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // PostgreSQL: connection exceptions (08), operator intervention such as an
-            // administrator shutdown (57), database gone (3D000). SQLite: busy (5),
-            // I/O error (10 and extended), cannot open (14), full disk (13).
-            code.starts_with("08")
-                || code.starts_with("57")
-                || code == "3D000"
-                || ["5", "13", "14"].contains(&code.as_ref())
-                || code == "10"
-                || (code.len() > 2
-                    && code
-                        .parse::<i64>()
-                        .is_ok_and(|c| c & 0xff == 10 || c & 0xff == 5))
-        }
-        _ => false,
-    }
+    sqlite_direct::is_unavailable(err)
 }
 
 #[cfg(test)]

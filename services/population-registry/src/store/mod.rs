@@ -94,27 +94,10 @@ fn migrator(backend: Backend) -> Migrator {
 
 /// Maps a driver error to "retry later" or "bug".
 pub(crate) fn classify(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // SQLite busy/locked; PostgreSQL connection exceptions (08xxx),
-            // shutdown/cannot-connect-now (57P0x), missing database (3D000).
-            if matches!(code.as_ref(), "5" | "6" | "517" | "3D000")
-                || code.starts_with("08")
-                || code.starts_with("57P")
-            {
-                StoreError::Unavailable(e.to_string())
-            } else {
-                StoreError::Unexpected(anyhow::Error::new(e))
-            }
-        }
-        _ => StoreError::Unexpected(anyhow::Error::new(e)),
+    if sqlite_direct::is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Unexpected(anyhow::Error::new(e))
     }
 }
 

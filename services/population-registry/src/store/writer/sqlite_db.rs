@@ -48,7 +48,7 @@ impl From<sqlite_direct::Error> for TxError {
         if e.is_unique_violation() {
             // Another process on the same file stored the same idempotency key.
             Self::Retry
-        } else if e.is_busy() {
+        } else if e.is_unavailable() {
             Self::Store(StoreError::Unavailable(e.to_string()))
         } else {
             Self::Store(StoreError::Unexpected(anyhow::Error::new(e)))
