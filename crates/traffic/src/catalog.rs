@@ -1,90 +1,107 @@
-//! Static reference data the generator draws from: provinces with population weights,
-//! the pilot's localities and districts, and Vietnamese name lists (NFC, with diacritics).
+//! Static reference data the generator draws from: provinces with population weights (and
+//! their 2025 merger, which `verify` reads), the pilot's localities and districts, and
+//! Vietnamese name lists (NFC, with diacritics).
 //!
 //! Population weights are the 2019 census populations in thousands, rounded; they are only
 //! used as relative weights for spreading the `national-year` profile's births.
 
-/// A province: three-digit code in force from 2016, name, population in thousands.
+/// A province: three-digit code in force from 2016, name, population in thousands, and
+/// the code of the province it became part of on 2025-07-01.
 #[derive(Debug, Clone, Copy)]
 pub struct Province {
     pub code: &'static str,
     pub name: &'static str,
     pub population_thousands: u32,
+    /// "0" + the merged province's administrative code (`province-merger-2025.csv`); a
+    /// deployment may number registrations from 2025-07-01 with it.
+    pub merged_code: &'static str,
 }
 
-const fn p(code: &'static str, name: &'static str, population_thousands: u32) -> Province {
+const fn p(
+    code: &'static str,
+    name: &'static str,
+    population_thousands: u32,
+    merged_code: &'static str,
+) -> Province {
     Province {
         code,
         name,
         population_thousands,
+        merged_code,
     }
 }
 
-/// The 63 provinces (codes and names as in `shared/data/provinces.csv`).
+/// The day the 63 provinces became 34 (Resolution 202/2025/QH15).
+pub fn merger_date() -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2025, 7, 1).unwrap_or_default()
+}
+
+/// The 63 provinces (codes and names as in `shared/data/provinces.csv`, merged codes as in
+/// `shared/data/province-merger-2025.csv`).
 pub const PROVINCES: [Province; 63] = [
-    p("001", "Hà Nội", 8054),
-    p("002", "Hà Giang", 854),
-    p("004", "Cao Bằng", 530),
-    p("006", "Bắc Kạn", 314),
-    p("008", "Tuyên Quang", 785),
-    p("010", "Lào Cai", 731),
-    p("011", "Điện Biên", 599),
-    p("012", "Lai Châu", 460),
-    p("014", "Sơn La", 1248),
-    p("015", "Yên Bái", 822),
-    p("017", "Hòa Bình", 854),
-    p("019", "Thái Nguyên", 1287),
-    p("020", "Lạng Sơn", 782),
-    p("022", "Quảng Ninh", 1320),
-    p("024", "Bắc Giang", 1804),
-    p("025", "Phú Thọ", 1464),
-    p("026", "Vĩnh Phúc", 1152),
-    p("027", "Bắc Ninh", 1369),
-    p("030", "Hải Dương", 1893),
-    p("031", "Hải Phòng", 2029),
-    p("033", "Hưng Yên", 1253),
-    p("034", "Thái Bình", 1861),
-    p("035", "Hà Nam", 852),
-    p("036", "Nam Định", 1781),
-    p("037", "Ninh Bình", 982),
-    p("038", "Thanh Hóa", 3641),
-    p("040", "Nghệ An", 3327),
-    p("042", "Hà Tĩnh", 1289),
-    p("044", "Quảng Bình", 896),
-    p("045", "Quảng Trị", 633),
-    p("046", "Thừa Thiên Huế", 1129),
-    p("048", "Đà Nẵng", 1135),
-    p("049", "Quảng Nam", 1496),
-    p("051", "Quảng Ngãi", 1232),
-    p("052", "Bình Định", 1487),
-    p("054", "Phú Yên", 873),
-    p("056", "Khánh Hòa", 1232),
-    p("058", "Ninh Thuận", 591),
-    p("060", "Bình Thuận", 1231),
-    p("062", "Kon Tum", 540),
-    p("064", "Gia Lai", 1514),
-    p("066", "Đắk Lắk", 1869),
-    p("067", "Đắk Nông", 622),
-    p("068", "Lâm Đồng", 1297),
-    p("070", "Bình Phước", 995),
-    p("072", "Tây Ninh", 1170),
-    p("074", "Bình Dương", 2426),
-    p("075", "Đồng Nai", 3097),
-    p("077", "Bà Rịa - Vũng Tàu", 1149),
-    p("079", "Hồ Chí Minh", 8993),
-    p("080", "Long An", 1689),
-    p("082", "Tiền Giang", 1765),
-    p("083", "Bến Tre", 1289),
-    p("084", "Trà Vinh", 1010),
-    p("086", "Vĩnh Long", 1023),
-    p("087", "Đồng Tháp", 1600),
-    p("089", "An Giang", 1908),
-    p("091", "Kiên Giang", 1724),
-    p("092", "Cần Thơ", 1236),
-    p("093", "Hậu Giang", 734),
-    p("094", "Sóc Trăng", 1200),
-    p("095", "Bạc Liêu", 907),
-    p("096", "Cà Mau", 1194),
+    p("001", "Hà Nội", 8054, "001"),
+    p("002", "Hà Giang", 854, "008"),
+    p("004", "Cao Bằng", 530, "004"),
+    p("006", "Bắc Kạn", 314, "019"),
+    p("008", "Tuyên Quang", 785, "008"),
+    p("010", "Lào Cai", 731, "015"),
+    p("011", "Điện Biên", 599, "011"),
+    p("012", "Lai Châu", 460, "012"),
+    p("014", "Sơn La", 1248, "014"),
+    p("015", "Yên Bái", 822, "015"),
+    p("017", "Hòa Bình", 854, "025"),
+    p("019", "Thái Nguyên", 1287, "019"),
+    p("020", "Lạng Sơn", 782, "020"),
+    p("022", "Quảng Ninh", 1320, "022"),
+    p("024", "Bắc Giang", 1804, "024"),
+    p("025", "Phú Thọ", 1464, "025"),
+    p("026", "Vĩnh Phúc", 1152, "025"),
+    p("027", "Bắc Ninh", 1369, "024"),
+    p("030", "Hải Dương", 1893, "031"),
+    p("031", "Hải Phòng", 2029, "031"),
+    p("033", "Hưng Yên", 1253, "033"),
+    p("034", "Thái Bình", 1861, "033"),
+    p("035", "Hà Nam", 852, "037"),
+    p("036", "Nam Định", 1781, "037"),
+    p("037", "Ninh Bình", 982, "037"),
+    p("038", "Thanh Hóa", 3641, "038"),
+    p("040", "Nghệ An", 3327, "040"),
+    p("042", "Hà Tĩnh", 1289, "042"),
+    p("044", "Quảng Bình", 896, "044"),
+    p("045", "Quảng Trị", 633, "044"),
+    p("046", "Thừa Thiên Huế", 1129, "046"),
+    p("048", "Đà Nẵng", 1135, "048"),
+    p("049", "Quảng Nam", 1496, "048"),
+    p("051", "Quảng Ngãi", 1232, "051"),
+    p("052", "Bình Định", 1487, "052"),
+    p("054", "Phú Yên", 873, "066"),
+    p("056", "Khánh Hòa", 1232, "056"),
+    p("058", "Ninh Thuận", 591, "056"),
+    p("060", "Bình Thuận", 1231, "068"),
+    p("062", "Kon Tum", 540, "051"),
+    p("064", "Gia Lai", 1514, "052"),
+    p("066", "Đắk Lắk", 1869, "066"),
+    p("067", "Đắk Nông", 622, "068"),
+    p("068", "Lâm Đồng", 1297, "068"),
+    p("070", "Bình Phước", 995, "075"),
+    p("072", "Tây Ninh", 1170, "080"),
+    p("074", "Bình Dương", 2426, "079"),
+    p("075", "Đồng Nai", 3097, "075"),
+    p("077", "Bà Rịa - Vũng Tàu", 1149, "079"),
+    p("079", "Hồ Chí Minh", 8993, "079"),
+    p("080", "Long An", 1689, "080"),
+    p("082", "Tiền Giang", 1765, "082"),
+    p("083", "Bến Tre", 1289, "086"),
+    p("084", "Trà Vinh", 1010, "086"),
+    p("086", "Vĩnh Long", 1023, "086"),
+    p("087", "Đồng Tháp", 1600, "082"),
+    p("089", "An Giang", 1908, "091"),
+    p("091", "Kiên Giang", 1724, "091"),
+    p("092", "Cần Thơ", 1236, "092"),
+    p("093", "Hậu Giang", 734, "092"),
+    p("094", "Sóc Trăng", 1200, "092"),
+    p("095", "Bạc Liêu", 907, "096"),
+    p("096", "Cà Mau", 1194, "096"),
 ];
 
 /// The province with this code.
@@ -361,3 +378,25 @@ pub const FOREIGN_PARENTS: &[(&str, &str)] = &[
     ("GB", "Oliver Smith"),
     ("RU", "Ivan Petrov"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The population registry mints from this file; the catalog must agree with it.
+    const MERGER_CSV: &str =
+        include_str!("../../../services/population-registry/data/province-merger-2025.csv");
+
+    #[test]
+    fn merged_codes_are_those_of_the_population_registrys_merger_table() {
+        let mut rows = 0;
+        for row in csv::Reader::from_reader(MERGER_CSV.as_bytes()).records() {
+            let row = row.unwrap();
+            let (old, new) = (&row[0], &row[3]);
+            let province = province(old).unwrap_or_else(|| panic!("{old} not in the catalog"));
+            assert_eq!(province.merged_code, format!("0{new}"), "province {old}");
+            rows += 1;
+        }
+        assert_eq!(rows, PROVINCES.len());
+    }
+}

@@ -2,6 +2,7 @@
 //! replays it against a civil registry, verifies both services afterwards, and runs the
 //! whole pilot end to end with both services as child processes.
 
+pub mod args;
 pub mod bench;
 pub mod catalog;
 pub mod client;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use traffic::args;
 use traffic::client::{ClientTls, Tokens, connect_channels};
 use traffic::generate::{Outputs, generate_files};
 use traffic::pilot::{self, PilotOptions};
@@ -39,7 +40,7 @@ enum Command {
         #[arg(long, default_value_t = 2016)]
         seed: u64,
         /// Multiplies the registration counts (units and accounts stay as published).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = args::scale)]
         scale: f64,
         /// The traffic file (NDJSON).
         #[arg(long)]
@@ -104,7 +105,7 @@ enum Command {
         #[arg(long, default_value_t = 2016)]
         seed: u64,
         /// Multiplies the registration counts (e.g. 0.005 for a quick run).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = args::scale)]
         scale: f64,
         /// Data directory (databases, certificates, logs); must not exist or be empty.
         /// Default: a fresh directory under the system temp dir, removed after a clean run.
@@ -124,13 +125,13 @@ enum Command {
 #[derive(Debug, Args)]
 struct Load {
     /// Open loop: start this many registrations per second.
-    #[arg(long, conflicts_with = "concurrency")]
+    #[arg(long, conflicts_with = "concurrency", value_parser = args::rate)]
     rate: Option<f64>,
     /// Closed loop: keep this many registrations in flight (default 256).
-    #[arg(long)]
+    #[arg(long, value_parser = args::at_least_one)]
     concurrency: Option<usize>,
     /// HTTP/2 connections to spread the requests over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = args::at_least_one)]
     channels: usize,
     /// Only replay the first N registrations.
     #[arg(long)]
@@ -342,4 +343,45 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("traffic").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numeric_flags_the_tool_cannot_run_with_are_refused_while_parsing() {
+        let replay = ["replay", "t.ndjson", "--target", "x:1", "--tokens", "t.csv"];
+        assert!(parse(&[&replay[..], &["--rate=2000"]].concat()).is_ok());
+        assert!(parse(&[&replay[..], &["--concurrency=1"]].concat()).is_ok());
+        for bad in [
+            &[&replay[..], &["--rate=0"]].concat()[..],
+            &[&replay[..], &["--rate=-5"]].concat(),
+            &[&replay[..], &["--rate=NaN"]].concat(),
+            &[&replay[..], &["--concurrency=0"]].concat(),
+            &[&replay[..], &["--channels=0"]].concat(),
+            &["pilot", "--scale=0"],
+            &["pilot", "--rate=inf"],
+            &["bench", "e2e", "--rate=0"],
+            &["bench", "e2e", "--echo-seconds=-1"],
+            &["bench", "e2e", "--open-seconds=1e30"],
+            &["bench", "mint", "--warmup=NaN"],
+            &["bench", "mint", "--concurrency=1,0"],
+            &["bench", "mint", "--window=0"],
+        ] {
+            let error = parse(bad).map(|_| ()).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{bad:?}: {error}");
+        }
+    }
 }

@@ -38,9 +38,11 @@ pub struct PilotResult {
     pub not_eligible: u64,
     pub violations: u64,
     pub seconds: f64,
+    /// [`ReplayReport::births_per_s`]: registrations that ended ISSUED or NOT_ELIGIBLE.
     pub births_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// p99 of [`ReplayReport::time_to_number_ms`] (polled after a PENDING answer).
     pub number_p99_ms: f64,
     pub failed: u64,
     /// Share of the machine's core time busy during the replay (absent off Linux).

@@ -157,6 +157,25 @@ fn relationship_from_name(s: &str) -> Option<i32> {
     pb::Relationship::from_str_name(s).map(|v| v as i32)
 }
 
+impl RegisterBirthRequestJson {
+    /// `kind` as sent (a name or a number).
+    pub fn kind_value(&self) -> anyhow::Result<i32> {
+        enum_value("kind", &self.kind, kind_from_name)
+    }
+
+    /// Whether this is a re-registration, however `kind` is spelt.
+    pub fn is_re_registration(&self) -> anyhow::Result<bool> {
+        Ok(self.kind_value()? == pb::RegistrationKind::ReRegistration as i32)
+    }
+}
+
+impl ChildJson {
+    /// `sex` as sent (a name or a number).
+    pub fn sex_value(&self) -> anyhow::Result<i32> {
+        enum_value("child.sex", &self.sex, sex_from_name)
+    }
+}
+
 impl TryFrom<&RegisterBirthRequestJson> for pb::RegisterBirthRequest {
     type Error = anyhow::Error;
 
@@ -165,7 +184,7 @@ impl TryFrom<&RegisterBirthRequestJson> for pb::RegisterBirthRequest {
             None => None,
             Some(c) => Some(pb::Child {
                 full_name: c.full_name.clone(),
-                sex: enum_value("child.sex", &c.sex, sex_from_name)?,
+                sex: c.sex_value()?,
                 date_of_birth: c.date_of_birth.map(Into::into),
                 place_of_birth: c.place_of_birth.as_ref().map(|p| pb::PlaceOfBirth {
                     description: p.description.clone(),
@@ -189,7 +208,7 @@ impl TryFrom<&RegisterBirthRequestJson> for pb::RegisterBirthRequest {
         };
         Ok(pb::RegisterBirthRequest {
             request_id: r.request_id.clone(),
-            kind: enum_value("kind", &r.kind, kind_from_name)?,
+            kind: r.kind_value()?,
             has_foreign_element: r.has_foreign_element,
             child,
             father: r.father.as_ref().map(parent),
@@ -259,10 +278,11 @@ impl RegisterBirthRequestJson {
         if child.nationality != "VN" {
             bits |= Reasons::FOREIGN_NATIONALITY;
         }
-        if self.kind == "REGISTRATION_KIND_RE_REGISTRATION" {
+        // The values the replay sends: proto3 JSON may spell an enum by name or by number.
+        if self.is_re_registration()? {
             bits |= Reasons::RE_REGISTRATION;
         }
-        if child.sex == "SEX_UNDETERMINED" {
+        if child.sex_value()? == pb::Sex::Undetermined as i32 {
             bits |= Reasons::SEX_UNDETERMINED;
         }
         let registered = self
@@ -287,5 +307,69 @@ impl RegisterBirthRequestJson {
         } else {
             Expected::NotEligible(Reasons(bits))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: &str, sex: &str) -> RegisterBirthRequestJson {
+        serde_json::from_value(serde_json::json!({
+            "requestId": "r-1",
+            "kind": kind,
+            "child": {
+                "fullName": "A",
+                "sex": sex,
+                "dateOfBirth": {"year": 2016, "month": 2, "day": 1},
+                "nationality": "VN"
+            },
+            "registeredOn": {"year": 2016, "month": 2, "day": 10}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_expectation_reads_enums_spelt_as_numbers_as_the_replay_sends_them() {
+        let undetermined = Expected::NotEligible(Reasons(Reasons::SEX_UNDETERMINED));
+        let re_registration = Expected::NotEligible(Reasons(Reasons::RE_REGISTRATION));
+        for (kind, sex, want) in [
+            (
+                "REGISTRATION_KIND_FIRST_TIME",
+                "SEX_FEMALE",
+                Expected::Eligible,
+            ),
+            ("1", "2", Expected::Eligible),
+            (
+                "REGISTRATION_KIND_FIRST_TIME",
+                "SEX_UNDETERMINED",
+                undetermined,
+            ),
+            ("1", "3", undetermined),
+            (
+                "REGISTRATION_KIND_RE_REGISTRATION",
+                "SEX_MALE",
+                re_registration,
+            ),
+            ("2", "1", re_registration),
+        ] {
+            let r = request(kind, sex);
+            let sent = pb::RegisterBirthRequest::try_from(&r).unwrap();
+            let child = sent.child.as_ref().unwrap();
+            assert_eq!(
+                (sent.kind, child.sex),
+                (
+                    r.kind_value().unwrap(),
+                    r.child.as_ref().unwrap().sex_value().unwrap()
+                )
+            );
+            assert_eq!(r.expected().unwrap(), want, "kind {kind} sex {sex}");
+        }
+    }
+
+    #[test]
+    fn an_enum_value_that_is_neither_a_name_nor_a_number_is_refused() {
+        assert!(request("FIRST", "SEX_MALE").expected().is_err());
+        assert!(request("1", "M").expected().is_err());
     }
 }

@@ -97,7 +97,9 @@ pub struct ReplayReport {
     pub seconds: f64,
     /// Registrations answered per second.
     pub registrations_per_s: f64,
-    /// Registrations fully numbered (or decided not eligible) per second.
+    /// Registrations that ended ISSUED or NOT_ELIGIBLE, per second of `seconds`. Failed
+    /// calls and registrations still PENDING (past `number_timeout`) or REJECTED by the
+    /// population registry are not counted: they are births the run did not see through.
     pub births_per_s: f64,
     /// Final status name -> count.
     pub by_status: BTreeMap<String, u64>,
@@ -106,6 +108,9 @@ pub struct ReplayReport {
     /// gRPC code -> count of failed registrations.
     pub errors: BTreeMap<String, u64>,
     pub register_ms: Percentiles,
+    /// From each request's start to its number, ISSUED registrations only. When
+    /// RegisterBirth answered PENDING the number is seen by polling GetBirthRegistration
+    /// (every 20 ms, doubling to 500 ms), so those samples include up to one poll interval.
     pub time_to_number_ms: Percentiles,
     /// RegisterBirth p99 (ms) of the requests sent in each second of the replay, in order:
     /// shows whether a tail is a moment (start-up, a stall) or the steady state.
@@ -204,6 +209,11 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     if channels.is_empty() {
         bail!("no channels");
+    }
+    if let Mode::Rate(rate) = opts.mode
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("the rate must be a positive number per second, not {rate}");
     }
     let total = match opts.limit {
         Some(l) => count_lines(file)?.min(l),
@@ -319,11 +329,7 @@ pub async fn replay(
         .zip(cores_at_start)
         .and_then(|(end, start)| end.busy_since(start));
     report.seconds = last.map_or(0.0, |l| l.duration_since(start).as_secs_f64());
-    report.births_per_s = if report.seconds > 0.0 {
-        report.registrations as f64 / report.seconds
-    } else {
-        0.0
-    };
+    report.births_per_s = births_per_s(&report.by_status, report.seconds);
     report.registrations_per_s = if report.register_seconds > 0.0 {
         report.registrations as f64 / report.register_seconds
     } else {
@@ -365,7 +371,9 @@ where
         let Some(item) = items.blocking_recv() else {
             break;
         };
-        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        let at = start
+            + Duration::try_from_secs_f64(i as f64 / rate)
+                .with_context(|| format!("request {i} at {rate}/s starts too late to schedule"))?;
         if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -385,6 +393,22 @@ where
         ));
     }
     Ok(())
+}
+
+/// See [`ReplayReport::births_per_s`].
+fn births_per_s(by_status: &BTreeMap<String, u64>, seconds: f64) -> f64 {
+    let seen_through: u64 = [
+        pb::PersonalIdStatus::Issued,
+        pb::PersonalIdStatus::NotEligible,
+    ]
+    .into_iter()
+    .filter_map(|s| by_status.get(&status_name(s as i32)))
+    .sum();
+    if seconds > 0.0 {
+        seen_through as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 fn status_name(s: i32) -> String {
@@ -656,8 +680,6 @@ impl ReplayReport {
     }
 }
 
-/// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
-/// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
 /// Latencies in µs, 1 µs to 1 h at 3 significant digits.
 pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
@@ -698,6 +720,8 @@ pub(crate) fn median_second_p99(p99s: &[f64]) -> Option<f64> {
     seen.get(seen.len() / 2).copied()
 }
 
+/// `median 12.3 ms, worst 250.0 ms (second 0), seconds over twice the median: 0, 1`, or
+/// nothing for an empty replay. Seconds with no request (a closed loop's tail) are skipped.
 pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
     let seen: Vec<(usize, f64)> = p99s
         .iter()
@@ -725,7 +749,24 @@ pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::p99_by_second_summary;
+    use super::{births_per_s, p99_by_second_summary};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn births_per_second_counts_only_registrations_that_ended_issued_or_not_eligible() {
+        let by_status: BTreeMap<String, u64> = [
+            ("ISSUED", 50),
+            ("NOT_ELIGIBLE", 4),
+            ("PENDING", 3),
+            ("REJECTED", 1),
+            ("ERROR:Unavailable", 2),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(births_per_s(&by_status, 2.0), 27.0);
+        assert_eq!(births_per_s(&by_status, 0.0), 0.0);
+    }
 
     #[test]
     fn the_summary_names_the_stalled_seconds_and_skips_seconds_without_requests() {

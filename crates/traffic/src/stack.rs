@@ -241,13 +241,7 @@ impl ServiceProcess {
         let Some(pid) = self.child.id() else {
             return Ok(());
         };
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        if !sent.success() {
-            bail!("kill -TERM {pid} failed");
-        }
+        terminate(pid).with_context(|| format!("sending SIGTERM to {} ({pid})", self.name))?;
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => bail!(
@@ -285,6 +279,17 @@ impl ServiceProcess {
     pub fn uri(&self) -> String {
         format!("https://{}", self.grpc)
     }
+}
+
+/// Sends SIGTERM by system call, so that stopping needs no `kill` binary (minimal images
+/// have no procps).
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    Ok(())
 }
 
 fn tail(log: &Path) -> String {
@@ -608,4 +613,37 @@ async fn provision(
     let mut tokens = Tokens::read_csv(&tokens_out)?;
     tokens.insert(SUPERVISOR_ID, token)?;
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_ends_a_service_with_sigterm_and_sees_its_clean_exit() {
+        // Arrange: a stand-in service (`sh serve` runs the script `serve` of its working
+        // directory) that announces itself and exits 0 only on SIGTERM (SIGKILL would
+        // show as a failed exit).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("serve"),
+            "trap 'exit 0' TERM\necho LISTENING grpc=127.0.0.1:9\nwhile :; do sleep 1 & wait $!; done\n",
+        )
+        .unwrap();
+        let service = ServiceProcess::start(
+            "stand-in",
+            Path::new("/bin/sh"),
+            &[],
+            dir.path(),
+            dir.path().join("stand-in.log"),
+        )
+        .await
+        .unwrap();
+
+        // Act
+        let stopped = service.stop(Duration::from_secs(10)).await;
+
+        // Assert
+        assert!(stopped.is_ok(), "{stopped:?}");
+    }
 }

@@ -1,11 +1,14 @@
 //! `traffic verify`: checks the invariants of architecture.md across both services after a
 //! replay, against what the traffic file says must have happened:
 //! every eligible registration has exactly one active number; no ineligible one has any;
-//! no number twice; the civil registry's ISSUED registrations and the population registry's
-//! issuances match one to one; the statistics table equals what was replayed.
+//! no number twice; each number encodes its request's registering province, the child's
+//! century of birth and sex and year of birth (personal-id.md); the civil registry's ISSUED
+//! registrations and the population registry's issuances match one to one; the statistics
+//! table equals what was replayed.
 
+use crate::catalog;
 use crate::client::authorized;
-use crate::record::{DateJson, Expected, Reasons, TrafficLine};
+use crate::record::{DateJson, Expected, Reasons, RegisterBirthRequestJson, TrafficLine};
 use crate::replay::Outcome;
 use anyhow::Context as _;
 use contracts::google::r#type::Date as PbDate;
@@ -26,12 +29,111 @@ use tonic::transport::Channel;
 pub struct Expectation {
     pub first_day: Option<DateJson>,
     pub last_day: Option<DateJson>,
-    /// request_id -> (unit code, expected outcome).
-    pub by_request: HashMap<String, (String, Expected)>,
+    /// request_id -> what the request must come out as.
+    pub by_request: HashMap<String, Want>,
+    /// Unit code -> province code, from the units CSV.
+    pub unit_provinces: HashMap<String, String>,
     /// (unit code, expected) -> count.
     pub by_unit: BTreeMap<(String, Expected), u64>,
     /// province code -> expected statistics row.
     pub by_province: BTreeMap<String, Row>,
+}
+
+/// What one replayed request must come out as.
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// The registering unit.
+    pub unit_code: String,
+    pub expected: Expected,
+    /// What its number must encode; `None` when it must get none.
+    pub number: Option<NumberPrefix>,
+}
+
+/// What the first six digits of a request's number must say (personal-id.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberPrefix {
+    /// Digit 4: century of birth and sex (1900s male 0, female 1; 2000s 2 / 3; ...).
+    pub century_sex: u8,
+    /// Digits 5-6: the year of birth mod 100.
+    pub year: u8,
+    /// Registered on or after the 2025 merger, so digits 1-3 may also be the merged
+    /// province's code (a deployment may be configured so; the default is the legacy code).
+    pub after_merger: bool,
+}
+
+impl NumberPrefix {
+    /// The prefix of a request's number; `None` when no number can encode its child (sex
+    /// neither male nor female, born outside 1900-2399): such a request gets none.
+    pub fn of(request: &RegisterBirthRequestJson) -> anyhow::Result<Option<Self>> {
+        let child = request.child.as_ref().context("request without child")?;
+        let sex = child.sex_value()?;
+        let sex_bit = if sex == cs::Sex::Male as i32 {
+            0
+        } else if sex == cs::Sex::Female as i32 {
+            1
+        } else {
+            return Ok(None);
+        };
+        let born = child
+            .date_of_birth
+            .context("request without child.date_of_birth")?
+            .year;
+        let registered = request
+            .registered_on
+            .and_then(DateJson::to_naive)
+            .context("request without a valid registered_on")?;
+        if !(1900..2400).contains(&born) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            century_sex: u8::try_from((born - 1900) / 100 * 2 + sex_bit)?,
+            year: u8::try_from(born % 100)?,
+            after_merger: registered >= catalog::merger_date(),
+        }))
+    }
+
+    /// How `number` (12 ASCII digits) of a registration by a unit of `province` departs
+    /// from this prefix, as (violation kind, what). The digits 4-6 found are not quoted:
+    /// they are the child's sex and year of birth.
+    pub fn mismatches(&self, number: &str, province: &str) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let (Some(got_province), Some(got_century_sex), Some(got_year)) =
+            (number.get(0..3), number.get(3..4), number.get(4..6))
+        else {
+            return out;
+        };
+        let merged = catalog::province(province)
+            .map(|p| p.merged_code)
+            .filter(|m| self.after_merger && *m != province);
+        if got_province != province && Some(got_province) != merged {
+            out.push((
+                "number-province",
+                match merged {
+                    Some(m) => format!(
+                        "digits 1-3 are {got_province}, not the registering unit's province \
+                         {province} or its merged province {m}"
+                    ),
+                    None => format!(
+                        "digits 1-3 are {got_province}, not the registering unit's province \
+                         {province}"
+                    ),
+                },
+            ));
+        }
+        if got_century_sex != self.century_sex.to_string() {
+            out.push((
+                "number-century-sex",
+                "digit 4 does not encode the child's century of birth and sex".to_owned(),
+            ));
+        }
+        if got_year != format!("{:02}", self.year) {
+            out.push((
+                "number-year",
+                "digits 5-6 are not the child's year of birth".to_owned(),
+            ));
+        }
+        out
+    }
 }
 
 /// One row of the statistics table (a subset of `RegistrationStatisticsRow`).
@@ -125,7 +227,10 @@ impl Expectation {
         unit_provinces: &HashMap<String, String>,
         limit: Option<u64>,
     ) -> anyhow::Result<Self> {
-        let mut e = Self::default();
+        let mut e = Self {
+            unit_provinces: unit_provinces.clone(),
+            ..Self::default()
+        };
         let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
         for (i, line) in r.lines().enumerate() {
             if limit.is_some_and(|l| i as u64 >= l) {
@@ -144,15 +249,24 @@ impl Expectation {
             let province = unit_provinces
                 .get(&l.unit_code)
                 .with_context(|| format!("unit {} not in the units CSV", l.unit_code))?;
-            e.by_province.entry(province.clone()).or_default().add(
-                l.request.kind != "REGISTRATION_KIND_RE_REGISTRATION",
-                expected,
-            );
+            e.by_province
+                .entry(province.clone())
+                .or_default()
+                .add(!l.request.is_re_registration()?, expected);
             *e.by_unit
                 .entry((l.unit_code.clone(), expected))
                 .or_default() += 1;
-            e.by_request
-                .insert(l.request.request_id, (l.unit_code, expected));
+            let number = match expected {
+                Expected::Eligible => NumberPrefix::of(&l.request)
+                    .with_context(|| format!("{} line {}", file.display(), i + 1))?,
+                Expected::NotEligible(_) => None,
+            };
+            let want = Want {
+                unit_code: l.unit_code,
+                expected,
+                number,
+            };
+            e.by_request.insert(l.request.request_id, want);
         }
         Ok(e)
     }
@@ -163,7 +277,7 @@ impl Expectation {
     pub fn eligible(&self) -> u64 {
         self.by_request
             .values()
-            .filter(|(_, e)| *e == Expected::Eligible)
+            .filter(|w| w.expected == Expected::Eligible)
             .count() as u64
     }
 }
@@ -202,6 +316,11 @@ struct Listed {
     status: i32,
     personal_id: String,
     reasons: Reasons,
+}
+
+/// Twelve ASCII digits, the shape of every number.
+fn well_formed(number: &str) -> bool {
+    number.len() == 12 && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn pb_date(d: DateJson) -> PbDate {
@@ -278,7 +397,7 @@ pub async fn verify(
         let got = match status {
             cs::PersonalIdStatus::Issued => {
                 report.issued += 1;
-                if r.personal_id.len() != 12 || !r.personal_id.bytes().all(|b| b.is_ascii_digit()) {
+                if !well_formed(&r.personal_id) {
                     violation(
                         &mut v,
                         &mut counts,
@@ -367,7 +486,7 @@ pub async fn verify(
         let by_name: HashMap<&str, &Listed> = listed.iter().map(|r| (r.name.as_str(), r)).collect();
         let mut seen: HashSet<&str> = HashSet::new();
         for o in outcomes {
-            let Some((_, want)) = expect.by_request.get(&o.request_id) else {
+            let Some(want) = expect.by_request.get(&o.request_id) else {
                 violation(&mut v, &mut counts, "unknown-request", o.request_id.clone());
                 continue;
             };
@@ -400,13 +519,13 @@ pub async fn verify(
                     ),
                 );
             }
-            let ok = match want {
+            let ok = match want.expected {
                 Expected::Eligible => {
                     r.status == cs::PersonalIdStatus::Issued as i32 && !r.personal_id.is_empty()
                 }
                 Expected::NotEligible(reasons) => {
                     r.status == cs::PersonalIdStatus::NotEligible as i32
-                        && r.reasons == *reasons
+                        && r.reasons == reasons
                         && r.personal_id.is_empty()
                 }
             };
@@ -417,9 +536,28 @@ pub async fn verify(
                     "wrong-outcome",
                     format!(
                         "{}: expected {:?}, got status {} reasons {:?}",
-                        o.request_id, want, r.status, r.reasons
+                        o.request_id, want.expected, r.status, r.reasons
                     ),
                 );
+            }
+            // What the number encodes, against the request (a malformed one is reported
+            // above).
+            if let Some(prefix) = want.number
+                && r.status == cs::PersonalIdStatus::Issued as i32
+                && well_formed(&r.personal_id)
+            {
+                let province = expect
+                    .unit_provinces
+                    .get(&want.unit_code)
+                    .map_or("", String::as_str);
+                for (kind, what) in prefix.mismatches(&r.personal_id, province) {
+                    violation(
+                        &mut v,
+                        &mut counts,
+                        kind,
+                        format!("{} ({}): {what}", o.request_id, r.name),
+                    );
+                }
             }
         }
     }
@@ -718,5 +856,97 @@ async fn list_issuances(
             return Ok(out);
         }
         token = page.next_page_token;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        sex: &str,
+        born: (i32, i32, i32),
+        registered: (i32, i32, i32),
+    ) -> RegisterBirthRequestJson {
+        let date = |(year, month, day): (i32, i32, i32)| serde_json::json!({"year": year, "month": month, "day": day});
+        serde_json::from_value(serde_json::json!({
+            "requestId": "r-1",
+            "kind": "REGISTRATION_KIND_FIRST_TIME",
+            "child": {"fullName": "A", "sex": sex, "dateOfBirth": date(born), "nationality": "VN"},
+            "registeredOn": date(registered)
+        }))
+        .unwrap()
+    }
+
+    fn kinds(found: &[(&'static str, String)]) -> Vec<&'static str> {
+        found.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    #[test]
+    fn the_prefix_follows_the_childs_century_sex_and_year_however_the_sex_is_spelt() {
+        let of = |sex, year| {
+            NumberPrefix::of(&request(sex, (year, 2, 1), (2016, 2, 10)))
+                .unwrap()
+                .map(|p| (p.century_sex, p.year))
+        };
+        assert_eq!(of("SEX_MALE", 2016), Some((2, 16)));
+        assert_eq!(of("SEX_FEMALE", 2016), Some((3, 16)));
+        assert_eq!(of("2", 2016), Some((3, 16)));
+        assert_eq!(of("SEX_MALE", 2003), Some((2, 3)));
+        assert_eq!(of("SEX_FEMALE", 1999), Some((1, 99)));
+        assert_eq!(of("SEX_UNDETERMINED", 2016), None);
+    }
+
+    #[test]
+    fn a_number_that_encodes_its_request_passes_and_each_wrong_part_is_named() {
+        let prefix = NumberPrefix::of(&request("SEX_FEMALE", (2016, 1, 3), (2016, 2, 10)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(prefix.mismatches("001316123456", "001"), vec![]);
+
+        let found = prefix.mismatches("079216123456", "001");
+        assert_eq!(kinds(&found), ["number-province", "number-century-sex"]);
+        assert_eq!(
+            found[0].1,
+            "digits 1-3 are 079, not the registering unit's province 001"
+        );
+        assert_eq!(
+            kinds(&prefix.mismatches("001315123456", "001")),
+            ["number-year"]
+        );
+        // Digits 4-6 (the child's sex and year of birth) are not quoted.
+        let found = prefix.mismatches("001215123456", "001");
+        assert_eq!(kinds(&found), ["number-century-sex", "number-year"]);
+        assert!(found.iter().all(|(_, what)| !what.contains("215")));
+    }
+
+    #[test]
+    fn the_merged_province_code_is_accepted_from_the_merger_date_only() {
+        // Hà Giang (002) became part of Tuyên Quang (008) on 2025-07-01.
+        let registered_on = |date| {
+            NumberPrefix::of(&request("SEX_MALE", (2025, 6, 1), date))
+                .unwrap()
+                .unwrap()
+        };
+        let before = registered_on((2025, 6, 30));
+        let after = registered_on((2025, 7, 1));
+
+        assert_eq!(before.mismatches("002225000001", "002"), vec![]);
+        assert_eq!(
+            kinds(&before.mismatches("008225000001", "002")),
+            ["number-province"]
+        );
+        assert_eq!(after.mismatches("002225000001", "002"), vec![]);
+        assert_eq!(after.mismatches("008225000001", "002"), vec![]);
+        let found = after.mismatches("001225000001", "002");
+        assert_eq!(
+            found,
+            vec![(
+                "number-province",
+                "digits 1-3 are 001, not the registering unit's province 002 or its merged \
+                 province 008"
+                    .to_owned()
+            )]
+        );
     }
 }

@@ -15,7 +15,7 @@ use traffic::profile::ProfileName;
 use traffic::replay::{Mode, ReplayOptions, replay};
 
 /// Answers PENDING for every third eligible birth and issues its number on the next read;
-/// refuses official `CB000001`'s token.
+/// refuses every token but `tok-...`.
 #[derive(Default, Clone)]
 struct FakeRegistry {
     regs: Arc<Mutex<HashMap<String, pb::BirthRegistration>>>,
@@ -49,7 +49,7 @@ impl BirthRegistrationService for FakeRegistry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        if !auth.starts_with("Bearer tok-") || auth == "Bearer tok-CB000001" {
+        if !auth.starts_with("Bearer tok-") {
             return Err(Status::unauthenticated("bad token"));
         }
         let req = request.into_inner();
@@ -136,14 +136,22 @@ async fn replay_polls_pending_registrations_until_numbered_and_counts_errors_by_
     let dir = tempfile::tempdir().unwrap();
     let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
     let (plan, summary) = generate_files(ProfileName::Pilot2016, 3, 0.004, &outputs).unwrap();
+    // The official of the first line has a token the fake refuses.
+    let text = std::fs::read_to_string(&outputs.traffic).unwrap();
+    let first: traffic::record::TrafficLine =
+        serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let mut tokens = Tokens::default();
     for o in &plan.officials {
-        tokens.insert(&o.id, &format!("tok-{}", o.id)).unwrap();
+        let token = if o.id == first.official_id {
+            "refused".to_owned()
+        } else {
+            format!("tok-{}", o.id)
+        };
+        tokens.insert(&o.id, &token).unwrap();
     }
-    let text = std::fs::read_to_string(&outputs.traffic).unwrap();
     let refused = text
         .lines()
-        .filter(|l| l.contains("\"official_id\":\"CB000001\""))
+        .filter(|l| l.contains(&format!("\"official_id\":\"{}\"", first.official_id)))
         .count() as u64;
     let addr = start_fake().await;
     let tls = ClientTls {
@@ -188,6 +196,9 @@ async fn replay_polls_pending_registrations_until_numbered_and_counts_errors_by_
     assert!(report.first_answer.get("PENDING").copied().unwrap_or(0) > 0);
     assert_eq!(report.time_to_number_ms.count, report.by_status["ISSUED"]);
     assert_eq!(report.outcomes.len() as u64, summary.registrations);
+    // The refused registrations are not births seen through.
+    let seen_through = (summary.registrations - refused) as f64;
+    assert!((report.births_per_s - seen_through / report.seconds).abs() < 1e-6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,30 +22,30 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub struct E2eArgs {
     /// Multiplies the pilot profile's 69,524 registrations (e.g. 0.1 for a quick run).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::scale)]
     pub scale: f64,
     #[arg(long, default_value_t = 2016)]
     pub seed: u64,
     /// Closed loop: registrations in flight (also the Echo baseline's concurrency).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::at_least_one)]
     pub concurrency: usize,
     /// HTTP/2 connections of the replay and of the Echo baseline.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::args::at_least_one)]
     pub channels: usize,
     /// Open loop: registrations started per second.
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 2000.0, value_parser = crate::args::rate)]
     pub rate: f64,
     /// Open loop: seconds of traffic at `--rate` (capped by the profile's size).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = crate::args::seconds)]
     pub open_seconds: f64,
     /// Measured seconds of the Echo baseline (after a 2 s warm-up).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::seconds)]
     pub echo_seconds: f64,
     /// Rows of the batched SQLite baseline.
     #[arg(long, default_value_t = 500_000)]
     pub sqlite_batched_rows: u64,
     /// Seconds of the single-row SQLite baseline.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::args::seconds)]
     pub sqlite_single_seconds: f64,
     /// Only the baselines (Echo, SQLite, the open loop's floor): a quick reading of a host.
     #[arg(long)]

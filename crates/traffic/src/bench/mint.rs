@@ -49,26 +49,31 @@ pub struct MintArgs {
     )]
     pub postgres_url: String,
     /// Measured seconds of each unary and Echo phase (after the warm-up).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::seconds)]
     pub seconds: f64,
     /// Warm-up seconds of each unary and Echo phase (not measured).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::args::seconds_or_zero)]
     pub warmup: f64,
     /// Concurrencies of the unary and Echo phases.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16,128",
+        value_parser = crate::args::at_least_one
+    )]
     pub concurrency: Vec<usize>,
     /// HTTP/2 connections the unary calls are spread over (at most the concurrency).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::args::at_least_one)]
     pub channels: usize,
     /// Items per BatchIssuePersonalIds request message (the contract allows 1,000).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Concurrent BatchIssuePersonalIds streams (one HTTP/2 connection each).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::args::at_least_one)]
     pub streams: usize,
     /// Request messages in flight per stream before waiting for an answer. Two streams of
     /// 16 keep the registry's largest group (32,768 items) nearly full.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub window: usize,
     /// Skip the unary and Echo phases (batch only).
     #[arg(long)]
