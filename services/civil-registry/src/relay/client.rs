@@ -206,8 +206,13 @@ fn code_name(code: Code) -> String {
     })
 }
 
-/// Permanent refusals (the record itself is the problem, or this caller is not allowed)
-/// end the row; everything else is retried with backoff.
+/// Refusals of the record itself (malformed, its key reused with other content, nothing to
+/// re-issue, its bucket full) end the row as REJECTED, for an official to correct.
+/// Everything else is retried with backoff, the circuit breaker and the outbox-age alert
+/// taking over: a refusal of this caller or route (PERMISSION_DENIED from an allow-list
+/// missing the service's new certificate, UNIMPLEMENTED or NOT_FOUND from a misrouted
+/// proxy) says nothing about the registration, and no correction by an official could
+/// lift it.
 pub fn classify(status: &tonic::Status) -> Outcome {
     let code = code_name(status.code());
     let reason = status.get_details_error_info().map(|info| info.reason);
@@ -215,15 +220,15 @@ pub fn classify(status: &tonic::Status) -> Outcome {
         Code::InvalidArgument
         | Code::AlreadyExists
         | Code::FailedPrecondition
-        | Code::PermissionDenied
-        | Code::NotFound
-        | Code::OutOfRange
-        | Code::Unimplemented => true,
+        | Code::OutOfRange => true,
         Code::ResourceExhausted => reason.as_deref() == Some("BUCKET_EXHAUSTED"),
         Code::Ok
         | Code::Cancelled
         | Code::Unknown
         | Code::DeadlineExceeded
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unimplemented
         | Code::Aborted
         | Code::Internal
         | Code::Unavailable
@@ -353,5 +358,61 @@ impl PopulationRegistry for GrpcPopulationRegistry {
                 code_name(status.code())
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_reason(code: Code, reason: &str) -> tonic::Status {
+        service_kit::status::with_reason(code, "refused", "population.mps.gov.vn", reason)
+    }
+
+    #[test]
+    fn only_refusals_of_the_record_itself_reject_it() {
+        for status in [
+            service_kit::status::invalid_argument(vec![(
+                "birth.full_name".into(),
+                "must not be empty".into(),
+            )]),
+            with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED"),
+            with_reason(Code::FailedPrecondition, "NOTHING_TO_REISSUE"),
+            with_reason(Code::ResourceExhausted, "BUCKET_EXHAUSTED"),
+        ] {
+            assert!(
+                matches!(classify(&status), Outcome::Rejected { .. }),
+                "{status:?}"
+            );
+        }
+        for status in [
+            with_reason(Code::PermissionDenied, "CALLER_NOT_ALLOWED"),
+            with_reason(Code::Unauthenticated, "CLIENT_CERTIFICATE_MISSING"),
+            tonic::Status::unimplemented("no such route"),
+            tonic::Status::not_found("no such route"),
+            tonic::Status::resource_exhausted("too many streams"),
+            tonic::Status::unavailable("draining"),
+        ] {
+            assert!(
+                matches!(classify(&status), Outcome::Retry { .. }),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_names_the_refused_field_for_the_official() {
+        let status = service_kit::status::invalid_argument(vec![(
+            "birth.full_name".into(),
+            "must not be empty".into(),
+        )]);
+        let Outcome::Rejected { code, reason } = classify(&status) else {
+            panic!("not rejected");
+        };
+        assert_eq!(code, "INVALID_ARGUMENT");
+        assert!(
+            reason.contains("birth.full_name: must not be empty"),
+            "{reason}"
+        );
     }
 }
