@@ -623,6 +623,23 @@ async fn a_correction_of_sex_reissues_the_number(backend: Backend) {
     assert_ne!(after.personal_id, r.personal_id);
     assert_eq!(after.cancelled_personal_ids, vec![r.personal_id.clone()]);
     assert_eq!(&after.personal_id[3..4], "3", "a girl born in the 2000s");
+    // The reason, free text about a person, stays beside the correction; the audit log
+    // that goes to auditors carries only its hash.
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM corrections WHERE request_id = 'fix-sex' AND reason = 'sex recorded wrongly'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE details LIKE '%recorded wrongly%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'registration.correct' AND details LIKE '%reason_sha256%'")
+            .await,
+        1
+    );
     // A retry of the same correction changes nothing more.
     let retry = client
         .correct_birth_registration(auth(request, &app.token("reg_c001")))

@@ -77,6 +77,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_derived_counts.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_correction_reasons.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -94,6 +98,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_lighter_commits.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_correction_reasons.sql"),
     ),
 ];
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{Datelike, NaiveDate};
+use sha2::{Digest as _, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
@@ -412,13 +413,15 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO corrections (registration_id, request_id, content_hash, reissued, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO corrections (registration_id, request_id, content_hash, reissued, created_at_ms, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id.clone())
         .bind(correction.request_id.as_str().to_owned())
         .bind(hash)
         .bind(i64::from(reissued))
         .bind(now)
+        .bind(correction.reason.as_str().to_owned())
         .execute(&mut *wtx.tx)
         .await?;
         wtx.audit(AuditEntry {
@@ -427,7 +430,9 @@ impl Store {
             entity: format!("registration/{id}"),
             details: serde_json::json!({
                 "request_id": correction.request_id.as_str(), "unit": target_unit.code.as_str(),
-                "status": plan.status.as_str(), "issue_key": issue_key, "reason": correction.reason.as_str(),
+                "status": plan.status.as_str(), "issue_key": issue_key,
+                // The text is personal data, kept in `corrections`; the chain vouches for it.
+                "reason_sha256": hex::encode(Sha256::digest(correction.reason.as_str())),
             }),
         });
         wtx.commit().await?;
