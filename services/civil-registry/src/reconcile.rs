@@ -4,7 +4,7 @@
 //! holds but the registration lacks is written back, and a registration that should be
 //! numbered but has neither a number nor a queued request is queued again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use uuid::Uuid;
@@ -26,6 +26,9 @@ pub enum DifferenceKind {
     StuckWithoutRequest,
     /// An issuance whose key names no registration of this registry in the period.
     UnknownIssuance,
+    /// The population registry holds more than one active number for the registration:
+    /// a duplicate the contract forbids, reported and never repaired here.
+    SeveralActiveNumbers,
 }
 
 /// One difference.
@@ -57,6 +60,33 @@ fn registration_of(key: &str) -> Option<Uuid> {
     Uuid::parse_str(key.split(':').next().unwrap_or(key)).ok()
 }
 
+/// The active issuances by registration, and what is wrong with them on their own: a key
+/// that names no registration (each one reported), a registration with several active
+/// numbers (once per registration).
+fn index_active(remote: Vec<RemoteIssuance>) -> (HashMap<Uuid, RemoteIssuance>, Vec<Difference>) {
+    let mut active = HashMap::new();
+    let mut differences = Vec::new();
+    let mut several = HashSet::new();
+    for issuance in remote.into_iter().filter(|i| i.active) {
+        let Some(id) = registration_of(&issuance.request_id) else {
+            differences.push(Difference {
+                kind: DifferenceKind::UnknownIssuance,
+                registration_id: None,
+                repaired: false,
+            });
+            continue;
+        };
+        if active.insert(id, issuance).is_some() && several.insert(id) {
+            differences.push(Difference {
+                kind: DifferenceKind::SeveralActiveNumbers,
+                registration_id: Some(id),
+                repaired: false,
+            });
+        }
+    }
+    (active, differences)
+}
+
 /// Compares the period `from..=to`; repairs when asked.
 pub async fn reconcile<P: PopulationRegistry>(
     store: &Store,
@@ -67,15 +97,12 @@ pub async fn reconcile<P: PopulationRegistry>(
 ) -> anyhow::Result<Vec<Difference>> {
     let local = store.reconcile_rows(from, to).await?;
     let remote = registry.list_issuances(from, to).await?;
-    let mut active: HashMap<Uuid, RemoteIssuance> = HashMap::new();
-    for issuance in remote.into_iter().filter(|i| i.active) {
-        if let Some(id) = registration_of(&issuance.request_id) {
-            active.insert(id, issuance);
-        } else {
-            active.insert(Uuid::nil(), issuance);
-        }
-    }
-    let mut out = Vec::new();
+    let (mut active, mut out) = index_active(remote);
+    let several: HashSet<Uuid> = out
+        .iter()
+        .filter(|d| d.kind == DifferenceKind::SeveralActiveNumbers)
+        .filter_map(|d| d.registration_id)
+        .collect();
     for row in local {
         let theirs = active.remove(&row.id);
         let kind = match (row.status, &row.personal_id, &theirs) {
@@ -104,7 +131,8 @@ pub async fn reconcile<P: PopulationRegistry>(
             (_, _, None) => Some(DifferenceKind::StuckWithoutRequest),
         };
         let Some(kind) = kind else { continue };
-        let repaired = if repair {
+        // Which of several active numbers is the registration's is for a person to decide.
+        let repaired = if repair && !several.contains(&row.id) {
             match (&kind, &theirs) {
                 (
                     DifferenceKind::NumberNotWrittenBack | DifferenceKind::NumberMismatch,
@@ -125,9 +153,53 @@ pub async fn reconcile<P: PopulationRegistry>(
     for (id, _) in active {
         out.push(Difference {
             kind: DifferenceKind::UnknownIssuance,
-            registration_id: (!id.is_nil()).then_some(id),
+            registration_id: Some(id),
             repaired: false,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuance(personal_id: &str, request_id: &str, active: bool) -> RemoteIssuance {
+        RemoteIssuance {
+            personal_id: personal_id.into(),
+            request_id: request_id.into(),
+            active,
+            unit_code: "C001".into(),
+            registration_number: 1,
+        }
+    }
+
+    #[test]
+    fn several_active_numbers_and_every_unknown_key_are_each_reported() {
+        let twice = Uuid::now_v7();
+        let once = Uuid::now_v7();
+        let (active, differences) = index_active(vec![
+            issuance("001200000001", &twice.to_string(), true),
+            issuance("001200000002", &format!("{twice}:fix-1"), true),
+            issuance("001200000003", &format!("{twice}:fix-2"), true),
+            issuance("001200000004", &once.to_string(), false),
+            issuance("001200000005", &format!("{once}:fix-1"), true),
+            issuance("001200000006", "not-a-registration", true),
+            issuance("001200000007", "nor-this-one", true),
+        ]);
+        let kinds: Vec<_> = differences
+            .iter()
+            .map(|d| (d.kind.clone(), d.registration_id))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (DifferenceKind::SeveralActiveNumbers, Some(twice)),
+                (DifferenceKind::UnknownIssuance, None),
+                (DifferenceKind::UnknownIssuance, None),
+            ]
+        );
+        assert_eq!(active.len(), 2);
+        assert_eq!(active[&once].personal_id, "001200000005");
+    }
 }
