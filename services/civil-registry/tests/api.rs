@@ -684,6 +684,60 @@ async fn a_correction_of_sex_reissues_the_number(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
+    // Arrange: a numbered registration of Ha Noi (001).
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let r = register(&app, "reg_c001", birth("moved-province"))
+        .await
+        .unwrap();
+    assert_eq!(r.personal_id_status, ISSUED);
+    assert!(r.personal_id.starts_with("001"), "{}", r.personal_id);
+    let move_to = |who: &str, request_id: &str| {
+        auth(
+            pb::CorrectBirthRegistrationRequest {
+                request_id: request_id.into(),
+                name: r.name.clone(),
+                child: r.child.clone(),
+                father: r.father.clone(),
+                mother: r.mother.clone(),
+                unit_code: "C760".into(),
+                reason: "registered in the wrong province".into(),
+            },
+            &app.token(who),
+        )
+    };
+    // Act: the commune cannot reach Ho Chi Minh City's unit; the ministry's registrar can.
+    let from_commune = client
+        .correct_birth_registration(move_to("reg_c001", "move-c"))
+        .await
+        .unwrap_err();
+    let from_ministry = client
+        .correct_birth_registration(move_to("reg_moj", "move-moj"))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = app.settled("aud_moj", &r.name).await;
+    // Assert
+    assert_eq!(
+        (
+            from_commune.code(),
+            reason_of(&from_commune).unwrap_or_default()
+        ),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
+    assert!(from_ministry.personal_id_reissued);
+    assert_eq!(after.unit_code, "C760");
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert!(
+        after.personal_id.starts_with("079"),
+        "the new number carries the new province: {}",
+        after.personal_id
+    );
+    assert_eq!(after.cancelled_personal_ids, vec![r.personal_id.clone()]);
+    app.stop().await;
+}
+
 async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend) {
     // Arrange: two numbered registrations; one loses its number as if the write-back had
     // been lost, another is left eligible with nothing queued.
@@ -1277,6 +1331,7 @@ both_backends!(
     numbers_arrive_after_the_population_registry_comes_back,
     a_permanent_refusal_marks_the_registration_rejected,
     a_correction_of_sex_reissues_the_number,
+    a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,
     statistics_equal_what_was_registered,
     lists_are_paginated_filtered_and_limited_to_the_jurisdiction,

@@ -59,8 +59,10 @@ pub fn may_read(caller: &Caller) -> Result<(), Denied> {
     active(caller)
 }
 
-/// CorrectBirthRegistration: a registrar of the registration's unit; a new registering
-/// unit must lie within the registrar's jurisdiction.
+/// CorrectBirthRegistration: a registrar whose jurisdiction holds the registration's unit
+/// (the own unit, or one below it: a district's registrar corrects its communes' entries)
+/// and the new registering unit, if any, which must be active. Moving an entry to another
+/// province, which re-issues its number, takes a registrar above both: at the ministry.
 pub fn may_correct(
     caller: &Caller,
     registration_unit: &Unit,
@@ -70,7 +72,7 @@ pub fn may_correct(
     if caller.role != Role::Registrar {
         return Err(Denied::RoleNotAllowed);
     }
-    if registration_unit.code != caller.unit.code {
+    if !within_jurisdiction(caller, registration_unit) {
         return Err(Denied::OutsideJurisdiction);
     }
     if let Some(unit) = new_unit

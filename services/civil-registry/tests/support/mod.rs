@@ -76,6 +76,7 @@ pub const OFFICIALS: &[(&str, &str, &str)] = &[
     ("aud_p079", "P079", "auditor"),
     ("aud_moj", "MOJ", "auditor"),
     ("reg_c760", "C760", "registrar"),
+    ("reg_moj", "MOJ", "registrar"),
     ("revoked_c001", "C001", "registrar"),
 ];
 
