@@ -332,8 +332,20 @@ async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
                     rows.push((get(0), unit.clone(), role, token_hash(&token)));
                     out.push([get(0), unit.to_string(), role.as_str().to_owned(), token]);
                 }
-                store.create_officials(&rows, ADMIN_ACTOR).await?;
-                write_tokens(&tokens_out, &out)?;
+                // The tokens are on disk before the accounts exist, and take the file's
+                // name only once they do: a failed write creates no account whose token
+                // is lost, and a failed import leaves an earlier tokens file as it was.
+                let pending = write_tokens(&tokens_out, &out)?;
+                if let Err(e) = store.create_officials(&rows, ADMIN_ACTOR).await {
+                    let _ = std::fs::remove_file(&pending);
+                    return Err(e);
+                }
+                std::fs::rename(&pending, &tokens_out).with_context(|| {
+                    format!(
+                        "the accounts were created; their tokens are in {}",
+                        pending.display()
+                    )
+                })?;
                 println!(
                     "created {} officials; tokens written to {}",
                     out.len(),
@@ -358,27 +370,33 @@ async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn write_tokens(path: &Path, rows: &[[String; 4]]) -> anyhow::Result<()> {
+/// Writes the tokens, readable by the owner only, to a new file beside `path` (flushed to
+/// disk) and returns its name.
+fn write_tokens(path: &Path, rows: &[[String; 4]]) -> anyhow::Result<PathBuf> {
     use std::io::Write;
+    let mut pending = path.as_os_str().to_owned();
+    pending.push(".pending");
+    let pending = PathBuf::from(pending);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let file = options.open(&pending).with_context(|| {
+        format!(
+            "creating {} (left over from an import that failed? remove it)",
+            pending.display()
+        )
+    })?;
     let mut writer = csv::Writer::from_writer(file);
     writer.write_record(["official_id", "unit_code", "role", "token"])?;
     for row in rows {
         writer.write_record(row)?;
     }
-    writer.flush()?;
-    writer
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .flush()?;
-    Ok(())
+    let mut file = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    file.flush()?;
+    file.sync_all()?;
+    Ok(pending)
 }

@@ -106,22 +106,3 @@ async fn postgres_database_gone_turns_health_not_serving_and_calls_unavailable()
     );
     app.stop().await;
 }
-
-#[test]
-fn a_database_url_that_cannot_keep_the_register_exits_64_naming_the_key() {
-    for url in ["sqlite::memory:", "mysql://127.0.0.1/register"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_civil-registry"))
-            .arg("serve")
-            .env("CIVIL_REGISTRY_DATABASE__URL", url)
-            .env("CIVIL_REGISTRY_SERVER__LISTEN_ADDR", "127.0.0.1:0")
-            .env("CIVIL_REGISTRY_SERVER__TLS__INSECURE_PLAINTEXT", "true")
-            .output()
-            .expect("civil-registry runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{url}: {stderr}");
-        assert!(
-            stderr.contains("invalid configuration: database.url:"),
-            "{url}: {stderr}"
-        );
-    }
-}
