@@ -402,7 +402,11 @@ pub async fn verify(
                         &mut v,
                         &mut counts,
                         "malformed-number",
-                        format!("{} has number {:?}", r.name, r.personal_id),
+                        format!(
+                            "{} has a number of {} characters, not 12 digits",
+                            r.name,
+                            r.personal_id.chars().count()
+                        ),
                     );
                 }
                 if let Some(other) = numbers.insert(&r.personal_id, &r.name) {
@@ -410,7 +414,7 @@ pub async fn verify(
                         &mut v,
                         &mut counts,
                         "number-twice",
-                        format!("{} on {} and {}", r.personal_id, other, r.name),
+                        format!("{other} and {} show the same number", r.name),
                     );
                 }
                 civil_issued.insert(&r.id, &r.personal_id);
@@ -564,20 +568,28 @@ pub async fn verify(
 
     // 4. Population side: one issuance per ISSUED registration, same number, no number twice.
     let issuances = list_issuances(&mut population, from, to).await?;
-    let mut pop_numbers: HashSet<&str> = HashSet::new();
+    let mut pop_numbers: HashMap<&str, &str> = HashMap::new();
     let mut pop_active: HashMap<&str, &str> = HashMap::new();
     for i in &issuances {
-        if !pop_numbers.insert(&i.personal_id) {
-            violation(&mut v, &mut counts, "minted-twice", i.personal_id.clone());
+        if let Some(first) = pop_numbers.insert(&i.personal_id, &i.request_id) {
+            violation(
+                &mut v,
+                &mut counts,
+                "minted-twice",
+                format!(
+                    "requests {first} and {} were issued the same number",
+                    i.request_id
+                ),
+            );
         }
         if i.status == pop::CitizenStatus::Active as i32
-            && let Some(prev) = pop_active.insert(&i.request_id, &i.personal_id)
+            && let Some(_) = pop_active.insert(&i.request_id, &i.personal_id)
         {
             violation(
                 &mut v,
                 &mut counts,
                 "two-active-numbers",
-                format!("request {}: {} and {}", i.request_id, prev, i.personal_id),
+                format!("request {}: two active numbers", i.request_id),
             );
         }
     }
@@ -611,27 +623,27 @@ pub async fn verify(
     for (id, number) in &civil_issued {
         match pop_active.get(id) {
             Some(n) if n == number => {}
-            Some(n) => violation(
+            Some(_) => violation(
                 &mut v,
                 &mut counts,
                 "reconcile",
-                format!("registration {id}: civil {number}, population {n}"),
+                format!("registration {id}: the two registries hold different numbers"),
             ),
             None => violation(
                 &mut v,
                 &mut counts,
                 "reconcile",
-                format!("registration {id}: civil {number}, no active issuance"),
+                format!("registration {id}: numbered, but no active issuance"),
             ),
         }
     }
-    for (id, number) in &pop_active {
+    for id in pop_active.keys() {
         if !civil_issued.contains_key(id) {
             violation(
                 &mut v,
                 &mut counts,
                 "reconcile",
-                format!("issuance {number} for {id} has no ISSUED registration"),
+                format!("the active issuance for {id} has no ISSUED registration"),
             );
         }
     }
