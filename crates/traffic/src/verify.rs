@@ -518,8 +518,8 @@ pub async fn verify(
                     &mut counts,
                     "acknowledged-number-changed",
                     format!(
-                        "{}: answered {}, now {:?}",
-                        r.name, o.acknowledged_personal_id, r.personal_id
+                        "{}: the number it was answered with is not the one it shows now",
+                        r.name
                     ),
                 );
             }
