@@ -353,6 +353,10 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = main.get(probe) or {}
         check("grpc" in p and isinstance(p["grpc"].get("port"), int), f"{name}: native gRPC {probe}")
+    # Liveness must not follow the database (service_kit::server::LIVENESS): a database
+    # outage would otherwise restart every replica.
+    liveness = ((main.get("livenessProbe") or {}).get("grpc") or {}).get("service")
+    check(liveness == "liveness", f"{name}: livenessProbe asks for the 'liveness' health name, not the whole server")
     sleep = ((main.get("lifecycle") or {}).get("preStop") or {})
     pre_stop_s = (sleep.get("sleep") or {}).get("seconds", 0)
     check(bool(sleep), f"{name}: preStop pause ({pre_stop_s}s)")

@@ -28,8 +28,15 @@ use crate::{
 };
 
 /// Health service name that stands for the whole server (what `grpc_health_probe` and
-/// Kubernetes gRPC probes ask for by default).
+/// Kubernetes gRPC probes ask for by default). Services turn it NOT_SERVING while their
+/// database is out of reach, so that readiness routes calls elsewhere.
 const OVERALL: &str = "";
+
+/// Health service name for liveness probes: SERVING from `serve()` on, whatever the
+/// database does. A liveness probe on [`OVERALL`] would restart every replica during a
+/// database outage, and a restarted process cannot reach the database either; this one
+/// fails only when the process stops answering.
+pub const LIVENESS: &str = "liveness";
 
 /// How often the server pings an HTTP/2 connection (and probes it with TCP keepalive).
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
@@ -192,6 +199,10 @@ impl GrpcServer {
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
+        // Alive while draining too: the drain is bounded, and a restart would cut it short.
+        health_reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let mut known_services: Vec<String> =

@@ -88,6 +88,49 @@ async fn health_turns_not_serving_on_shutdown_while_an_in_flight_call_still_comp
 }
 
 #[tokio::test]
+async fn liveness_stays_serving_while_the_service_reports_itself_not_serving() {
+    // Arrange
+    let server = TestServer::start(&plaintext_config()).await;
+    let mut health = HealthClient::new(plaintext_channel(server.addr).await);
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    // serve() runs in a task of its own: wait until it has set the statuses.
+    let mut watch = health
+        .watch(status(service_kit::server::LIVENESS))
+        .await
+        .expect("watch")
+        .into_inner();
+    let before = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let update = watch.next().await.expect("an update").expect("status");
+            if update.status() == ServingStatus::Serving {
+                return update;
+            }
+        }
+    })
+    .await
+    .expect("liveness SERVING once the server serves");
+
+    // Act: what a service does when its database goes out of reach.
+    server
+        .health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+
+    // Assert
+    let overall = health.check(status("")).await.expect("check").into_inner();
+    let alive = health
+        .check(status(service_kit::server::LIVENESS))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(before.status(), ServingStatus::Serving);
+    assert_eq!(overall.status(), ServingStatus::NotServing);
+    assert_eq!(alive.status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
 async fn shutdown_is_bounded_by_the_drain_timeout_when_a_call_does_not_finish() {
     // Arrange: drain timeout 300 ms, a call that would take 10 s.
     let config = service_kit::ServerConfig {
