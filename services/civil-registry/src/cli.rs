@@ -42,7 +42,8 @@ pub enum Command {
     },
     /// Ask a running server's health (exit 0 when SERVING), for container health checks.
     Healthcheck {
-        /// Server URI; defaults to the configured listen address.
+        /// Server URI; defaults to the plaintext health-only listener
+        /// (server.health_listen_addr) when configured, else server.listen_addr, on loopback.
         #[arg(long)]
         uri: Option<String>,
     },
@@ -188,23 +189,20 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
             }
         }
         Command::Healthcheck { uri } => {
-            let plaintext = cfg.server.tls.insecure_plaintext;
-            let mut addr = cfg.server.listen_addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let scheme = if plaintext { "http" } else { "https" };
-            let uri = uri.unwrap_or_else(|| format!("{scheme}://{addr}"));
-            // With TLS the probe presents the service's own client identity and CA (the
+            let target = service_kit::healthcheck::Target::of(uri, &cfg.server);
+            // Over TLS the probe presents the service's own client identity and CA (the
             // ministry's PKI), as configured for its calls to the population registry.
-            let tls = if plaintext {
-                service_kit::ClientTlsConfig {
-                    insecure_plaintext: true,
-                    ..Default::default()
+            let tls = match target {
+                service_kit::healthcheck::Target::Plaintext(_) => {
+                    service_kit::healthcheck::plaintext()
                 }
-            } else {
-                cfg.population_registry.tls.clone()
+                service_kit::healthcheck::Target::Tls(_) => service_kit::ClientTlsConfig {
+                    insecure_plaintext: false,
+                    server_name: None,
+                    ..cfg.population_registry.tls.clone()
+                },
             };
+            let uri = target.uri().to_owned();
             let ok = service_kit::healthcheck::check(&uri, &tls, "").await?;
             Ok(if ok { 0 } else { 1 })
         }

@@ -43,7 +43,8 @@ pub enum Command {
     },
     /// Ask the running server (server.listen_addr) whether it is SERVING; exit 0 if so.
     Healthcheck {
-        /// Server URI; defaults to server.listen_addr on loopback.
+        /// Server URI; defaults to the plaintext health-only listener
+        /// (server.health_listen_addr) when configured, else server.listen_addr, on loopback.
         #[arg(long)]
         uri: Option<String>,
         /// PEM CA of the server certificate (https).
@@ -122,20 +123,20 @@ pub async fn admin(cli: Cli) -> anyhow::Result<ExitCode> {
             key_file,
         } => {
             let cfg = load();
-            let plaintext = cfg.server.tls.insecure_plaintext;
-            let mut addr = cfg.server.listen_addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let scheme = if plaintext { "http" } else { "https" };
-            let uri = uri.unwrap_or_else(|| format!("{scheme}://{addr}"));
-            let tls = ClientTlsConfig {
-                insecure_plaintext: plaintext,
-                ca_file,
-                cert_file,
-                key_file,
-                server_name: None,
+            let target = service_kit::healthcheck::Target::of(uri, &cfg.server);
+            let tls = match target {
+                service_kit::healthcheck::Target::Plaintext(_) => {
+                    service_kit::healthcheck::plaintext()
+                }
+                service_kit::healthcheck::Target::Tls(_) => ClientTlsConfig {
+                    insecure_plaintext: false,
+                    ca_file,
+                    cert_file,
+                    key_file,
+                    server_name: None,
+                },
             };
+            let uri = target.uri().to_owned();
             let serving = service_kit::healthcheck::check(&uri, &tls, "").await?;
             println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
             if !serving {

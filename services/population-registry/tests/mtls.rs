@@ -176,3 +176,71 @@ fn serving_without_a_client_ca_exits_64_naming_the_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_healthcheck_subcommand_of_a_tls_server_asks_its_health_only_listener() {
+    use std::io::BufRead as _;
+    // Arrange: the binary serving with mTLS and a plaintext health-only listener, as the
+    // image runs it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("registry").expect("CA");
+    let server = ca.server_cert().expect("server certificate");
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let env = [
+        (
+            "POPULATION_REGISTRY_DATABASE__URL",
+            format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__LISTEN_ADDR",
+            "127.0.0.1:0".into(),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__HEALTH_LISTEN_ADDR",
+            format!("127.0.0.1:{health_port}"),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__TLS__CERT_FILE",
+            server.cert_file.display().to_string(),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__TLS__KEY_FILE",
+            server.key_file.display().to_string(),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__TLS__CLIENT_CA_FILE",
+            ca.ca_file().display().to_string(),
+        ),
+    ];
+    let bin = env!("CARGO_BIN_EXE_population-registry");
+    let mut serving = std::process::Command::new(bin)
+        .arg("serve")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stdout = serving.stdout.take().expect("stdout");
+    let listening = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("LISTENING"));
+
+    // Act
+    let check = std::process::Command::new(bin)
+        .arg("healthcheck")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("healthcheck runs");
+    serving.kill().ok();
+    serving.wait().ok();
+
+    // Assert
+    assert!(listening, "the server announced itself");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "SERVING");
+}
