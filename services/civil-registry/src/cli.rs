@@ -175,7 +175,9 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
-            let store = open(&cfg).await?;
+            // Reads only: the daily check, and a check of a restored copy, must not migrate
+            // what they inspect.
+            let store = Store::connect(&cfg.database).await?;
             let report = store.verify_audit().await?;
             match report.first_broken {
                 None => {

@@ -99,3 +99,24 @@ fn an_import_of_officials_that_fails_loses_no_token_and_keeps_the_earlier_file()
     assert_eq!(mode & 0o777, 0o600, "tokens readable by the owner only");
     assert!(!dir.path().join("tokens.csv.pending").exists());
 }
+
+#[tokio::test]
+async fn audit_verify_reads_the_register_and_never_migrates_it() {
+    use sqlx::Connection as _;
+    // Arrange: a database with no schema at all (say, a restored copy pointed at wrongly).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/civil.db?mode=rwc", dir.path().display());
+
+    // Act
+    let (verified, stderr) = civil_registry(&url, &["audit", "verify"]);
+
+    // Assert: it fails on the missing audit log instead of creating one to verify.
+    assert!(!verified, "{stderr}");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    let objects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(objects, 0, "audit verify created a schema");
+}
