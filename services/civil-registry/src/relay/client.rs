@@ -70,7 +70,12 @@ impl GrpcPopulationRegistry {
                     "population registry not reachable at start; numbers wait in the outbox until it is"
                 );
             }
-            Ok(_) => tracing::info!("population registry connected"),
+            Ok(Err(status)) => tracing::warn!(
+                code = ?status.code(),
+                error = %status.message(),
+                "population registry answered its health check with an error at start"
+            ),
+            Ok(Ok(_)) => tracing::info!("population registry connected"),
             Err(_) => tracing::warn!(
                 "population registry did not answer at start; numbers wait in the outbox until it does"
             ),
