@@ -18,7 +18,7 @@ use traffic::client::authorized;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_registers_births_backfills_numbers_and_reads_their_errors() {
     let Ok(python) = std::env::var("INTEROP_PYTHON") else {
-        eprintln!("skipped: INTEROP_PYTHON not set");
+        service_kit::testing::skip("INTEROP_PYTHON not set");
         return;
     };
     // Arrange

@@ -97,7 +97,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_population_and_two_civil_replicas_on_postgres_mint_each_number_once() {
     let Ok(admin) = std::env::var("TEST_POSTGRES_URL") else {
-        println!("skipped: TEST_POSTGRES_URL not set");
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
         return;
     };
     // Arrange: one database per ministry; the first pair of processes (the stack), then

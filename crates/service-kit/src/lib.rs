@@ -41,6 +41,7 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 
 pub use config::{

@@ -67,7 +67,7 @@ async fn the_population_registry_down_leaves_the_service_serving_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_gone_turns_health_not_serving_and_calls_unavailable() {
     if std::env::var("TEST_POSTGRES_URL").is_err() {
-        println!("skipped: TEST_POSTGRES_URL not set");
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
         return;
     }
     // Arrange

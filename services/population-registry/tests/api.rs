@@ -27,7 +27,7 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(db) = super::TestDb::postgres().await else {
-                        println!("skipped: TEST_POSTGRES_URL not set");
+                        service_kit::testing::skip("TEST_POSTGRES_URL not set");
                         return;
                     };
                     super::$name(db).await;

@@ -11,7 +11,7 @@ use contracts::mps::population::v1 as pb;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_on_one_postgres_minting_into_the_same_few_buckets_never_duplicate() {
     let Some(db) = TestDb::postgres().await else {
-        println!("skipped: TEST_POSTGRES_URL not set");
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
         return;
     };
     let mut cfg = config(&db);
@@ -71,7 +71,7 @@ async fn three_replicas_on_one_postgres_minting_into_the_same_few_buckets_never_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_request_id_raced_across_postgres_replicas_returns_one_number() {
     let Some(db) = TestDb::postgres().await else {
-        println!("skipped: TEST_POSTGRES_URL not set");
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
         return;
     };
     let cfg = config(&db);

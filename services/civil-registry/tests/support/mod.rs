@@ -44,7 +44,7 @@ macro_rules! both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     if std::env::var("TEST_POSTGRES_URL").is_err() {
-                        println!("skipped: TEST_POSTGRES_URL not set");
+                        service_kit::testing::skip("TEST_POSTGRES_URL not set");
                         return;
                     }
                     super::$name($crate::support::Backend::Postgres).await;
