@@ -55,15 +55,44 @@ fn enum_value() -> impl Strategy<Value = i32> {
     prop_oneof![0i32..5, any::<i32>()]
 }
 
+/// `valid` most of the time, else anything `other` makes: a message of two dozen fields
+/// then has each of them wrong now and then and all of them right about a fifth of the
+/// time, so that the properties about what is accepted are exercised (with every field
+/// arbitrary, no message was ever accepted).
+fn mostly<T: std::fmt::Debug + Clone + 'static>(
+    valid: T,
+    other: impl Strategy<Value = T> + 'static,
+) -> BoxedStrategy<T> {
+    prop_oneof![15 => Just(valid), 1 => other].boxed()
+}
+
+/// A required message, missing now and then.
+fn usually_some<T: std::fmt::Debug + Clone + 'static>(
+    present: impl Strategy<Value = T> + 'static,
+) -> BoxedStrategy<Option<T>> {
+    prop_oneof![15 => present.prop_map(Some), 1 => Just(None)].boxed()
+}
+
+fn text(valid: &str) -> BoxedStrategy<String> {
+    mostly(valid.to_owned(), any_text())
+}
+
+fn date(year: i32, month: i32, day: i32) -> Date {
+    Date { year, month, day }
+}
+
 fn civil_child() -> impl Strategy<Value = cpb::Child> {
     (
-        any_text(),
-        enum_value(),
-        opt(any_date()),
-        opt((any_text(), code_or_text())),
-        any_text(),
-        any_text(),
-        prop_oneof![Just("VN".to_owned()), any_text()],
+        text("Nguyễn Văn An"),
+        mostly(cpb::Sex::Male as i32, enum_value()),
+        mostly(Some(date(2020, 1, 2)), opt(any_date())),
+        mostly(
+            Some(("Bệnh viện Bạch Mai".to_owned(), "001".to_owned())),
+            opt((any_text(), code_or_text())),
+        ),
+        text("Hà Nội"),
+        text("Kinh"),
+        mostly("VN".to_owned(), any_text()),
     )
         .prop_map(
             |(full_name, sex, date_of_birth, pob, home_town, ethnicity, nationality)| cpb::Child {
@@ -83,12 +112,12 @@ fn civil_child() -> impl Strategy<Value = cpb::Child> {
 
 fn civil_parent() -> impl Strategy<Value = cpb::Parent> {
     (
-        any_text(),
-        prop_oneof![Just(0), 1800i32..2100, any::<i32>()],
-        any_text(),
-        any_text(),
-        any_text(),
-        prop_oneof![digits(12), any_text()],
+        text("Trần Thị Bình"),
+        mostly(1990, prop_oneof![Just(0), 1800i32..2100, any::<i32>()]),
+        text("Kinh"),
+        mostly("VN".to_owned(), any_text()),
+        text("Hà Nội"),
+        mostly(String::new(), prop_oneof![digits(12), any_text()]),
     )
         .prop_map(
             |(full_name, year_of_birth, ethnicity, nationality, residence, personal_id)| {
@@ -118,10 +147,18 @@ fn pop_parent() -> impl Strategy<Value = ppb::Parent> {
 fn pop_birth() -> impl Strategy<Value = ppb::BirthRecord> {
     (
         civil_child(),
-        code_or_text(),
+        mostly("001".to_owned(), code_or_text()),
         opt(pop_parent()),
         opt(pop_parent()),
-        opt((any_text(), any::<i64>(), any_text(), opt(any_date()))),
+        mostly(
+            Some((
+                "C001".to_owned(),
+                1,
+                "2020".to_owned(),
+                Some(date(2020, 1, 10)),
+            )),
+            opt((any_text(), any::<i64>(), any_text(), opt(any_date()))),
+        ),
     )
         .prop_map(
             |(c, registration_province_code, father, mother, reg)| ppb::BirthRecord {
@@ -150,6 +187,70 @@ fn pop_birth() -> impl Strategy<Value = ppb::BirthRecord> {
                 ),
             },
         )
+}
+
+/// Draws `cases` values of `strategy` (deterministically) and counts those `accepted` takes.
+fn accepted_share<T: std::fmt::Debug>(
+    strategy: impl Strategy<Value = T>,
+    cases: usize,
+    accepted: impl Fn(&T) -> bool,
+) -> usize {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    (0..cases)
+        .filter(|_| accepted(&strategy.new_tree(&mut runner).expect("a value").current()))
+        .count()
+}
+
+fn register_birth_request() -> impl Strategy<Value = cpb::RegisterBirthRequest> {
+    (
+        text("reg-1"),
+        mostly(cpb::RegistrationKind::FirstTime as i32, enum_value()),
+        usually_some(civil_child()),
+        opt(civil_parent()),
+        opt(civil_parent()),
+        mostly(Some(date(2020, 1, 10)), opt(any_date())),
+    )
+        .prop_map(|(request_id, kind, child, father, mother, registered_on)| {
+            cpb::RegisterBirthRequest {
+                request_id,
+                kind,
+                has_foreign_element: false,
+                child,
+                father,
+                mother,
+                requester: Some(cpb::Requester {
+                    full_name: "Nguyễn Văn Bình".into(),
+                    relationship: 1,
+                }),
+                registered_on,
+            }
+        })
+}
+
+fn issue_request() -> impl Strategy<Value = ppb::IssuePersonalIdRequest> {
+    (text("reg-1"), usually_some(pop_birth()))
+        .prop_map(|(request_id, birth)| ppb::IssuePersonalIdRequest { request_id, birth })
+}
+
+#[test]
+fn the_generated_requests_are_accepted_often_enough_to_test_what_acceptance_means() {
+    let provinces = ProvinceTable::load(PostMergerRule::Legacy).expect("province table");
+    let civil = accepted_share(register_birth_request(), 400, |r| {
+        civil_convert::new_birth(r).is_ok()
+    });
+    let population = accepted_share(issue_request(), 400, |r| {
+        pop_convert::issue_request(r, &provinces).is_ok()
+    });
+    println!("accepted: {civil} RegisterBirth, {population} issue requests of 400 each");
+    assert!(
+        civil >= 20,
+        "{civil} of 400 RegisterBirth requests accepted"
+    );
+    assert!(
+        population >= 20,
+        "{population} of 400 issue requests accepted"
+    );
 }
 
 fn today() -> NaiveDate {
@@ -235,23 +336,8 @@ proptest! {
 
     #[test]
     fn register_birth_conversion_never_panics_and_accepts_only_valid_children(
-        request_id in any_text(),
-        kind in enum_value(),
-        child in opt(civil_child()),
-        father in opt(civil_parent()),
-        mother in opt(civil_parent()),
-        registered_on in opt(any_date()),
+        req in register_birth_request(),
     ) {
-        let req = cpb::RegisterBirthRequest {
-            request_id,
-            kind,
-            has_foreign_element: false,
-            child,
-            father,
-            mother,
-            requester: Some(cpb::Requester { full_name: "Nguyễn Văn Bình".into(), relationship: 1 }),
-            registered_on,
-        };
         if let Ok(birth) = civil_convert::new_birth(&req) {
             let c = &birth.record.child;
             prop_assert!(is_clean(c.full_name.as_str(), 1, 100));
@@ -262,11 +348,9 @@ proptest! {
 
     #[test]
     fn issue_conversion_never_panics_and_accepts_only_encodable_vietnamese_births(
-        request_id in any_text(),
-        birth in opt(pop_birth()),
+        req in issue_request(),
     ) {
         let provinces = ProvinceTable::load(PostMergerRule::Legacy).expect("province table");
-        let req = ppb::IssuePersonalIdRequest { request_id, birth };
         let parsed = pop_convert::issue_request(&req, &provinces);
         if let Err(violations) = &parsed {
             // Every refusal names at least one field.

@@ -97,14 +97,27 @@ async fn a_caller_without_a_client_certificate_is_turned_away() {
     let app = mtls_app(&db, &ca).await;
     let mut anonymous = client(app.addr, &ca, None);
 
-    let err = anonymous
+    let read = anonymous
         .get_citizen(pb::GetCitizenRequest {
             personal_id: "001221000001".into(),
         })
         .await
         .expect_err("no certificate");
+    let mint = anonymous
+        .issue_personal_id(issue("reg-anonymous", birth("An", 1)))
+        .await
+        .expect_err("no certificate");
 
-    assert_ne!(err.code(), Code::Ok);
+    for refused in [read, mint] {
+        assert_eq!(
+            (refused.code(), reason_of(&refused).unwrap_or_default()),
+            (
+                Code::Unauthenticated,
+                "CLIENT_CERTIFICATE_MISSING".to_owned()
+            ),
+            "{refused:?}"
+        );
+    }
     app.stop().await;
 }
 
