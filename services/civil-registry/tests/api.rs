@@ -1134,49 +1134,6 @@ async fn a_register_from_before_the_lighter_commits_migration_keeps_its_chain_an
     app.stop().await;
 }
 
-async fn each_group_commit_is_timed_for_operators(backend: Backend) {
-    // Arrange
-    let metrics = service_kit::metrics::handle().expect("recorder");
-    let app = TestApp::start(backend).await;
-    let mut client = app.client().await;
-    // Act
-    client
-        .register_birth(auth(birth("timed-1"), &app.token("reg_c001")))
-        .await
-        .unwrap();
-    // Assert
-    let rendered = metrics.render();
-    assert!(
-        rendered.contains("civil_registry_write_transaction_seconds"),
-        "{rendered}"
-    );
-    app.stop().await;
-}
-
-async fn the_gauges_the_alert_rules_read_are_sampled(backend: Backend) {
-    // Arrange: the names deploy/k8s/overlays/prod-monitoring/prometheusrules.yaml reads.
-    let metrics = service_kit::metrics::handle().expect("recorder");
-    let gauges = [
-        "civil_registry_outbox_depth ",
-        "civil_registry_outbox_oldest_pending_age_seconds ",
-        "civil_registry_registrations{status=\"PENDING\"} ",
-        "civil_registry_metrics_sample_seconds ",
-    ];
-    // Act: the sampler's first round starts with the service.
-    let app = TestApp::start(backend).await;
-    // Assert
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut rendered = metrics.render();
-    while gauges.iter().any(|g| !rendered.contains(g)) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        rendered = metrics.render();
-    }
-    for gauge in gauges {
-        assert!(rendered.contains(gauge), "{gauge} missing from\n{rendered}");
-    }
-    app.stop().await;
-}
-
 async fn pending_numbers_survive_a_restart_of_the_civil_registry(backend: Backend) {
     // Arrange
     let mut app =
@@ -1339,8 +1296,6 @@ both_backends!(
     concurrent_registrations_get_gapless_unique_numbers_and_the_audit_chain_holds,
     pending_numbers_survive_a_restart_of_the_civil_registry,
     a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
-    each_group_commit_is_timed_for_operators,
-    the_gauges_the_alert_rules_read_are_sampled,
     registrations_are_counted_by_status,
 );
 
