@@ -96,14 +96,12 @@ async fn oversized_messages_silent_clients_and_a_flood_are_bounded_and_both_serv
     // Act 2 (concurrently): a silent TCP client, a stalled batch stream, and the flood.
     let addr = world.stack.population.grpc;
     let silent = async {
-        let started = Instant::now();
         let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf)).await;
-        (read.map(|r| r.unwrap_or(0)), started.elapsed())
+        read.map(|r| r.unwrap_or(0))
     };
     let stalled = async {
-        let started = Instant::now();
         // One message (an invalid item: nothing is written), then silence for ever.
         let first = ppb::BatchIssuePersonalIdsRequest {
             items: vec![ppb::IssuePersonalIdRequest {
@@ -120,7 +118,7 @@ async fn oversized_messages_silent_clients_and_a_flood_are_bounded_and_both_serv
             .into_inner();
         let first_answer = answers.message().await;
         let end = tokio::time::timeout(Duration::from_secs(30), answers.message()).await;
-        (first_answer.map(|a| a.is_some()), end, started.elapsed())
+        (first_answer.map(|a| a.is_some()), end)
     };
     let flood_calls = if heavy() { 20_000 } else { 2_000 };
     let rss_before = (vm_rss_kib(population_pid), vm_rss_kib(civil_pid));
@@ -185,7 +183,7 @@ async fn oversized_messages_silent_clients_and_a_flood_are_bounded_and_both_serv
             .await;
         (codes, started.elapsed())
     };
-    let ((silent_read, silent_after), (first_answer, stalled_end, stalled_after), (codes, took)) =
+    let (silent_read, (first_answer, stalled_end), (codes, took)) =
         tokio::join!(silent, stalled, flood);
     let rss_after = (vm_rss_kib(population_pid), vm_rss_kib(civil_pid));
 
@@ -229,7 +227,6 @@ async fn oversized_messages_silent_clients_and_a_flood_are_bounded_and_both_serv
         matches!(silent_read, Ok(0)),
         "the silent connection was not closed within 30 s: {silent_read:?}"
     );
-    assert!(silent_after < Duration::from_secs(15), "{silent_after:?}");
     // A stalled stream is ended by the server's deadline.
     assert_eq!(first_answer.map_err(|s| s.code()), Ok(true));
     let end = stalled_end.expect("the stalled stream ended within 30 s");
@@ -238,7 +235,6 @@ async fn oversized_messages_silent_clients_and_a_flood_are_bounded_and_both_serv
         Some(Code::DeadlineExceeded),
         "{end:?}"
     );
-    assert!(stalled_after < Duration::from_secs(10), "{stalled_after:?}");
     // The flood degrades only with the load-shedding codes, and memory stays bounded.
     let allowed = [
         Code::Ok,

@@ -269,17 +269,14 @@ async fn a_peer_that_never_answers_the_handshake_fails_the_call_at_the_connect_t
     request.set_timeout(Duration::from_secs(10));
 
     // Act
-    let started = std::time::Instant::now();
     let status = EchoServiceClient::new(channel)
         .echo(request)
         .await
         .expect_err("nothing answers");
-    let elapsed = started.elapsed();
     held.abort();
 
-    // Assert: bounded by the connect timeout (a transport error that callers retry), not
-    // by the call's 10 s deadline.
-    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    // Assert: ended by the connect timeout (a transport error that callers retry), not by
+    // the call's 10 s deadline (DEADLINE_EXCEEDED).
     assert!(
         std::error::Error::source(&status).is_some(),
         "a transport error: {status:?}"

@@ -51,8 +51,19 @@ pub struct ReplayOptions {
     pub number_timeout: Duration,
     /// Retries of a RegisterBirth answered UNAVAILABLE (same request_id, so safe).
     pub retries: u32,
+    /// Each RegisterBirth attempt's gRPC deadline: one that outlives it ends
+    /// DEADLINE_EXCEEDED (retried, and counted in `retried`).
+    pub call_timeout: Duration,
     /// Only replay the first N lines.
     pub limit: Option<u64>,
+}
+
+/// How long one request waits, and how often it tries again.
+#[derive(Debug, Clone, Copy)]
+struct Patience {
+    retries: u32,
+    number_timeout: Duration,
+    call_timeout: Duration,
 }
 
 impl Default for ReplayOptions {
@@ -63,6 +74,7 @@ impl Default for ReplayOptions {
             progress: false,
             number_timeout: Duration::from_secs(120),
             retries: 5,
+            call_timeout: Duration::from_secs(30),
             limit: None,
         }
     }
@@ -279,21 +291,15 @@ pub async fn replay(
             )
         })
         .collect();
-    let retries = opts.retries;
-    let number_timeout = opts.number_timeout;
+    let patience = Patience {
+        retries: opts.retries,
+        number_timeout: opts.number_timeout,
+        call_timeout: opts.call_timeout,
+    };
     let launch = move |i: u64, item: Item, scheduled: Instant, permit, ev_tx| {
         let client = clients[(i as usize) % clients.len()].clone();
         async move {
-            one(
-                client,
-                item,
-                scheduled,
-                retries,
-                number_timeout,
-                permit,
-                ev_tx,
-            )
-            .await;
+            one(client, item, scheduled, patience, permit, ev_tx).await;
         }
     };
     match opts.mode {
@@ -443,18 +449,18 @@ async fn one(
     (mut grpc, mut client): (Grpc<Channel>, BirthRegistrationServiceClient<Channel>),
     item: Item,
     scheduled: Instant,
-    retries: u32,
-    number_timeout: Duration,
+    patience: Patience,
     permit: tokio::sync::OwnedSemaphorePermit,
     ev: mpsc::UnboundedSender<Event>,
 ) {
     let request_id = item.request_id;
     let mut attempt = 0;
     let answer = loop {
-        let req = authorized(item.body.clone(), &item.auth);
+        let mut req = authorized(item.body.clone(), &item.auth);
+        req.set_timeout(patience.call_timeout);
         match wire::register_birth(&mut grpc, req).await {
             Ok(answer) => break Ok(answer),
-            Err(s) if attempt < retries && retryable(&s) => {
+            Err(s) if attempt < patience.retries && retryable(&s) => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
             }
@@ -506,7 +512,7 @@ async fn one(
     if pending {
         // Poll until the number arrives: the registry answers PENDING when the number did
         // not come within its wait, and keeps obtaining it in the background.
-        let deadline = Instant::now() + number_timeout;
+        let deadline = Instant::now() + patience.number_timeout;
         let mut wait = Duration::from_millis(20);
         while reg.personal_id_status == pb::PersonalIdStatus::Pending as i32
             && Instant::now() < deadline

@@ -240,11 +240,6 @@ async fn open_loop_replay_keeps_to_the_rate() {
         "took {} s",
         report.register_seconds
     );
-    assert!(
-        report.register_seconds < 2.0,
-        "took {} s",
-        report.register_seconds
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -886,6 +886,9 @@ async fn lists_are_paginated_filtered_and_limited_to_the_jurisdiction(backend: B
             .unwrap();
     }
     register(&app, "reg_c002", birth("l-x")).await.unwrap();
+    let mut foreign = birth("l-foreign");
+    foreign.child.as_mut().unwrap().nationality = "FR".into();
+    let not_eligible = register(&app, "reg_c002", foreign).await.unwrap();
     let mut client = app.client().await;
     // Act
     let mut seen = Vec::new();
@@ -914,17 +917,26 @@ async fn lists_are_paginated_filtered_and_limited_to_the_jurisdiction(backend: B
         token = page.next_page_token;
     }
     let district = listed_in(&app, "sup_d001", "C002").await;
-    let issued_only = client
-        .list_birth_registrations(auth(
-            pb::ListBirthRegistrationsRequest {
-                personal_id_status: pb::PersonalIdStatus::NotEligible as i32,
-                ..Default::default()
-            },
-            &app.token("aud_moj"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let by_status = |status: pb::PersonalIdStatus| {
+        let mut client = client.clone();
+        let token = app.token("aud_moj");
+        async move {
+            client
+                .list_birth_registrations(auth(
+                    pb::ListBirthRegistrationsRequest {
+                        personal_id_status: status as i32,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .registrations
+        }
+    };
+    let not_eligible_only = by_status(pb::PersonalIdStatus::NotEligible).await;
+    let issued_only = by_status(pb::PersonalIdStatus::Issued).await;
     // Assert
     assert_eq!(
         seen,
@@ -934,8 +946,20 @@ async fn lists_are_paginated_filtered_and_limited_to_the_jurisdiction(backend: B
             .collect::<Vec<_>>(),
         "newest first, own unit only"
     );
-    assert_eq!(district.len(), 1);
-    assert!(issued_only.registrations.is_empty());
+    assert_eq!(district.len(), 2);
+    assert_eq!(
+        not_eligible_only
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        [not_eligible.name.as_str()]
+    );
+    assert_eq!(issued_only.len(), 6, "the eligible ones, numbered");
+    assert!(
+        issued_only
+            .iter()
+            .all(|r| r.personal_id_status == pb::PersonalIdStatus::Issued as i32)
+    );
     app.stop().await;
 }
 

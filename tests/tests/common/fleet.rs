@@ -134,13 +134,26 @@ impl Fleet {
         channels: Vec<Channel>,
         rate: f64,
     ) -> tokio::task::JoinHandle<ReplayReport> {
-        let opts = ReplayOptions {
-            mode: Mode::Rate(rate),
-            max_in_flight: 512,
-            number_timeout: Duration::from_secs(60),
-            retries: 60,
-            ..ReplayOptions::default()
-        };
+        self.replay_in_background_with(
+            file,
+            channels,
+            ReplayOptions {
+                mode: Mode::Rate(rate),
+                max_in_flight: 512,
+                number_timeout: Duration::from_secs(60),
+                retries: 60,
+                ..ReplayOptions::default()
+            },
+        )
+    }
+
+    /// Replays `file` over `channels` in the background as `opts` say.
+    pub fn replay_in_background_with(
+        &self,
+        file: &Path,
+        channels: Vec<Channel>,
+        opts: ReplayOptions,
+    ) -> tokio::task::JoinHandle<ReplayReport> {
         let file = file.to_owned();
         let tokens = self.tokens.clone();
         tokio::spawn(async move {

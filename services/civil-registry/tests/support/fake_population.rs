@@ -37,6 +37,8 @@ pub struct State {
     pub next: u64,
     /// Connections accepted.
     pub connections: usize,
+    /// Calls refused while down.
+    pub refused_while_down: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,6 +99,11 @@ impl FakePopulation {
         self.state.lock().unwrap().connections
     }
 
+    /// Calls refused while down (the relay's failed attempts).
+    pub fn refused_while_down(&self) -> usize {
+        self.state.lock().unwrap().refused_while_down
+    }
+
     pub fn received(&self) -> usize {
         self.state.lock().unwrap().received.len()
     }
@@ -121,6 +128,7 @@ impl FakePopulation {
     ) -> Result<pop::IssuePersonalIdResponse, Status> {
         let mut state = self.state.lock().unwrap();
         if state.down {
+            state.refused_while_down += 1;
             return Err(Status::unavailable("down for maintenance"));
         }
         let content = req.encode_to_vec();
@@ -208,8 +216,12 @@ impl PopulationRegistryService for FakePopulation {
         &self,
         request: Request<Streaming<pop::BatchIssuePersonalIdsRequest>>,
     ) -> Result<Response<Self::BatchIssuePersonalIdsStream>, Status> {
-        if self.state.lock().unwrap().down {
-            return Err(Status::unavailable("down for maintenance"));
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.down {
+                state.refused_while_down += 1;
+                return Err(Status::unavailable("down for maintenance"));
+            }
         }
         self.state.lock().unwrap().batch_calls += 1;
         let this = self.clone();
@@ -282,6 +294,7 @@ impl PopulationRegistryService for FakePopulation {
         let req = request.into_inner();
         let mut state = self.state.lock().unwrap();
         if state.down {
+            state.refused_while_down += 1;
             return Err(Status::unavailable("down"));
         }
         let content = req.encode_to_vec();

@@ -212,6 +212,15 @@ pub fn birth(name: &str, number: i64) -> pb::BirthRecord {
     }
 }
 
+/// `message` with a client deadline: a call the service should answer at once fails with
+/// DEADLINE_EXCEEDED if it hangs instead, which the test's assertion on the code catches
+/// (no test times a call itself).
+pub fn within<T>(message: T, deadline: std::time::Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
 pub fn issue(request_id: &str, birth: pb::BirthRecord) -> pb::IssuePersonalIdRequest {
     pb::IssuePersonalIdRequest {
         request_id: request_id.to_owned(),
