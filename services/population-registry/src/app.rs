@@ -58,7 +58,7 @@ impl App {
         if cfg.database.migrate_on_start {
             store::migrate(&pool, backend).await?;
         }
-        let writer_db = store::connect_writer(&cfg.database, &pool).await?;
+        let writer_db = store::connect_writer(&cfg.database).await?;
         let store = Store::start(
             pool,
             writer_db,

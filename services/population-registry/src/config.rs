@@ -33,8 +33,7 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `sqlite://PATH?mode=rwc` (WAL, synchronous=FULL) or `postgres://...`.
     pub url: String,
-    /// Connections of the shared pool, at least 2. On SQLite the readers' (the writer has a
-    /// connection of its own); on PostgreSQL the writer borrows one of them per group.
+    /// Connections of the readers' pool, at least 2; the writer has one of its own besides.
     pub max_connections: u32,
     /// Longest wait for a pooled connection before a call fails UNAVAILABLE.
     pub acquire_timeout_ms: u64,

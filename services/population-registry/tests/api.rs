@@ -57,6 +57,7 @@ suite!(
     a_group_of_several_insert_chunks_gives_each_record_its_own_number_and_one_chain,
     database_gone_turns_health_not_serving_and_calls_fail_fast_with_unavailable,
     a_write_stalled_past_the_operation_timeout_is_unavailable_and_its_retry_gets_one_number,
+    minting_goes_on_while_lookups_hold_every_pooled_connection,
 );
 
 async fn issue_returns_a_number_encoding_province_sex_and_year(db: TestDb) {
@@ -1118,4 +1119,33 @@ async fn an_in_memory_sqlite_database_is_refused_naming_the_key() {
     let message = format!("{err:#}");
     assert!(message.contains("database.url"), "{message}");
     assert!(message.contains("in-memory"), "{message}");
+}
+
+/// Long lookups (statistics over years, listings paged through) may hold every connection
+/// of the readers' pool; the writer has its own, so minting does not wait for one.
+async fn minting_goes_on_while_lookups_hold_every_pooled_connection(db: TestDb) {
+    // Arrange: a pool of two, both held.
+    let mut cfg = config(&db);
+    cfg.database.max_connections = 2;
+    cfg.database.acquire_timeout_ms = 300;
+    let mut app = TestApp::spawn_with(cfg).await;
+    let held = (
+        app.store.pool().acquire().await.expect("first connection"),
+        app.store.pool().acquire().await.expect("second connection"),
+    );
+
+    // Act
+    let minted = app
+        .client
+        .issue_personal_id(within(
+            issue("reg-busy", birth("An", 1)),
+            Duration::from_secs(10),
+        ))
+        .await;
+    drop(held);
+
+    // Assert
+    let minted = minted.expect("minted while the readers' pool was exhausted");
+    assert_eq!(minted.into_inner().personal_id.len(), 12);
+    app.stop().await;
 }

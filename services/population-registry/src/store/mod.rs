@@ -156,12 +156,15 @@ pub enum WriterDb {
 /// a writer moving between pooled connections re-read its hot index pages every group,
 /// and every pooled connection grew a cache of its own. One connection keeps one large
 /// cache: the pages a group dirties stay in memory until the commit instead of spilling
-/// into the WAL mid-transaction. On PostgreSQL the shared pool is used.
-pub async fn connect_writer(cfg: &DatabaseConfig, shared: &AnyPool) -> anyhow::Result<WriterDb> {
+/// into the WAL mid-transaction. On PostgreSQL, a pool of one connection: the writer
+/// commits one group at a time, and lookups holding every connection of the shared pool
+/// (statistics over years, a listing paged through) must not make minting wait for one.
+pub async fn connect_writer(cfg: &DatabaseConfig) -> anyhow::Result<WriterDb> {
     use sqlx::ConnectOptions as _;
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
     if Backend::of_url(&cfg.url)? != Backend::Sqlite {
-        return Ok(WriterDb::Pool(shared.clone()));
+        let (writer_pool, _) = open_pool(cfg, 1).await?;
+        return Ok(WriterDb::Pool(writer_pool));
     }
     let options: SqliteConnectOptions = cfg.url.parse().context("database.url")?;
     let conn = options
