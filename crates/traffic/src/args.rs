@@ -10,24 +10,24 @@ fn number(s: &str) -> Result<f64, String> {
         .map_err(|_| format!("{s:?} is not a number"))
 }
 
-/// A rate per second: finite and above 0 (the open loop's schedule divides by it).
-pub fn rate(s: &str) -> Result<f64, String> {
-    let r = number(s)?;
-    if r.is_finite() && r > 0.0 {
-        Ok(r)
-    } else {
-        Err(format!("must be a positive number per second, not {s}"))
-    }
-}
-
-/// A multiplier of counts: finite and above 0.
-pub fn scale(s: &str) -> Result<f64, String> {
+/// A finite number above 0, or why not (`what` names what it counts).
+fn positive(s: &str, what: &str) -> Result<f64, String> {
     let x = number(s)?;
     if x.is_finite() && x > 0.0 {
         Ok(x)
     } else {
-        Err(format!("must be a positive number, not {s}"))
+        Err(format!("must be a positive {what}, not {s}"))
     }
+}
+
+/// A rate per second: finite and above 0 (the open loop's schedule divides by it).
+pub fn rate(s: &str) -> Result<f64, String> {
+    positive(s, "number per second")
+}
+
+/// A multiplier of counts: finite and above 0.
+pub fn scale(s: &str) -> Result<f64, String> {
+    positive(s, "number")
 }
 
 /// A measured duration in seconds: above 0 and representable as a `Duration`.

@@ -160,26 +160,37 @@ async fn tls_without_a_client_ca_is_refused_at_startup() {
     );
 }
 
+/// The binary's environment for serving a SQLite file in `dir` with `ca`'s server
+/// certificate on an ephemeral port (no client CA: each test adds what it needs).
+fn tls_serving_env(dir: &std::path::Path, ca: &TestCa) -> Vec<(&'static str, String)> {
+    let server = ca.server_cert().expect("server certificate");
+    vec![
+        (
+            "POPULATION_REGISTRY_DATABASE__URL",
+            format!("sqlite://{}/p.db?mode=rwc", dir.display()),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__LISTEN_ADDR",
+            "127.0.0.1:0".into(),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__TLS__CERT_FILE",
+            server.cert_file.display().to_string(),
+        ),
+        (
+            "POPULATION_REGISTRY_SERVER__TLS__KEY_FILE",
+            server.key_file.display().to_string(),
+        ),
+    ]
+}
+
 #[test]
 fn serving_without_a_client_ca_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("registry").expect("CA");
-    let server = ca.server_cert().expect("server certificate");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_population-registry"))
         .arg("serve")
-        .env(
-            "POPULATION_REGISTRY_DATABASE__URL",
-            format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
-        )
-        .env("POPULATION_REGISTRY_SERVER__LISTEN_ADDR", "127.0.0.1:0")
-        .env(
-            "POPULATION_REGISTRY_SERVER__TLS__CERT_FILE",
-            &server.cert_file,
-        )
-        .env(
-            "POPULATION_REGISTRY_SERVER__TLS__KEY_FILE",
-            &server.key_file,
-        )
+        .envs(tls_serving_env(dir.path(), &ca))
         .output()
         .expect("population-registry runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -197,41 +208,25 @@ fn the_healthcheck_subcommand_of_a_tls_server_asks_its_health_only_listener() {
     // image runs it.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("registry").expect("CA");
-    let server = ca.server_cert().expect("server certificate");
     let health_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let env = [
-        (
-            "POPULATION_REGISTRY_DATABASE__URL",
-            format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
-        ),
-        (
-            "POPULATION_REGISTRY_SERVER__LISTEN_ADDR",
-            "127.0.0.1:0".into(),
-        ),
+    let mut env = tls_serving_env(dir.path(), &ca);
+    env.extend([
         (
             "POPULATION_REGISTRY_SERVER__HEALTH_LISTEN_ADDR",
             format!("127.0.0.1:{health_port}"),
         ),
         (
-            "POPULATION_REGISTRY_SERVER__TLS__CERT_FILE",
-            server.cert_file.display().to_string(),
-        ),
-        (
-            "POPULATION_REGISTRY_SERVER__TLS__KEY_FILE",
-            server.key_file.display().to_string(),
-        ),
-        (
             "POPULATION_REGISTRY_SERVER__TLS__CLIENT_CA_FILE",
             ca.ca_file().display().to_string(),
         ),
-    ];
+    ]);
     let bin = env!("CARGO_BIN_EXE_population-registry");
     let mut serving = std::process::Command::new(bin)
         .arg("serve")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().cloned())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -245,7 +240,7 @@ fn the_healthcheck_subcommand_of_a_tls_server_asks_its_health_only_listener() {
     // Act
     let check = std::process::Command::new(bin)
         .arg("healthcheck")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().cloned())
         .output()
         .expect("healthcheck runs");
     serving.kill().ok();
