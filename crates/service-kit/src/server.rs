@@ -56,6 +56,26 @@ pub struct GrpcServer {
     routes: Routes,
     health_reporter: HealthReporter,
     service_names: Vec<&'static str>,
+    dependency: Option<DependencyWatch>,
+}
+
+/// A dependency's check: answers whether it can be used now.
+type DependencyCheck = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+
+/// What [`GrpcServer::watch_dependency`] configured.
+struct DependencyWatch {
+    name: &'static str,
+    every: Duration,
+    check: DependencyCheck,
+}
+
+impl std::fmt::Debug for DependencyWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DependencyWatch")
+            .field("name", &self.name)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GrpcServer {
@@ -111,6 +131,7 @@ impl GrpcServer {
             routes,
             health_reporter,
             service_names: Vec::new(),
+            dependency: None,
         })
     }
 
@@ -167,6 +188,30 @@ impl GrpcServer {
         self
     }
 
+    /// Runs `check` every `every` while serving: every service and the server as a whole
+    /// turn NOT_SERVING while it fails, and SERVING again once it succeeds. `check` bounds
+    /// its own time (a hung database must count as a failure). `name` is what the log
+    /// calls the dependency.
+    /// Shutdown stops the watch before it turns everything NOT_SERVING, so that a late
+    /// answer cannot report a draining server as SERVING.
+    pub fn watch_dependency<F, Fut>(
+        mut self,
+        name: &'static str,
+        every: Duration,
+        mut check: F,
+    ) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.dependency = Some(DependencyWatch {
+            name,
+            every,
+            check: Box::new(move || Box::pin(check())),
+        });
+        self
+    }
+
     /// Serves until `shutdown` resolves; then every service (and the server as a whole)
     /// turns NOT_SERVING, the listener closes, in-flight calls drain for at most
     /// `drain_timeout_ms`, and this returns.
@@ -187,6 +232,7 @@ impl GrpcServer {
             routes,
             health_reporter,
             service_names,
+            dependency,
         } = self;
         let acceptor = tls
             .map(|tls| tls.acceptor(client_certificate_optional))
@@ -229,9 +275,23 @@ impl GrpcServer {
             ))
             .add_routes(routes);
 
+        let dependency_watch = dependency.map(|dependency| {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(follow_dependency(
+                dependency,
+                health_reporter.clone(),
+                health_names.clone(),
+                stop_rx,
+            ));
+            (stop_tx, task)
+        });
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
+            if let Some((stop_tx, task)) = dependency_watch {
+                let _ = stop_tx.send(true);
+                let _ = task.await;
+            }
             tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
             for name in &health_names {
                 health_reporter
@@ -308,6 +368,40 @@ impl GrpcServer {
                 .context("health listener failed")?;
         }
         Ok(())
+    }
+}
+
+/// Checks the dependency every `every` until `stop`; sets `health_names` on each change.
+async fn follow_dependency(
+    mut dependency: DependencyWatch,
+    health: HealthReporter,
+    health_names: Vec<&'static str>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(dependency.every) => {}
+            _ = stop.changed() => return,
+        }
+        let answered = tokio::select! {
+            answered = (dependency.check)() => answered,
+            _ = stop.changed() => return,
+        };
+        if answered == serving {
+            continue;
+        }
+        serving = answered;
+        let status = if answered {
+            tracing::info!(dependency = dependency.name, "reachable again: SERVING");
+            ServingStatus::Serving
+        } else {
+            tracing::error!(dependency = dependency.name, "unreachable: NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        for name in &health_names {
+            health.set_service_status(*name, status).await;
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! GrpcServer over real TCP on 127.0.0.1:0: health, graceful and bounded shutdown,
+//! GrpcServer over real TCP on 127.0.0.1:0: health (a watched dependency too), graceful and bounded shutdown,
 //! reflection (v1, v1alpha), limits and the healthcheck helper.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{TestServer, echo_client, plaintext_channel, plaintext_config};
@@ -126,6 +128,88 @@ async fn liveness_stays_serving_while_the_service_reports_itself_not_serving() {
     assert_eq!(before.status(), ServingStatus::Serving);
     assert_eq!(overall.status(), ServingStatus::NotServing);
     assert_eq!(alive.status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn a_failing_dependency_turns_the_services_not_serving_until_it_answers_again() {
+    // Arrange: a dependency whose answer the test decides, checked every 20 ms.
+    let reachable = Arc::new(AtomicBool::new(true));
+    let server = TestServer::start_with(&plaintext_config(), |server| {
+        let reachable = Arc::clone(&reachable);
+        server.watch_dependency("database", Duration::from_millis(20), move || {
+            let answer = reachable.load(Ordering::SeqCst);
+            async move { answer }
+        })
+    })
+    .await;
+    let mut health = HealthClient::new(plaintext_channel(server.addr).await);
+    let first = next_status(&mut health, "", ServingStatus::Serving).await;
+
+    // Act
+    reachable.store(false, Ordering::SeqCst);
+    let while_down = next_status(&mut health, "", ServingStatus::NotServing).await;
+    let service_while_down = health_of(&mut health, ECHO_SERVICE).await;
+    let alive_while_down = health_of(&mut health, service_kit::server::LIVENESS).await;
+    reachable.store(true, Ordering::SeqCst);
+    let back = next_status(&mut health, "", ServingStatus::Serving).await;
+
+    // Assert
+    assert_eq!(
+        (
+            first,
+            while_down,
+            service_while_down,
+            alive_while_down,
+            back
+        ),
+        (
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+            ServingStatus::NotServing,
+            ServingStatus::Serving,
+            ServingStatus::Serving,
+        )
+    );
+    server.stop().await;
+}
+
+/// Watches `service` until it reports `wanted` (at most 5 s); returns what it reported.
+async fn next_status(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    wanted: ServingStatus,
+) -> ServingStatus {
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let update = watch.next().await.expect("an update").expect("status");
+            if update.status() == wanted {
+                return update.status();
+            }
+        }
+    })
+    .await
+    .unwrap_or(ServingStatus::Unknown)
+}
+
+async fn health_of(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status()
 }
 
 #[tokio::test]

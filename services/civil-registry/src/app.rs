@@ -8,12 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contracts::moj::civilstatus::v1::birth_registration_service_server::{
-    BirthRegistrationServiceServer, SERVICE_NAME,
-};
+use contracts::moj::civilstatus::v1::birth_registration_service_server::BirthRegistrationServiceServer;
 use service_kit::GrpcServer;
 use tokio::sync::{Notify, mpsc, watch};
-use tonic_health::ServingStatus;
 
 use crate::config::Config;
 use crate::grpc::BirthRegistrationApi;
@@ -92,7 +89,21 @@ impl App {
         };
         let api = BirthRegistrationServiceServer::new(BirthRegistrationApi::new(registry.clone()))
             .max_decoding_message_size(server.max_message_bytes());
-        let server = server.add_service(api);
+        // NOT_SERVING while the database does not answer (the population registry's state
+        // does not matter: registrations go on and numbers arrive later).
+        let every = Duration::from_millis(cfg.database.health_check_interval_ms.max(10));
+        let pinged = store.clone();
+        let server = server
+            .add_service(api)
+            .watch_dependency("database", every, move || {
+                let store = pinged.clone();
+                let patience = every.max(Duration::from_secs(1));
+                async move {
+                    tokio::time::timeout(patience, store.ping())
+                        .await
+                        .unwrap_or(false)
+                }
+            });
         Ok(Self {
             cfg,
             server,
@@ -135,13 +146,6 @@ impl App {
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let relay_task = relay.map(|relay| tokio::spawn(relay.run(stop_rx.clone())));
-        let health = server.health_reporter();
-        let health_task = tokio::spawn(watch_database(
-            store.clone(),
-            health,
-            Duration::from_millis(cfg.database.health_check_interval_ms.max(10)),
-            stop_rx.clone(),
-        ));
         let metrics_task = tokio::spawn(sample_metrics(store.clone(), stop_rx.clone()));
         let checkpoint_task = tokio::spawn(checkpoints(
             store.clone(),
@@ -165,51 +169,12 @@ impl App {
                 let _ = task.await;
             }
         }
-        health_task.abort();
         metrics_task.abort();
         checkpoint_task.abort();
         drop(registry);
         let _ = writer.await;
         store.close().await;
         result
-    }
-}
-
-/// NOT_SERVING while the database does not answer (the population registry's state does
-/// not matter: registrations go on and numbers arrive later).
-async fn watch_database(
-    store: Store,
-    health: tonic_health::server::HealthReporter,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut serving = true;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        let ok = tokio::time::timeout(every.max(Duration::from_secs(1)), store.ping())
-            .await
-            .unwrap_or(false);
-        if *stop.borrow() {
-            return;
-        }
-        if ok != serving {
-            serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            if ok {
-                tracing::info!("database reachable again: SERVING");
-            } else {
-                tracing::error!("database unreachable: NOT_SERVING");
-            }
-            health.set_service_status(SERVICE_NAME, status).await;
-            health.set_service_status("", status).await;
-        }
     }
 }
 

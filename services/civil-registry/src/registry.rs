@@ -3,7 +3,7 @@
 //! method each; SQL stays in `store`, rules in `domain`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
@@ -123,7 +123,7 @@ pub struct NamedStatsRow {
 #[derive(Debug)]
 struct TokenCache {
     ttl: Duration,
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, Instant)>>,
 }
 
 /// Entries kept at most (far above the number of officials of a province); past it the
@@ -138,18 +138,20 @@ impl TokenCache {
         }
     }
 
-    fn get(&self, hash: &str) -> Option<Caller> {
+    /// The caller cached for `hash`, if it was checked less than the TTL before `now`.
+    fn get(&self, hash: &str, now: Instant) -> Option<Caller> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(hash)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, checked_at)| now.saturating_duration_since(*checked_at) < self.ttl)
             .map(|(caller, _)| caller.clone())
     }
 
-    fn put(&self, hash: String, caller: &Caller) {
+    /// Records that `hash` was checked against the database at `now`.
+    fn put(&self, hash: String, caller: &Caller, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -157,7 +159,7 @@ impl TokenCache {
         if entries.len() >= TOKEN_CACHE_MAX {
             entries.clear();
         }
-        entries.insert(hash, (caller.clone(), std::time::Instant::now()));
+        entries.insert(hash, (caller.clone(), now));
     }
 }
 
@@ -241,7 +243,9 @@ impl Registry {
             return Err(RegistryError::Unauthenticated(AuthFailure::TokenMissing));
         };
         let hash = token_hash(token);
-        if let Some(caller) = self.tokens.get(&hash) {
+        // Taken before the lookup, so an entry never outlives its TTL from the check.
+        let checked_at = Instant::now();
+        if let Some(caller) = self.tokens.get(&hash, checked_at) {
             return Ok(caller);
         }
         match self
@@ -251,7 +255,7 @@ impl Registry {
             .map_err(db_error)?
         {
             Some(caller) => {
-                self.tokens.put(hash, &caller);
+                self.tokens.put(hash, &caller, checked_at);
                 Ok(caller)
             }
             None => {
@@ -774,5 +778,68 @@ fn hand_over(
         if handoff.tx.try_send((item, lease.until_ms)).is_err() {
             wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{ProvinceCode, Role, Unit, UnitCode, UnitLevel};
+
+    fn caller(official_id: &str) -> Caller {
+        Caller {
+            official_id: official_id.to_owned(),
+            role: Role::Registrar,
+            active: true,
+            unit: Unit {
+                code: UnitCode::parse("C001").unwrap(),
+                name: "Commune".to_owned(),
+                level: UnitLevel::Commune,
+                province_code: ProvinceCode::parse("001").unwrap(),
+                parent_code: None,
+                active: true,
+                path: "/C001/".to_owned(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_cached_token_is_trusted_until_its_ttl_has_passed_and_not_after() {
+        let cache = TokenCache::new(Duration::from_secs(10));
+        let checked_at = Instant::now();
+        cache.put("h".to_owned(), &caller("reg_a"), checked_at);
+
+        let just_before = cache.get("h", checked_at + Duration::from_millis(9_999));
+        let at_expiry = cache.get("h", checked_at + Duration::from_secs(10));
+
+        assert_eq!(just_before.map(|c| c.official_id), Some("reg_a".to_owned()));
+        assert!(
+            at_expiry.is_none(),
+            "an expired entry sends the next call to the database"
+        );
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let cache = TokenCache::new(Duration::ZERO);
+        let now = Instant::now();
+        cache.put("h".to_owned(), &caller("reg_a"), now);
+
+        assert!(cache.get("h", now).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_empty_instead_of_growing() {
+        let cache = TokenCache::new(Duration::from_secs(10));
+        let now = Instant::now();
+        for i in 0..TOKEN_CACHE_MAX {
+            cache.put(format!("h{i}"), &caller("reg_a"), now);
+        }
+
+        cache.put("newest".to_owned(), &caller("reg_b"), now);
+
+        assert!(cache.get("h0", now).is_none());
+        assert!(cache.get("newest", now).is_some());
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
     }
 }

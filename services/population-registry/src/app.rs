@@ -1,6 +1,7 @@
 //! Wiring: database, writer, gRPC server with the registry service, metrics,
 //! and the probe that turns the health status NOT_SERVING while the database
-//! is unreachable. `App::build` binds, so the address is known before serving.
+//! is unreachable (handlers then refuse at once). `App::build` binds, so the
+//! address is known before serving.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,9 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use contracts::mps::population::v1::population_registry_service_server::PopulationRegistryServiceServer;
 use service_kit::{ConfigError, GrpcServer};
-use tokio::sync::watch;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::domain::minting::BucketPolicy;
@@ -28,7 +26,6 @@ pub struct App {
     server: GrpcServer,
     store: Store,
     metrics_addr: Option<SocketAddr>,
-    probe_interval: Duration,
 }
 
 /// Checks what the type system cannot: returns the bucket policy.
@@ -78,11 +75,19 @@ impl App {
         let auth = Authorizer::new(&cfg.auth, !cfg.server.tls.insecure_plaintext);
         let service = Server::new(RegistryService::new(store.clone(), auth, provinces))
             .max_decoding_message_size(server.max_message_bytes());
+        let probed = store.clone();
+        let server = server.add_service(service).watch_dependency(
+            "database",
+            Duration::from_millis(cfg.database.health_probe_interval_ms.max(10)),
+            move || {
+                let store = probed.clone();
+                async move { store.probe().await }
+            },
+        );
         Ok(Self {
-            server: server.add_service(service),
+            server,
             store,
             metrics_addr,
-            probe_interval: Duration::from_millis(cfg.database.health_probe_interval_ms.max(10)),
         })
     }
 
@@ -101,65 +106,13 @@ impl App {
         &self.store
     }
 
-    /// Serves until `shutdown` resolves, then drains, stops the probe and
-    /// closes the pool.
+    /// Serves until `shutdown` resolves, then drains and closes the pool.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let probe = tokio::spawn(probe(
-            self.store.clone(),
-            self.server.health_reporter(),
-            self.probe_interval,
-            stop_rx,
-        ));
-        let result = self
-            .server
-            .serve(async move {
-                shutdown.await;
-                // Stop the probe before the kit turns everything NOT_SERVING,
-                // so that it cannot flip a draining server back to SERVING.
-                let _ = stop_tx.send(true);
-                let _ = probe.await;
-            })
-            .await
-            .context("serving");
+        let result = self.server.serve(shutdown).await.context("serving");
         self.store.close().await;
         result
-    }
-}
-
-/// Probes the database every `interval`; flips health on each change.
-async fn probe(
-    store: Store,
-    health: HealthReporter,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut serving = true;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-        let ok = store.probe().await;
-        if *stop.borrow() {
-            return;
-        }
-        if ok != serving {
-            serving = ok;
-            let status = if ok {
-                tracing::info!("database reachable again: SERVING");
-                ServingStatus::Serving
-            } else {
-                tracing::error!("database unreachable: NOT_SERVING");
-                ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            health
-                .set_service_status(<Server as tonic::server::NamedService>::NAME, status)
-                .await;
-        }
     }
 }

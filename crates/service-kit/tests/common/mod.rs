@@ -36,10 +36,20 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: &ServerConfig) -> Self {
-        let server = GrpcServer::bind(config, service_kit::echo::FILE_DESCRIPTOR_SET)
-            .await
-            .expect("bind")
-            .add_service(EchoServer::service());
+        Self::start_with(config, |server| server).await
+    }
+
+    /// Starts with `arrange` applied to the bound server (say, a dependency to watch).
+    pub async fn start_with(
+        config: &ServerConfig,
+        arrange: impl FnOnce(GrpcServer) -> GrpcServer,
+    ) -> Self {
+        let server = arrange(
+            GrpcServer::bind(config, service_kit::echo::FILE_DESCRIPTOR_SET)
+                .await
+                .expect("bind")
+                .add_service(EchoServer::service()),
+        );
         let addr = server.local_addr();
         let health_addr = server.health_local_addr();
         let health = server.health_reporter();
