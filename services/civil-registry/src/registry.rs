@@ -14,7 +14,7 @@ use crate::config::{AuthConfig, RegistrationConfig};
 use crate::domain::eligibility::decide;
 use crate::domain::error::{AuthFailure, Denied, RegistryError};
 use crate::domain::model::{
-    Caller, Correction, NewBirth, PersonalIdStatus, Registration, UnitLevel,
+    Caller, Correction, NewBirth, PersonalIdStatus, Registration, Unit, UnitLevel,
 };
 use crate::domain::policy;
 use crate::domain::population::Outbound;
@@ -458,27 +458,31 @@ impl Registry {
         caller: &Caller,
         correction: Correction,
     ) -> Result<(Registration, bool), RegistryError> {
-        let (_, unit) = self
-            .store
-            .registration(correction.registration_id)
-            .await
-            .map_err(db_error)?
-            .ok_or(RegistryError::NotFound)?;
+        policy::may_correct_at_all(caller).map_err(|d| Self::deny(caller, "correct", d))?;
         let new_unit = match &correction.unit_code {
-            Some(code) if code != &unit.code => Some(
+            Some(code) => Some(
                 self.store
                     .unit(code.as_str())
                     .await
                     .map_err(db_error)?
                     .ok_or_else(|| RegistryError::invalid("unit_code", "is not a known unit"))?,
             ),
-            _ => None,
+            None => None,
         };
-        policy::may_correct(caller, &unit, new_unit.as_ref())
-            .map_err(|d| Self::deny(caller, "correct", d))?;
+        // Checked by the store against the registration's unit as its transaction reads
+        // it, so that an entry moved meanwhile to another unit is judged where it now is.
+        let authorize = |current: &Unit, moved_to: Option<&Unit>| {
+            policy::may_correct(caller, current, moved_to)
+                .map_err(|d| Self::deny(caller, "correct", d))
+        };
         let reissued = self
             .store
-            .correct_registration(&correction, &caller.official_id, new_unit.as_ref())
+            .correct_registration(
+                &correction,
+                &caller.official_id,
+                new_unit.as_ref(),
+                &authorize,
+            )
             .await
             .map_err(db_error)??;
         if reissued
@@ -784,7 +788,7 @@ fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::{ProvinceCode, Role, Unit, UnitCode, UnitLevel};
+    use crate::domain::model::{ProvinceCode, Role, UnitCode};
 
     fn caller(official_id: &str) -> Caller {
         Caller {

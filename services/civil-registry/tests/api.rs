@@ -437,6 +437,24 @@ async fn every_policy_case_is_refused_with_its_reason(backend: Backend) {
         denied(other_corrects),
         (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
     );
+    // A read-only account is refused before any lookup, so it cannot tell an unknown
+    // registration or unit from a known one.
+    let probe = pb::CorrectBirthRegistrationRequest {
+        request_id: "c-2".into(),
+        name: format!("birthRegistrations/{}", uuid::Uuid::nil()),
+        child: birth("x").child,
+        unit_code: "NO-SUCH-UNIT".into(),
+        reason: "typo".into(),
+        ..Default::default()
+    };
+    let supervisor_corrects = client
+        .correct_birth_registration(auth(probe, &app.token("sup_d001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(supervisor_corrects),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+    );
     // Foreign element: district before 2025-07-01, commune from then on.
     let mut foreign_before = birth("f-1");
     foreign_before.has_foreign_element = true;

@@ -59,6 +59,16 @@ pub fn may_read(caller: &Caller) -> Result<(), Denied> {
     active(caller)
 }
 
+/// CorrectBirthRegistration, before anything is looked up: an active registrar. Checked
+/// first so that other accounts cannot learn which registrations and units exist.
+pub fn may_correct_at_all(caller: &Caller) -> Result<(), Denied> {
+    active(caller)?;
+    if caller.role != Role::Registrar {
+        return Err(Denied::RoleNotAllowed);
+    }
+    Ok(())
+}
+
 /// CorrectBirthRegistration: a registrar whose jurisdiction holds the registration's unit
 /// (the own unit, or one below it: a district's registrar corrects its communes' entries)
 /// and the new registering unit, if any, which must be active. Moving an entry to another
@@ -68,10 +78,7 @@ pub fn may_correct(
     registration_unit: &Unit,
     new_unit: Option<&Unit>,
 ) -> Result<(), Denied> {
-    active(caller)?;
-    if caller.role != Role::Registrar {
-        return Err(Denied::RoleNotAllowed);
-    }
+    may_correct_at_all(caller)?;
     if !within_jurisdiction(caller, registration_unit) {
         return Err(Denied::OutsideJurisdiction);
     }

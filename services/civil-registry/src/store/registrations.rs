@@ -313,16 +313,38 @@ impl Store {
         Ok((registrations, more))
     }
 
-    /// Applies a correction planned against the row as it stands inside the transaction.
-    /// Returns the outcome for an idempotent retry too (`reissued` as first answered).
+    /// Applies a correction planned against the row as it stands inside the transaction,
+    /// once `authorize` has accepted the registration's unit as read there (and the unit it
+    /// moves to, if another). Returns the outcome for an idempotent retry too (`reissued`
+    /// as first answered).
     pub async fn correct_registration(
         &self,
         correction: &Correction,
         actor: &str,
         new_unit: Option<&Unit>,
+        authorize: &CorrectionCheck<'_>,
     ) -> Result<Result<bool, RegistryError>, sqlx::Error> {
         let mut wtx = self.begin_write().await?;
         let id = correction.registration_id.to_string();
+        let sql = format!(
+            "SELECT {COLUMNS}, u.code, u.name, u.level, u.province_code, u.parent_code, u.active, u.path \
+             FROM registrations r JOIN units u ON u.code = r.unit_code WHERE r.id = $1"
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.clone())
+            .fetch_optional(&mut *wtx.tx)
+            .await?
+        else {
+            return Ok(Err(RegistryError::NotFound));
+        };
+        let registration = registration_from_row(&row)?;
+        let current_unit = super::admin::unit_from_row(&row)?;
+        let new_unit = new_unit.filter(|unit| unit.code != current_unit.code);
+        // A replay is authorised too: the same request id must not let another official
+        // read back a correction outside their jurisdiction.
+        if let Err(denied) = authorize(&current_unit, new_unit) {
+            return Ok(Err(denied));
+        }
         let hash = correction.content_hash();
         let previous: Option<(String, i64)> =
             sqlx::query_as("SELECT content_hash, reissued FROM corrections WHERE registration_id = $1 AND request_id = $2")
@@ -337,19 +359,6 @@ impl Store {
                 Err(RegistryError::IdempotencyKeyReused)
             });
         }
-        let sql = format!(
-            "SELECT {COLUMNS}, u.code, u.name, u.level, u.province_code, u.parent_code, u.active, u.path \
-             FROM registrations r JOIN units u ON u.code = r.unit_code WHERE r.id = $1"
-        );
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.clone())
-            .fetch_optional(&mut *wtx.tx)
-            .await?
-        else {
-            return Ok(Err(RegistryError::NotFound));
-        };
-        let registration = registration_from_row(&row)?;
-        let current_unit = super::admin::unit_from_row(&row)?;
         let generation: i64 = row.try_get("issue_generation")?;
         let plan = match plan_correction(
             &registration,
@@ -663,6 +672,10 @@ pub struct GroupWritten {
     /// Registrations settled by the relay outcomes.
     pub settled: Vec<(Uuid, Settlement)>,
 }
+
+/// Who may correct a registration in its current unit, moving it to the other one if any.
+pub type CorrectionCheck<'a> =
+    dyn Fn(&Unit, Option<&Unit>) -> Result<(), RegistryError> + Send + Sync + 'a;
 
 type Inserted = (Vec<(InsertOutcome, Option<Registration>)>, Vec<Outbound>);
 
