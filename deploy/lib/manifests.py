@@ -322,6 +322,22 @@ def config_toml(docs: list[dict], deployment: dict) -> dict:
     return {}
 
 
+def check_database_tls(name: str, container: dict, pod: dict, db: str) -> None:
+    """The container verifies the database's certificate against the CA CloudNativePG made
+    for it (libpq's PGSSLMODE/PGSSLROOTCERT, which sqlx reads under the URL)."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    root = env.get("PGSSLROOTCERT") or ""
+    ca_volumes = {v["name"] for v in pod.get("volumes") or [] if (v.get("secret") or {}).get("secretName") == f"{db}-ca"}
+    mounted = any(
+        m["name"] in ca_volumes and root.startswith(m["mountPath"].rstrip("/") + "/")
+        for m in container.get("volumeMounts") or []
+    )
+    check(
+        env.get("PGSSLMODE") == "verify-full" and mounted,
+        f"{name}: {container['name']} verifies the database's certificate (PGSSLMODE verify-full, CA from Secret {db}-ca)",
+    )
+
+
 def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) -> None:
     d = find(docs, "Deployment", ns, name)
     if d is None:
@@ -380,6 +396,7 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
         db_env = env.get(f"{prefix}DATABASE__URL") or {}
         ref = (db_env.get("valueFrom") or {}).get("secretKeyRef") or {}
         check(ref.get("name") == f"{db}-app", f"{name}: {c['name']} reads {prefix}DATABASE__URL from Secret {db}-app")
+        check_database_tls(name, c, pod, db)
     vols = {v["name"]: v for v in pod.get("volumes") or []}
     check("secret" in (vols.get("tls") or {}), f"{name}: TLS material mounted from a Secret")
     check(bool(cfg), f"{name}: config file mounted from a ConfigMap with config.toml")
@@ -404,7 +421,15 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
         any(b["spec"]["cluster"]["name"] == db for b in by_kind(docs, "ScheduledBackup") if b["metadata"].get("namespace") == ns),
         f"{name}: ScheduledBackup for {db}",
     )
-    secrets_mounted = [v["secret"]["secretName"] for v in pod.get("volumes") or [] if "secret" in v]
+    hba = (((cluster or {}).get("spec") or {}).get("postgresql") or {}).get("pg_hba") or []
+    check(
+        any(rule.split() == ["hostnossl", "all", "all", "all", "reject"] for rule in hba),
+        f"{name}: {db} refuses clients without TLS",
+    )
+    # The database's CA comes from CloudNativePG, every other Secret from cert-manager.
+    secrets_mounted = [
+        v["secret"]["secretName"] for v in pod.get("volumes") or [] if "secret" in v and v["secret"]["secretName"] != f"{db}-ca"
+    ]
     certs = {c["spec"]["secretName"] for c in by_kind(docs, "Certificate") if c["metadata"].get("namespace") == ns}
     check(bool(secrets_mounted) and all(s in certs for s in secrets_mounted), f"{name}: every mounted TLS Secret is issued by a cert-manager Certificate")
 
@@ -435,6 +460,7 @@ def check_audit_job(docs: list[dict], name: str, ns: str, prefix: str, db: str) 
         env = {e["name"]: e for e in main.get("env") or []}
         ref = ((env.get(f"{prefix}DATABASE__URL") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
         check(ref.get("name") == f"{db}-app", f"{name}: audit check reads {prefix}DATABASE__URL from Secret {db}-app")
+        check_database_tls(name, main, pod, db)
         rules = (job_spec.get("podFailurePolicy") or {}).get("rules") or []
         check(
             pod.get("restartPolicy") == "Never"
