@@ -5,7 +5,7 @@
                                     (built-in API groups) as one YAML stream
     manifests.py crds FILE          validate custom resources against deploy/schemas/
                                     (JSON Schema 2020-12); list the ones without a schema
-    manifests.py policy FILE        assert what issue 6 requires of a rendered overlay:
+    manifests.py policy FILE        assert what a rendered overlay must hold:
                                     security contexts, probes, drain timing, anti-affinity,
                                     migrations, PDBs, HPAs, no committed Secrets, the daily
                                     audit checks, the alert rules' metrics (each one exported

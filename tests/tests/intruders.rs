@@ -1,6 +1,6 @@
 //! Intruders: callers without credentials, with forged, revoked or foreign ones, and
-//! officials reaching outside their unit or province. Each is refused with the code of
-//! contracts.md, nothing is written, and each attempt leaves a line in the service's
+//! officials reaching outside their unit or province. Each is refused with the contract's
+//! code, nothing is written, and each attempt leaves a line in the service's
 //! security log (target `security`) that carries ids only: no names, no tokens.
 
 mod common;

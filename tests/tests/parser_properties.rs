@@ -267,7 +267,8 @@ fn is_clean(s: &str, min: usize, max: usize) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // 256 cases unless PROPTEST_CASES asks for more (the default config reads it).
+    #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn civil_text_parsers_accept_only_clean_text_within_their_bounds(raw in any_text()) {

@@ -5,8 +5,8 @@ population registry was down for a long time, or a replay ran against it while i
 It applies the civil registry's own SQLite migrations to a temporary file (WAL,
 synchronous=FULL), queues N rows due in creation order (as an outage leaves them), and times
 the relay's claim of 500 rows ordered two ways: by next attempt (the due index serves the
-filter and the order) and by creation (before the twenty-fifth session: every due row
-sorted per claim); then the two queries for when the next row falls due. A claim is a
+filter and the order) and by creation (the earlier query: every due row sorted per
+claim); then the two queries for when the next row falls due. A claim is a
 write: the registry's group commits wait for it. Prints one line `BACKLOG {json}`.
 
     python3 crates/traffic/scripts/outbox_backlog.py --rows 1000000

@@ -109,12 +109,12 @@ pub fn province(code: &str) -> Option<&'static Province> {
     PROVINCES.iter().find(|p| p.code == code)
 }
 
-/// One locality of the 2016 pilot (pilot-2016.md).
+/// One locality of the 2016 pilot.
 #[derive(Debug, Clone, Copy)]
 pub struct Locality {
     pub province_code: &'static str,
     pub name: &'static str,
-    /// Share of the pilot's births, in per mille (pilot-2016.md; normalised by the generator).
+    /// Share of the pilot's births, in per mille (normalised by the generator).
     pub weight_per_mille: u32,
     /// District-level units (their Justice Offices), by name.
     pub districts: &'static [&'static str],

@@ -1,7 +1,7 @@
 //! Traffic profiles: the administrative units, the official accounts and the registrations
 //! of a run, generated reproducibly from a seed.
 //!
-//! Assumptions (the published figures do not say; see pilot-2016.md):
+//! Assumptions (the pilot's published figures do not say):
 //! - of the pilot's 2,819 registrations without a number, 2,255 (80%) are re-registrations
 //!   and 564 (20%) are births whose child takes a foreign nationality. Re-registered children
 //!   are under 14, so re-registration is their only reason and the table maps one to one

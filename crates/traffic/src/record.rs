@@ -230,7 +230,7 @@ fn parent(p: &ParentJson) -> pb::Parent {
     }
 }
 
-/// What the pilot's eligibility rule (personal-id.md, Official letter 4756/BTP-HTQTCT) says
+/// What the pilot's eligibility rule (Official letter 4756/BTP-HTQTCT) says
 /// about a request: the traffic tool's own, independent oracle for `verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Expected {

@@ -1,8 +1,8 @@
-//! `traffic verify`: checks the invariants of architecture.md across both services after a
+//! `traffic verify`: checks the system's invariants across both services after a
 //! replay, against what the traffic file says must have happened:
 //! every eligible registration has exactly one active number; no ineligible one has any;
 //! no number twice; each number encodes its request's registering province, the child's
-//! century of birth and sex and year of birth (personal-id.md); the civil registry's ISSUED
+//! century of birth and sex and year of birth (Circular 07/2016/TT-BCA); the civil registry's ISSUED
 //! registrations and the population registry's issuances match one to one; the statistics
 //! table equals what was replayed.
 
@@ -49,7 +49,8 @@ pub struct Want {
     pub number: Option<NumberPrefix>,
 }
 
-/// What the first six digits of a request's number must say (personal-id.md).
+/// What the first six digits of a request's number must say: province (3 digits), century
+/// and sex (1), year of birth (2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NumberPrefix {
     /// Digit 4: century of birth and sex (1900s male 0, female 1; 2000s 2 / 3; ...).

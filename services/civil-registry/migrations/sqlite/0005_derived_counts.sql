@@ -1,4 +1,4 @@
--- Two b-tree writes fewer in every small commit (BENCHMARKS.md, twentieth session: of the
+-- Two b-tree writes fewer in every small commit (measured: of the
 -- 21 pages a lone registration or write-back commit wrote, the counter row took 1.3 and
 -- the status index 1.8).
 --
