@@ -684,8 +684,13 @@ impl GroupLoop {
                         wake.notify_one();
                     }
                 }
-                Err(e) if rows.len() + usize::from(!completions.is_empty()) > 1 => {
+                Err(e)
+                    if !is_unavailable(&e)
+                        && rows.len() + usize::from(!completions.is_empty()) > 1 =>
+                {
                     // One row's failure must not fail its neighbours: commit them one by one.
+                    // Not when the database itself is out of reach (locked, full, gone):
+                    // each row would wait out the same failure in turn, long after it ends.
                     tracing::warn!(error = %e, rows = rows.len(), "grouped commit failed; retrying one by one");
                     if !completions.is_empty() {
                         let result = write_group(&mut writer, &[], None, &completions).await;

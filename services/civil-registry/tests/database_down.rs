@@ -114,3 +114,47 @@ async fn postgres_database_gone_turns_health_not_serving_and_calls_unavailable()
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
+    // Arrange: another process holds SQLite's write lock (an operator's admin command, say),
+    // and the service gives up on it after 250 ms.
+    use sqlx::Connection as _;
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| cfg.database.busy_timeout_ms = 250).await;
+    let mut holder = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let token = app.token("reg_c001");
+
+    // Act: sixteen registrations at once, each allowed 3 s: enough for a few groups to
+    // wait out the lock, not for sixteen rows to wait it out one after another.
+    let calls = (0..16).map(|i| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            let mut request = auth(birth(&format!("locked-{i}")), &token);
+            request.set_timeout(Duration::from_secs(3));
+            app.client().await.register_birth(request).await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let after = app
+        .client()
+        .await
+        .register_birth(auth(birth("after"), &token))
+        .await;
+
+    // Assert: every call refused as UNAVAILABLE in time, nothing written; the lock gone,
+    // registering works again.
+    let codes: Vec<tonic::Code> = answers
+        .iter()
+        .map(|a| a.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok))
+        .collect();
+    assert_eq!(codes, vec![tonic::Code::Unavailable; 16]);
+    assert!(after.is_ok(), "{after:?}");
+    assert_eq!(app.count_registrations().await, 1);
+    app.stop().await;
+}
