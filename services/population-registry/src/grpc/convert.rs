@@ -16,10 +16,22 @@ use crate::domain::citizen::{
 use crate::domain::personal_id::{PersonalId, ProvinceCode, Sex};
 use crate::domain::province::ProvinceTable;
 
-/// Today in Vietnam (UTC+7), the reference for "not in the future".
+/// How far a caller's clock may run ahead of this host's. The civil registry dates a
+/// registration by its own clock; just after midnight, a clock here a moment behind would
+/// otherwise refuse that date as in the future, and a refused record is never sent again.
+const CLOCK_SKEW_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// The reference for "not in the future": today in Vietnam (UTC+7) on a clock
+/// [`CLOCK_SKEW_ALLOWANCE`] ahead of this one.
 pub fn today() -> NaiveDate {
+    latest_today_at(Utc::now())
+}
+
+fn latest_today_at(now: DateTime<Utc>) -> NaiveDate {
     let offset = FixedOffset::east_opt(7 * 3600).unwrap_or_else(|| unreachable!("valid offset"));
-    Utc::now().with_timezone(&offset).date_naive()
+    (now + CLOCK_SKEW_ALLOWANCE)
+        .with_timezone(&offset)
+        .date_naive()
 }
 
 /// Outer `None` = missing, inner `None` = not a real calendar date.
@@ -442,5 +454,38 @@ pub fn statistics(
     pb::GetIssuanceStatisticsResponse {
         provinces: rows,
         total: Some(total),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .expect("valid instant")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_caller_a_few_minutes_past_midnight_is_not_in_the_future_here() {
+        // 23:57 in Ha Noi here; a caller whose clock already shows 00:01 dates its
+        // registration the next day.
+        let here = utc("2026-03-01T16:57:00Z");
+
+        assert_eq!(
+            latest_today_at(here),
+            NaiveDate::from_ymd_opt(2026, 3, 2).expect("date")
+        );
+    }
+
+    #[test]
+    fn further_than_the_allowance_from_midnight_today_is_today() {
+        let here = utc("2026-03-01T16:54:59Z");
+
+        assert_eq!(
+            latest_today_at(here),
+            NaiveDate::from_ymd_opt(2026, 3, 1).expect("date")
+        );
     }
 }
