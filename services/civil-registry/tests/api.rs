@@ -559,6 +559,44 @@ async fn numbers_arrive_after_the_population_registry_comes_back(backend: Backen
     app.stop().await;
 }
 
+async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted(
+    backend: Backend,
+) {
+    // Arrange: a refusal that comes from the other side, not from the record.
+    let app = TestApp::start(backend).await;
+    app.fake.reject_name("Refused Child", Code::InvalidArgument);
+    let mut req = birth("rej-again");
+    req.child.as_mut().unwrap().full_name = "Refused Child".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    app.fake.accept_every_name();
+
+    // Act: the official sends the record again as it stands.
+    let resend = pb::CorrectBirthRegistrationRequest {
+        request_id: "send-again".into(),
+        name: r.name.clone(),
+        child: r.child.clone(),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "refusal lifted".into(),
+    };
+    let answer = app
+        .client()
+        .await
+        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
+        .await;
+    let after = app.settled("reg_c001", &r.name).await;
+
+    // Assert: a number under a new key; the record itself unchanged.
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert_eq!(after.child, r.child);
+    assert_eq!(app.fake.received(), 2);
+    app.stop().await;
+}
+
 async fn a_permanent_refusal_marks_the_registration_rejected(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1329,6 +1367,7 @@ both_backends!(
     every_policy_case_is_refused_with_its_reason,
     numbers_arrive_after_the_population_registry_comes_back,
     a_permanent_refusal_marks_the_registration_rejected,
+    a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted,
     a_correction_of_sex_reissues_the_number,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,

@@ -66,7 +66,12 @@ pub fn plan_correction(
     record.father = correction.father.clone();
     record.mother = correction.mother.clone();
     let target = new_unit.unwrap_or(current_unit);
-    if record == registration.record && target.code == current_unit.code {
+    // A refused registration may be sent again unchanged: the refusal may have come from
+    // the other side's state (its clock, its province table) rather than the record.
+    if record == registration.record
+        && target.code == current_unit.code
+        && registration.status != PersonalIdStatus::Rejected
+    {
         return Err(RegistryError::NothingToCorrect);
     }
     let decision = decide(&record, registration.registered_on);

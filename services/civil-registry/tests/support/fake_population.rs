@@ -95,6 +95,11 @@ impl FakePopulation {
         self.state.lock().unwrap().reject_name = Some((name.to_owned(), code));
     }
 
+    /// Refuses nothing by name any more (a refusal that no longer applies).
+    pub fn accept_every_name(&self) {
+        self.state.lock().unwrap().reject_name = None;
+    }
+
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
