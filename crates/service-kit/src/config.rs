@@ -18,7 +18,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// Exit code for an invalid configuration (`EX_CONFIG` from sysexits.h).
+/// Exit code for an invalid configuration: 64, sysexits.h's `EX_USAGE` (the command was
+/// started wrongly), apart from 1 for failures at run time.
 pub const EXIT_CONFIG: i32 = 64;
 
 /// An invalid configuration: which key, and why.

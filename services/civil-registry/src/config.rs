@@ -98,7 +98,7 @@ pub struct PopulationRegistryConfig {
 impl Default for PopulationRegistryConfig {
     fn default() -> Self {
         Self {
-            uri: "https://127.0.0.1:50052".into(),
+            uri: "https://127.0.0.1:50051".into(),
             tls: ClientTlsConfig::default(),
             connect_timeout_ms: 3_000,
             call_timeout_ms: 5_000,
