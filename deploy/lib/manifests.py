@@ -524,6 +524,25 @@ def check_alert_rules(docs: list[dict]) -> None:
                 check(not missing, f"alert {alert}: reads metrics the services export" + (f" (unknown: {', '.join(missing)})" if missing else ""))
 
 
+def check_identity_issuers(docs: list[dict]) -> None:
+    """mTLS identities come from an Issuer in the certificate's own namespace: the population
+    registry admits minting callers by their certificate's identity, so a cluster-wide issuer
+    of that CA would let any namespace obtain the civil registry's."""
+    for cert in by_kind(docs, "Certificate"):
+        ref = cert["spec"].get("issuerRef") or {}
+        if ref.get("name") != "interministry-ca":
+            continue
+        ns = cert["metadata"].get("namespace")
+        check(
+            ref.get("kind") == "Issuer" and find(docs, "Issuer", ns, "interministry-ca") is not None,
+            f"{ident(cert)}: issued by the Issuer of its own namespace {ns}",
+        )
+    check(
+        not any(d["metadata"]["name"] == "interministry-ca" for d in by_kind(docs, "ClusterIssuer")),
+        "no cluster-wide issuer of the inter-ministry CA",
+    )
+
+
 def cmd_policy(path: str, production: bool) -> int:
     docs = load(path)
     names = {d["metadata"]["name"] for d in by_kind(docs, "Namespace")}
@@ -534,6 +553,7 @@ def cmd_policy(path: str, production: bool) -> int:
         check_service(docs, name, ns, prefix, db)
         check_audit_job(docs, name, ns, prefix, db)
     check_alert_rules(docs)
+    check_identity_issuers(docs)
     if production:
         for name, (ns, _prefix, db) in SERVICES.items():
             cluster = find(docs, "Cluster", ns, db)
