@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::domain::minting::BucketPolicy;
 use crate::domain::province::ProvinceTable;
 use crate::grpc::RegistryService;
-use crate::grpc::auth::Authorizer;
+use crate::grpc::auth::{Authorizer, KnownCallersOnly};
 use crate::store::{self, Store};
 
 type Server = PopulationRegistryServiceServer<RegistryService>;
@@ -72,9 +72,19 @@ impl App {
         let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET)
             .await?
             .client_certificate_optional();
-        let auth = Authorizer::new(&cfg.auth, !cfg.server.tls.insecure_plaintext);
-        let service = Server::new(RegistryService::new(store.clone(), auth, provinces))
-            .max_decoding_message_size(server.max_message_bytes());
+        let auth = Arc::new(Authorizer::new(
+            &cfg.auth,
+            !cfg.server.tls.insecure_plaintext,
+        ));
+        let service = KnownCallersOnly::new(
+            Server::new(RegistryService::new(
+                store.clone(),
+                Arc::clone(&auth),
+                provinces,
+            ))
+            .max_decoding_message_size(server.max_message_bytes()),
+            auth,
+        );
         let probed = store.clone();
         let server = server.add_service(service).watch_dependency(
             "database",

@@ -15,6 +15,14 @@ use service_kit::status::reason_of;
 use tonic::Code;
 
 fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client {
+    Client::new(channel(addr, ca, name))
+}
+
+fn channel(
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    name: Option<&str>,
+) -> tonic::transport::Channel {
     let cert = name.map(|n| ca.client_cert(n).expect("client certificate"));
     let tls = ClientTlsConfig {
         insecure_plaintext: false,
@@ -23,13 +31,12 @@ fn client(addr: std::net::SocketAddr, ca: &TestCa, name: Option<&str>) -> Client
         key_file: cert.as_ref().map(|c| c.key_file.clone()),
         server_name: Some("localhost".into()),
     };
-    let channel = service_kit::tls::client_channel(
+    service_kit::tls::client_channel(
         &format!("https://localhost:{}", addr.port()),
         &tls,
         Duration::from_secs(3),
     )
-    .expect("channel");
-    Client::new(channel)
+    .expect("channel")
 }
 
 async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
@@ -118,6 +125,65 @@ async fn a_caller_without_a_client_certificate_is_turned_away() {
             "{refused:?}"
         );
     }
+    app.stop().await;
+}
+
+/// An IssuePersonalIdRequest no server can decode: `request_id` (a string) sent as a number.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Undecodable {
+    #[prost(uint64, tag = "1")]
+    request_id_as_a_number: u64,
+}
+
+async fn send_undecodable(channel: tonic::transport::Channel) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    grpc.unary::<Undecodable, Undecodable, _>(
+        tonic::Request::new(Undecodable {
+            request_id_as_a_number: 7,
+        }),
+        http::uri::PathAndQuery::from_static(
+            "/mps.population.v1.PopulationRegistryService/IssuePersonalId",
+        ),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err("undecodable")
+}
+
+#[tokio::test]
+async fn callers_on_no_allow_list_are_refused_before_their_message_is_read() {
+    // Arrange
+    let db = TestDb::sqlite().await;
+    let ca = TestCa::new("registry").expect("CA");
+    let app = mtls_app(&db, &ca).await;
+
+    // Act: the same undecodable message from a stranger, from a caller without a
+    // certificate, and from the minting caller.
+    let stranger = send_undecodable(channel(app.addr, &ca, Some("stranger"))).await;
+    let anonymous = send_undecodable(channel(app.addr, &ca, None)).await;
+    let minter = send_undecodable(channel(app.addr, &ca, Some("civil-registry"))).await;
+
+    // Assert: the unknown callers learn only that they are unknown; the known one gets
+    // as far as decoding, which is what fails.
+    assert_eq!(
+        (stranger.code(), reason_of(&stranger).unwrap_or_default()),
+        (Code::PermissionDenied, "CALLER_NOT_ALLOWED".to_owned())
+    );
+    assert_eq!(
+        (anonymous.code(), reason_of(&anonymous).unwrap_or_default()),
+        (
+            Code::Unauthenticated,
+            "CLIENT_CERTIFICATE_MISSING".to_owned()
+        )
+    );
+    assert!(
+        !matches!(
+            minter.code(),
+            Code::PermissionDenied | Code::Unauthenticated | Code::Ok
+        ),
+        "{minter:?}"
+    );
     app.stop().await;
 }
 

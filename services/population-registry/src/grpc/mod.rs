@@ -35,10 +35,10 @@ pub struct RegistryService {
 
 impl RegistryService {
     /// A service over `store`.
-    pub fn new(store: Store, auth: Authorizer, provinces: Arc<ProvinceTable>) -> Self {
+    pub fn new(store: Store, auth: Arc<Authorizer>, provinces: Arc<ProvinceTable>) -> Self {
         Self {
             store,
-            auth: Arc::new(auth),
+            auth,
             provinces,
         }
     }
