@@ -158,3 +158,44 @@ async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
     assert_eq!(app.count_registrations().await, 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_registrations_go_on_while_lookups_hold_every_pooled_connection() {
+    if std::env::var("TEST_POSTGRES_URL").is_err() {
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
+        return;
+    }
+    // Arrange: a lookup pool of two, both held (a burst of lists, a slow statistics
+    // query); the official's token already checked, so that the call needs no lookup.
+    let app = TestApp::start_with(Backend::Postgres, |cfg| {
+        cfg.database.max_connections = 2;
+        cfg.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let token = app.token("reg_c001");
+    let mut client = app.client().await;
+    client
+        .register_birth(auth(birth("before"), &token))
+        .await
+        .expect("first registration");
+    let served = app.served_store.clone().expect("served");
+    let held = (
+        served.pool().acquire().await.expect("first connection"),
+        served.pool().acquire().await.expect("second connection"),
+    );
+
+    // Act
+    let mut request = auth(birth("while-held"), &token);
+    request.set_timeout(Duration::from_secs(10));
+    let registered = client.register_birth(request).await;
+    drop(held);
+
+    // Assert: committed and numbered through the write connections.
+    let registered = registered.expect("registered while the lookups' pool was exhausted");
+    let registration = registered.into_inner().registration.expect("registration");
+    assert_eq!(
+        registration.personal_id_status,
+        pb::PersonalIdStatus::Issued as i32
+    );
+    app.stop().await;
+}

@@ -45,6 +45,11 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions and outbox claims take their connection. PostgreSQL: a
+    /// pool of their own, so that lookups holding every pooled connection (a burst of
+    /// lists, a slow statistics query) never hold registrations back; writers queue on the
+    /// audit head's row lock anyway. SQLite: the same pool, whose writes take the turn.
+    writes: AnyPool,
     backend: Backend,
     /// SQLite: this process's write transactions take turns here before asking for the
     /// file's write lock. SQLite's busy handler does not queue: a writer that finds the
@@ -174,6 +179,52 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 65_536;
 /// zero fill on the commit path).
 const WAL_SIZE_LIMIT_BYTES: u64 = 1 << 30;
 
+/// PostgreSQL: connections reserved for writes (see `Store::writes`). Two, so that the
+/// next write transaction has its connection ready while one holds the audit head.
+const WRITE_CONNECTIONS: u32 = 2;
+
+/// Pool options with this service's per-connection settings.
+fn pool_options(cfg: &DatabaseConfig, max_connections: u32) -> AnyPoolOptions {
+    let busy_timeout_ms = cfg.busy_timeout_ms;
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                    // Durability is never traded for speed: WAL with a full fsync per
+                    // commit; throughput comes from grouping registrations per commit.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // 8 MiB of page cache per connection instead of SQLite's 2 MB.
+                    conn.execute("PRAGMA cache_size = -8192").await?;
+                    // A commit is durable once its WAL frames are fsynced, whenever
+                    // they are checkpointed.
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
+                    )))
+                    .await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
+                    )))
+                    .await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA busy_timeout = {busy_timeout_ms}"
+                    )))
+                    .await?;
+                } else {
+                    // Every execution is planned with its values: a generic plan
+                    // cached while a table was empty (a fresh deployment, before the
+                    // first ANALYZE) would scan the whole table on every later call.
+                    conn.execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -217,60 +268,37 @@ impl Store {
                 })?;
             }
         }
-        let busy_timeout_ms = cfg.busy_timeout_ms;
-        let pool = AnyPoolOptions::new()
-            .max_connections(cfg.max_connections)
-            .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-                        // Durability is never traded for speed: WAL with a full fsync per
-                        // commit; throughput comes from grouping registrations per commit.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // 8 MiB of page cache per connection instead of SQLite's 2 MB.
-                        conn.execute("PRAGMA cache_size = -8192").await?;
-                        // A commit is durable once its WAL frames are fsynced, whenever
-                        // they are checkpointed.
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
-                        )))
-                        .await?;
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
-                        )))
-                        .await?;
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA busy_timeout = {busy_timeout_ms}"
-                        )))
-                        .await?;
-                    } else {
-                        // Every execution is planned with its values: a generic plan
-                        // cached while a table was empty (a fresh deployment, before the
-                        // first ANALYZE) would scan the whole table on every later call.
-                        conn.execute("SET plan_cache_mode = force_custom_plan")
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&if backend == Backend::Sqlite {
-                // The checkpoints run on these connections: paced, their writes
-                // to the database file reach the disk in steps instead of in front of
-                // every commit's WAL sync at once.
-                sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
-            } else {
-                cfg.url.clone()
-            })
+        let url = if backend == Backend::Sqlite {
+            // The checkpoints run on these connections: paced, their writes
+            // to the database file reach the disk in steps instead of in front of
+            // every commit's WAL sync at once.
+            sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
+        } else {
+            cfg.url.clone()
+        };
+        let pool = pool_options(cfg, cfg.max_connections)
+            .connect(&url)
             .await
             .context("connecting to the database")?;
+        let writes = match backend {
+            Backend::Sqlite => pool.clone(),
+            Backend::Postgres => pool_options(cfg, WRITE_CONNECTIONS)
+                .connect(&url)
+                .await
+                .context("connecting to the database (write connections)")?,
+        };
         Ok(Self {
             pool,
+            writes,
             backend,
             write_turn: Arc::new(Mutex::new(())),
             checkpointed: sqlite_direct::CheckpointSignal::new(),
         })
+    }
+
+    /// The pool lookups use (tests hold its connections to show writes do not need it).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// The backend in use.
@@ -339,9 +367,10 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool (waits for connections to be returned).
+    /// Closes the pools (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
 
     /// A transaction that holds SQLite's write lock from its first statement, so that it
@@ -352,8 +381,8 @@ impl Store {
     ) -> Result<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>), sqlx::Error> {
         let turn = self.write_turn().await;
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writes.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writes.begin().await?,
         };
         Ok((tx, turn))
     }

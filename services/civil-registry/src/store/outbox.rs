@@ -60,7 +60,7 @@ impl Store {
             .bind(now + lease_ms)
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writes)
             .await?;
         let mut items = rows
             .into_iter()
