@@ -597,6 +597,46 @@ async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lif
     app.stop().await;
 }
 
+async fn a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged(
+    backend: Backend,
+) {
+    // Arrange: the population registry already holds this key with other content, which
+    // an unchanged resend under a new key would turn into a second active number.
+    let app = TestApp::start(backend).await;
+    app.fake.reject_name("Reused Key", Code::AlreadyExists);
+    let mut req = birth("reused");
+    req.child.as_mut().unwrap().full_name = "Reused Key".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    app.fake.accept_every_name();
+
+    // Act
+    let resend = pb::CorrectBirthRegistrationRequest {
+        request_id: "send-again".into(),
+        name: r.name.clone(),
+        child: r.child.clone(),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "try again".into(),
+    };
+    let refused = app
+        .client()
+        .await
+        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+
+    // Assert: left for an operator; nothing sent.
+    assert_eq!(
+        (refused.code(), reason_of(&refused).unwrap_or_default()),
+        (Code::FailedPrecondition, "NOTHING_TO_CORRECT".into())
+    );
+    assert_eq!(app.fake.received(), 1);
+    app.stop().await;
+}
+
 async fn a_permanent_refusal_marks_the_registration_rejected(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1368,6 +1408,7 @@ both_backends!(
     numbers_arrive_after_the_population_registry_comes_back,
     a_permanent_refusal_marks_the_registration_rejected,
     a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted,
+    a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged,
     a_correction_of_sex_reissues_the_number,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,

@@ -39,6 +39,20 @@ pub struct CorrectionPlan {
     pub action: CorrectionAction,
 }
 
+/// Whether a REJECTED registration may be sent again without a change: only when the
+/// record was refused as invalid (`INVALID_ARGUMENT`, the code the relay's refusal text
+/// starts with), which can come from the other side's state (its clock, its province
+/// table) and be lifted there. A key reused with other content, nothing to re-issue or a
+/// full bucket would be refused again, or worse, mint beside a number already held: those
+/// go to an operator (`reconcile`).
+fn may_be_sent_again_unchanged(registration: &Registration) -> bool {
+    registration.status == PersonalIdStatus::Rejected
+        && registration
+            .rejection_reason
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with("INVALID_ARGUMENT"))
+}
+
 /// Plans a correction of `registration` (currently in `current_unit`). `generation` counts
 /// the keys minted for the registration so far (the first key is the registration id).
 pub fn plan_correction(
@@ -66,11 +80,9 @@ pub fn plan_correction(
     record.father = correction.father.clone();
     record.mother = correction.mother.clone();
     let target = new_unit.unwrap_or(current_unit);
-    // A refused registration may be sent again unchanged: the refusal may have come from
-    // the other side's state (its clock, its province table) rather than the record.
     if record == registration.record
         && target.code == current_unit.code
-        && registration.status != PersonalIdStatus::Rejected
+        && !may_be_sent_again_unchanged(registration)
     {
         return Err(RegistryError::NothingToCorrect);
     }

@@ -18,7 +18,8 @@ use crate::domain::province::ProvinceTable;
 
 /// How far a caller's clock may run ahead of this host's. The civil registry dates a
 /// registration by its own clock; just after midnight, a clock here a moment behind would
-/// otherwise refuse that date as in the future, and a refused record is never sent again.
+/// otherwise refuse that date as in the future, and the birth would stay REJECTED until an
+/// official sent it again.
 const CLOCK_SKEW_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The reference for "not in the future": today in Vietnam (UTC+7) on a clock
