@@ -135,16 +135,20 @@ struct Undecodable {
     request_id_as_a_number: u64,
 }
 
-async fn send_undecodable(channel: tonic::transport::Channel) -> tonic::Status {
+async fn send_undecodable(
+    channel: tonic::transport::Channel,
+    method: &'static str,
+) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
     grpc.unary::<Undecodable, Undecodable, _>(
         tonic::Request::new(Undecodable {
             request_id_as_a_number: 7,
         }),
-        http::uri::PathAndQuery::from_static(
-            "/mps.population.v1.PopulationRegistryService/IssuePersonalId",
-        ),
+        http::uri::PathAndQuery::try_from(format!(
+            "/mps.population.v1.PopulationRegistryService/{method}"
+        ))
+        .expect("path"),
         tonic_prost::ProstCodec::default(),
     )
     .await
@@ -152,30 +156,40 @@ async fn send_undecodable(channel: tonic::transport::Channel) -> tonic::Status {
 }
 
 #[tokio::test]
-async fn callers_on_no_allow_list_are_refused_before_their_message_is_read() {
+async fn callers_without_the_role_are_refused_before_their_message_is_read() {
     // Arrange
     let db = TestDb::sqlite().await;
     let ca = TestCa::new("registry").expect("CA");
     let app = mtls_app(&db, &ca).await;
 
     // Act: the same undecodable message from a stranger, from a caller without a
-    // certificate, and from the minting caller.
-    let stranger = send_undecodable(channel(app.addr, &ca, Some("stranger"))).await;
-    let anonymous = send_undecodable(channel(app.addr, &ca, None)).await;
-    let minter = send_undecodable(channel(app.addr, &ca, Some("civil-registry"))).await;
+    // certificate, from a read-only caller, and from the minting caller; and a method the
+    // service does not have.
+    let issue = "IssuePersonalId";
+    let stranger = send_undecodable(channel(app.addr, &ca, Some("stranger")), issue).await;
+    let anonymous = send_undecodable(channel(app.addr, &ca, None), issue).await;
+    let reader = send_undecodable(channel(app.addr, &ca, Some("auditor")), issue).await;
+    let minter = send_undecodable(channel(app.addr, &ca, Some("civil-registry")), issue).await;
+    let no_such_method =
+        send_undecodable(channel(app.addr, &ca, Some("stranger")), "NoSuchMethod").await;
 
-    // Assert: the unknown callers learn only that they are unknown; the known one gets
-    // as far as decoding, which is what fails.
+    // Assert: callers without the role learn only that; the minting caller gets as far as
+    // decoding, which is what fails; an unknown method is UNIMPLEMENTED for anyone.
+    let refusal = |s: &tonic::Status| (s.code(), reason_of(s).unwrap_or_default());
     assert_eq!(
-        (stranger.code(), reason_of(&stranger).unwrap_or_default()),
+        refusal(&stranger),
         (Code::PermissionDenied, "CALLER_NOT_ALLOWED".to_owned())
     );
     assert_eq!(
-        (anonymous.code(), reason_of(&anonymous).unwrap_or_default()),
+        refusal(&anonymous),
         (
             Code::Unauthenticated,
             "CLIENT_CERTIFICATE_MISSING".to_owned()
         )
+    );
+    assert_eq!(
+        refusal(&reader),
+        (Code::PermissionDenied, "CALLER_NOT_ALLOWED".to_owned())
     );
     assert!(
         !matches!(
@@ -184,6 +198,7 @@ async fn callers_on_no_allow_list_are_refused_before_their_message_is_read() {
         ),
         "{minter:?}"
     );
+    assert_eq!(no_such_method.code(), Code::Unimplemented);
     app.stop().await;
 }
 

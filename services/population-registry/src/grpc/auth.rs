@@ -2,9 +2,9 @@
 //! the allow-list of the method's role. Refusals go to the `security` log
 //! target with the certificate subject (a service, never a person).
 //!
-//! Two checks: [`KnownCallersOnly`] refuses callers on no allow-list before their
-//! message is read (an unknown caller cannot make the server hold megabytes), and
-//! each handler then checks the role its method needs.
+//! [`KnownCallersOnly`] checks the caller before its message is read (a caller
+//! without the role cannot make the server hold megabytes); each handler checks
+//! again, from the same table ([`role_of`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +28,20 @@ pub enum Role {
     Mint,
     /// Read-only lookups.
     Read,
+}
+
+/// The role each method of the service needs; `None` for a name the service does not
+/// have. A handler whose method is missing here checks for the stricter role.
+pub fn role_of(method: &str) -> Option<Role> {
+    match method {
+        "IssuePersonalId" | "BatchIssuePersonalIds" | "ReissuePersonalId" => Some(Role::Mint),
+        "GetCitizen"
+        | "FindCitizenByRegistration"
+        | "ValidatePersonalId"
+        | "GetIssuanceStatistics"
+        | "ListIssuances" => Some(Role::Read),
+        _ => None,
+    }
 }
 
 /// Allow-lists per role.
@@ -58,15 +72,14 @@ impl Authorizer {
     /// Admits or refuses the caller of `method`.
     pub fn check<T>(&self, req: &Request<T>, role: Role, method: &str) -> Result<(), AuthError> {
         let identity = service_kit::tls::client_identity(req);
-        self.check_identity(identity.as_deref(), Some(role), method)
+        self.check_identity(identity.as_deref(), role, method)
     }
 
-    /// Admits `identity` for `role`, or, without a role, for any method at all (read, the
-    /// role every allow-listed caller has).
+    /// Admits `identity` for `role`.
     fn check_identity(
         &self,
         identity: Option<&ClientIdentity>,
-        role: Option<Role>,
+        role: Role,
         method: &str,
     ) -> Result<(), AuthError> {
         if !self.enforce {
@@ -77,9 +90,9 @@ impl Authorizer {
             return Err(AuthError::MissingCertificate);
         };
         let allowed = match role {
-            Some(Role::Mint) => self.minting.iter().any(|a| identity.matches(a)),
+            Role::Mint => self.minting.iter().any(|a| identity.matches(a)),
             // A minting caller already learns numbers, so it may read them too.
-            Some(Role::Read) | None => self
+            Role::Read => self
                 .read
                 .iter()
                 .chain(&self.minting)
@@ -92,7 +105,7 @@ impl Authorizer {
                 target: "security",
                 method,
                 subject = %identity.subject,
-                role = ?role.unwrap_or(Role::Read),
+                ?role,
                 "refused: caller not on the allow-list"
             );
             Err(AuthError::NotAllowed)
@@ -100,8 +113,9 @@ impl Authorizer {
     }
 }
 
-/// Wraps the generated service: a call from a caller on no allow-list is answered at once,
-/// before its message is read and decoded.
+/// Wraps the generated service: a call from a caller without the method's role is
+/// answered at once, before its message is read and decoded. Paths of no method of the
+/// service pass on, for tonic to answer UNIMPLEMENTED.
 #[derive(Clone, Debug)]
 pub struct KnownCallersOnly<S> {
     inner: S,
@@ -140,13 +154,51 @@ where
             .extensions()
             .get::<ConnectionInfo>()
             .and_then(|info| info.client_identity.clone());
-        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
-        match self.auth.check_identity(identity.as_deref(), None, method) {
+        let role = req
+            .uri()
+            .path()
+            .rsplit_once('/')
+            .and_then(|(_, method)| Some((method, role_of(method)?)));
+        let Some((method, role)) = role else {
+            // No method of the service: tonic answers UNIMPLEMENTED.
+            return Box::pin(self.inner.call(req));
+        };
+        match self.auth.check_identity(identity.as_deref(), role, method) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(refused) => {
                 let response = super::status::auth(refused).into_http();
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn every_method_of_the_contract_has_a_role_and_only_those_do() {
+        let descriptors = prost_types::FileDescriptorSet::decode(contracts::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let methods: Vec<String> = descriptors
+            .file
+            .iter()
+            .filter(|file| file.package() == "mps.population.v1")
+            .flat_map(|file| &file.service)
+            .filter(|service| service.name() == "PopulationRegistryService")
+            .flat_map(|service| &service.method)
+            .map(|method| method.name().to_owned())
+            .collect();
+
+        let without_role: Vec<&String> = methods.iter().filter(|m| role_of(m).is_none()).collect();
+
+        assert!(methods.len() >= 8, "{methods:?}");
+        assert!(without_role.is_empty(), "{without_role:?}");
+        assert_eq!(role_of("IssuePersonalId"), Some(Role::Mint));
+        assert_eq!(role_of("GetCitizen"), Some(Role::Read));
+        assert_eq!(role_of("NoSuchMethod"), None);
     }
 }

@@ -18,7 +18,7 @@ use crate::domain::errors::{IssueError, LookupError, ReissueError};
 use crate::domain::personal_id::PersonalId;
 use crate::domain::province::ProvinceTable;
 use crate::store::Store;
-use auth::{Authorizer, Role};
+use auth::{Authorizer, role_of};
 
 /// Request messages of one batch stream processed concurrently (answers stay in order).
 const BATCH_PIPELINE: usize = 16;
@@ -43,7 +43,8 @@ impl RegistryService {
         }
     }
 
-    fn allow<T>(&self, req: &Request<T>, role: Role, method: &str) -> Result<(), Status> {
+    fn allow<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        let role = role_of(method).unwrap_or(auth::Role::Mint);
         self.auth.check(req, role, method).map_err(status::auth)
     }
 
@@ -141,7 +142,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::IssuePersonalIdRequest>,
     ) -> Result<Response<pb::IssuePersonalIdResponse>, Status> {
-        self.allow(&req, Role::Mint, "IssuePersonalId")?;
+        self.allow(&req, "IssuePersonalId")?;
         let item = convert::issue_request(req.get_ref(), &self.provinces)
             .map_err(|v| status::issue(IssueError::Invalid(v)))?;
         let mut results = self
@@ -162,7 +163,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<Streaming<pb::BatchIssuePersonalIdsRequest>>,
     ) -> Result<Response<Self::BatchIssuePersonalIdsStream>, Status> {
-        self.allow(&req, Role::Mint, "BatchIssuePersonalIds")?;
+        self.allow(&req, "BatchIssuePersonalIds")?;
         let svc = self.clone();
         let out = req
             .into_inner()
@@ -178,7 +179,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::GetCitizenRequest>,
     ) -> Result<Response<pb::GetCitizenResponse>, Status> {
-        self.allow(&req, Role::Read, "GetCitizen")?;
+        self.allow(&req, "GetCitizen")?;
         let id = convert::personal_id(&req.get_ref().personal_id, "personal_id")
             .map_err(|v| status::lookup(LookupError::Invalid(v)))?;
         let citizen = self
@@ -196,7 +197,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::FindCitizenByRegistrationRequest>,
     ) -> Result<Response<pb::FindCitizenByRegistrationResponse>, Status> {
-        self.allow(&req, Role::Read, "FindCitizenByRegistration")?;
+        self.allow(&req, "FindCitizenByRegistration")?;
         let query = convert::registration_query(req.get_ref())
             .map_err(|v| status::lookup(LookupError::Invalid(v)))?;
         let found = self
@@ -216,7 +217,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::ReissuePersonalIdRequest>,
     ) -> Result<Response<pb::ReissuePersonalIdResponse>, Status> {
-        self.allow(&req, Role::Mint, "ReissuePersonalId")?;
+        self.allow(&req, "ReissuePersonalId")?;
         let cmd = convert::reissue_request(req.get_ref(), &self.provinces)
             .map_err(|v| status::reissue(ReissueError::Invalid(v)))?;
         let done = self.store.reissue(cmd).await.map_err(status::reissue)?;
@@ -227,7 +228,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::ValidatePersonalIdRequest>,
     ) -> Result<Response<pb::ValidatePersonalIdResponse>, Status> {
-        self.allow(&req, Role::Read, "ValidatePersonalId")?;
+        self.allow(&req, "ValidatePersonalId")?;
         let raw = &req.get_ref().personal_id;
         let state = match PersonalId::parse(raw) {
             Ok(id) if self.provinces.name(id.province()).is_some() => Some(
@@ -249,7 +250,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::GetIssuanceStatisticsRequest>,
     ) -> Result<Response<pb::GetIssuanceStatisticsResponse>, Status> {
-        self.allow(&req, Role::Read, "GetIssuanceStatistics")?;
+        self.allow(&req, "GetIssuanceStatistics")?;
         let r = req.get_ref();
         let (range, filter) =
             convert::date_range(r.registered_from.as_ref(), r.registered_to.as_ref())
@@ -272,7 +273,7 @@ impl PopulationRegistryService for RegistryService {
         &self,
         req: Request<pb::ListIssuancesRequest>,
     ) -> Result<Response<pb::ListIssuancesResponse>, Status> {
-        self.allow(&req, Role::Read, "ListIssuances")?;
+        self.allow(&req, "ListIssuances")?;
         let r = req.get_ref();
         let (range, (size, after)) =
             convert::date_range(r.registered_from.as_ref(), r.registered_to.as_ref())
