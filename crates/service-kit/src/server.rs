@@ -3,15 +3,10 @@
 //! TLS/mTLS per config, per-call tracing and metrics ([`crate::layer`]), limits, and a
 //! bounded graceful shutdown.
 
-use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
-};
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, mpsc},
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -42,10 +37,6 @@ const OVERALL: &str = "";
 /// database outage, and a restarted process cannot reach the database either; this one
 /// fails only when the process stops answering.
 pub const LIVENESS: &str = "liveness";
-
-/// TLS handshakes in progress at once. Each holds a few tens of KiB and, with
-/// [`TLS_HANDSHAKE_TIMEOUT`], bounds what clients that never finish one can hold.
-const MAX_HANDSHAKES_IN_FLIGHT: usize = 256;
 
 /// How often the server pings an HTTP/2 connection (and probes it with TCP keepalive).
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
@@ -426,17 +417,8 @@ fn tls_incoming(
     tokio::task::JoinHandle<()>,
 ) {
     let (connections, incoming) = mpsc::channel(64);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
     let accept_task = tokio::spawn(async move {
         loop {
-            // At the bound, connections wait in the kernel's backlog rather than in memory.
-            let permit = tokio::select! {
-                permit = Arc::clone(&handshakes).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = connections.closed() => break,
-            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = connections.closed() => break,
@@ -454,10 +436,7 @@ fn tls_incoming(
             let acceptor = acceptor.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
-                match handshake {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = connections.send(Ok(TlsConnection::new(tls))).await;
                     }
