@@ -147,8 +147,10 @@ impl GrpcServer {
             .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
-    /// The health reporter, for services that flip their own status (database down =>
-    /// NOT_SERVING). Every added service is set SERVING when [`GrpcServer::serve`] starts.
+    /// The health reporter. Every added service is set SERVING when [`GrpcServer::serve`]
+    /// starts; a service whose status follows its database uses
+    /// [`GrpcServer::watch_dependency`] instead of setting it here, which would race the
+    /// watch and the shutdown.
     pub fn health_reporter(&self) -> HealthReporter {
         self.health_reporter.clone()
     }
@@ -191,7 +193,7 @@ impl GrpcServer {
     /// Runs `check` every `every` while serving: every service and the server as a whole
     /// turn NOT_SERVING while it fails, and SERVING again once it succeeds. `check` bounds
     /// its own time (a hung database must count as a failure). `name` is what the log
-    /// calls the dependency.
+    /// calls the dependency. One dependency per server: a second call replaces the first.
     /// Shutdown stops the watch before it turns everything NOT_SERVING, so that a late
     /// answer cannot report a draining server as SERVING.
     pub fn watch_dependency<F, Fut>(

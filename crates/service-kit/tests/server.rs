@@ -1,5 +1,5 @@
-//! GrpcServer over real TCP on 127.0.0.1:0: health (a watched dependency too), graceful and bounded shutdown,
-//! reflection (v1, v1alpha), limits and the healthcheck helper.
+//! GrpcServer over real TCP on 127.0.0.1:0: health (a watched dependency too), graceful
+//! and bounded shutdown, reflection (v1, v1alpha), limits and the healthcheck helper.
 
 mod common;
 

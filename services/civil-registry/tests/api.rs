@@ -1309,7 +1309,7 @@ async fn two_replicas_relay_together_and_send_every_row_once(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_token_revoked_while_in_use_is_trusted_until_its_cache_entry_expires(backend: Backend) {
+async fn a_token_revoked_while_in_use_is_trusted_while_its_entry_is_cached(backend: Backend) {
     // Arrange: a cache far longer than the test, and an official whose token has just been
     // used. When the entry expires is the cache's own unit test (registry.rs), on a clock
     // it is given rather than a sleep.
@@ -1395,7 +1395,7 @@ async fn without_the_token_cache_a_revoked_token_is_refused_at_once(backend: Bac
 }
 
 both_backends!(
-    a_token_revoked_while_in_use_is_trusted_until_its_cache_entry_expires,
+    a_token_revoked_while_in_use_is_trusted_while_its_entry_is_cached,
     without_the_token_cache_a_revoked_token_is_refused_at_once,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,

@@ -128,14 +128,14 @@ async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
         .unwrap();
     let token = app.token("reg_c001");
 
-    // Act: sixteen registrations at once, each allowed 3 s: enough for a few groups to
-    // wait out the lock, not for sixteen rows to wait it out one after another.
-    let calls = (0..16).map(|i| {
+    // Act: 32 registrations at once, each allowed 5 s: enough for a few groups to wait
+    // out the lock, not for 32 rows to wait it out one after another (8 s).
+    let calls = (0..32).map(|i| {
         let token = token.clone();
         let app = &app;
         async move {
             let mut request = auth(birth(&format!("locked-{i}")), &token);
-            request.set_timeout(Duration::from_secs(3));
+            request.set_timeout(Duration::from_secs(5));
             app.client().await.register_birth(request).await
         }
     });
@@ -153,7 +153,7 @@ async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
         .iter()
         .map(|a| a.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok))
         .collect();
-    assert_eq!(codes, vec![tonic::Code::Unavailable; 16]);
+    assert_eq!(codes, vec![tonic::Code::Unavailable; 32]);
     assert!(after.is_ok(), "{after:?}");
     assert_eq!(app.count_registrations().await, 1);
     app.stop().await;
