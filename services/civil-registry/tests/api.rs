@@ -597,6 +597,53 @@ async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lif
     app.stop().await;
 }
 
+async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(backend: Backend) {
+    // Arrange: the population registry minted for the registration, its answer was lost,
+    // and the retry was refused as invalid (a replica whose clock is behind, say).
+    let app = TestApp::start(backend).await;
+    app.fake
+        .mint_then_refuse_name("Minted Then Refused", Code::InvalidArgument);
+    let mut req = birth("minted-refused");
+    req.child.as_mut().unwrap().full_name = "Minted Then Refused".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    app.fake.accept_every_name();
+    let minted: Vec<String> = {
+        let state = app.fake.state.lock().unwrap();
+        state
+            .by_key
+            .values()
+            .map(|i| i.personal_id.clone())
+            .collect()
+    };
+
+    // Act: the official sends the record again as it stands.
+    let resend = pb::CorrectBirthRegistrationRequest {
+        request_id: "send-again".into(),
+        name: r.name.clone(),
+        child: r.child.clone(),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "refusal lifted".into(),
+    };
+    app.client()
+        .await
+        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
+        .await
+        .unwrap();
+    let after = app.settled("reg_c001", &r.name).await;
+
+    // Assert: the number minted the first time, and no second one.
+    let minted_after = app.fake.state.lock().unwrap().by_key.len();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert_eq!(after.personal_id, minted[0]);
+    assert_eq!(minted_after, 1, "a second number was minted");
+    app.stop().await;
+}
+
 async fn a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged(
     backend: Backend,
 ) {
@@ -1409,6 +1456,7 @@ both_backends!(
     a_permanent_refusal_marks_the_registration_rejected,
     a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted,
     a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged,
+    a_registration_sent_again_gets_the_number_minted_before_its_refusal,
     a_correction_of_sex_reissues_the_number,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,

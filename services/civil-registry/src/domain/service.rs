@@ -54,13 +54,15 @@ fn may_be_sent_again_unchanged(registration: &Registration) -> bool {
 }
 
 /// Plans a correction of `registration` (currently in `current_unit`). `generation` counts
-/// the keys minted for the registration so far (the first key is the registration id).
+/// the keys minted for the registration so far (the first key is the registration id);
+/// `last_key` is the key it was last sent under, if any.
 pub fn plan_correction(
     registration: &Registration,
     current_unit: &Unit,
     correction: &Correction,
     new_unit: Option<&Unit>,
     generation: i64,
+    last_key: Option<&str>,
 ) -> Result<CorrectionPlan, RegistryError> {
     if registration.status == PersonalIdStatus::Pending {
         // The stored request must go out unchanged until answered; a correction now would
@@ -80,10 +82,8 @@ pub fn plan_correction(
     record.father = correction.father.clone();
     record.mother = correction.mother.clone();
     let target = new_unit.unwrap_or(current_unit);
-    if record == registration.record
-        && target.code == current_unit.code
-        && !may_be_sent_again_unchanged(registration)
-    {
+    let unchanged = record == registration.record && target.code == current_unit.code;
+    if unchanged && !may_be_sent_again_unchanged(registration) {
         return Err(RegistryError::NothingToCorrect);
     }
     let decision = decide(&record, registration.registered_on);
@@ -112,10 +112,15 @@ pub fn plan_correction(
             }
         }
         _ if decision.is_eligible() => {
-            let key = if generation == 0 && registration.status == PersonalIdStatus::NotEligible {
-                registration.id.to_string()
-            } else {
-                next_key('i')
+            let key = match last_key {
+                // Sent again under the key it was refused under: should the population
+                // registry have minted under it after all (its answer lost, a retry then
+                // refused), that number comes back instead of a second one.
+                Some(last) if unchanged => last.to_owned(),
+                _ if generation == 0 && registration.status == PersonalIdStatus::NotEligible => {
+                    registration.id.to_string()
+                }
+                _ => next_key('i'),
             };
             (PersonalIdStatus::Pending, CorrectionAction::Issue { key })
         }

@@ -360,12 +360,14 @@ impl Store {
             });
         }
         let generation: i64 = row.try_get("issue_generation")?;
+        let last_key: Option<String> = row.try_get("issue_key")?;
         let plan = match plan_correction(
             &registration,
             &current_unit,
             correction,
             new_unit,
             generation,
+            last_key.as_deref(),
         ) {
             Ok(plan) => plan,
             Err(e) => return Ok(Err(e)),
@@ -377,7 +379,11 @@ impl Store {
             CorrectionAction::Issue { key } => (Some(key.clone()), false),
             CorrectionAction::Reissue { key, .. } => (Some(key.clone()), true),
         };
-        let generation = if issue_key.is_some() && issue_key.as_deref() != Some(id.as_str()) {
+        // A new key counts; the registration id (the first key) and a key sent again do not.
+        let generation = if issue_key.is_some()
+            && issue_key.as_deref() != Some(id.as_str())
+            && issue_key != last_key
+        {
             generation + 1
         } else {
             generation

@@ -28,6 +28,9 @@ pub struct State {
     pub down: bool,
     /// Refuse records whose child's name is this, with this code.
     pub reject_name: Option<(String, Code)>,
+    /// Mint for such a record before refusing it: as when the first answer was lost and
+    /// the retry landed on a replica that refuses the same record (its clock behind).
+    pub mint_before_refusing: bool,
     pub by_key: HashMap<String, Issued>,
     /// Every request received: (key, encoded content).
     pub received: Vec<(String, Vec<u8>)>,
@@ -95,9 +98,18 @@ impl FakePopulation {
         self.state.lock().unwrap().reject_name = Some((name.to_owned(), code));
     }
 
+    /// Mints for records with this child's name, then answers with `code` as if refusing.
+    pub fn mint_then_refuse_name(&self, name: &str, code: Code) {
+        let mut state = self.state.lock().unwrap();
+        state.reject_name = Some((name.to_owned(), code));
+        state.mint_before_refusing = true;
+    }
+
     /// Refuses nothing by name any more (a refusal that no longer applies).
     pub fn accept_every_name(&self) {
-        self.state.lock().unwrap().reject_name = None;
+        let mut state = self.state.lock().unwrap();
+        state.reject_name = None;
+        state.mint_before_refusing = false;
     }
 
     pub fn connections(&self) -> usize {
@@ -141,11 +153,24 @@ impl FakePopulation {
             .received
             .push((req.request_id.clone(), content.clone()));
         let record = req.birth.clone().unwrap_or_default();
-        if let Some((name, code)) = &state.reject_name
-            && &record.full_name == name
+        if let Some((name, code)) = state.reject_name.clone()
+            && record.full_name == name
         {
+            if state.mint_before_refusing && !state.by_key.contains_key(&req.request_id) {
+                let personal_id = number(&mut state, &record);
+                state.by_key.insert(
+                    req.request_id.clone(),
+                    Issued {
+                        personal_id,
+                        content,
+                        record,
+                        active: true,
+                        replaced_by: String::new(),
+                    },
+                );
+            }
             return Err(service_kit::status::with_reason(
-                *code,
+                code,
                 "refused by the fake",
                 "population.mps.gov.vn",
                 "FAKE_REFUSAL",
