@@ -400,6 +400,13 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     vols = {v["name"]: v for v in pod.get("volumes") or []}
     check("secret" in (vols.get("tls") or {}), f"{name}: TLS material mounted from a Secret")
     check(bool(cfg), f"{name}: config file mounted from a ConfigMap with config.toml")
+    telemetry = cfg.get("telemetry") or {}
+    endpoint = telemetry.get("otlp_endpoint") or ""
+    check(
+        not endpoint
+        or (endpoint.startswith("https://") and bool((telemetry.get("otlp_tls") or {}).get("ca_file"))),
+        f"{name}: traces go to the collector over TLS with a CA to verify it ({endpoint or 'no export'})",
+    )
     ann = spec["template"]["metadata"].get("annotations") or {}
     check(ann.get("prometheus.io/scrape") == "true", f"{name}: Prometheus scrape annotations")
 

@@ -251,8 +251,11 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `tracing_subscriber::EnvFilter` directives, e.g. `info,sqlx=warn`.
     pub log_filter: String,
-    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`; unset = no export.
+    /// OTLP/gRPC collector endpoint, e.g. `https://otel-collector:4317`; unset = no export.
     pub otlp_endpoint: Option<String>,
+    /// TLS towards the collector: `ca_file` for `https://`; an `http://` endpoint needs
+    /// `insecure_plaintext`, as every other plaintext connection does.
+    pub otlp_tls: ClientTlsConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -261,6 +264,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Text,
             log_filter: "info".to_string(),
             otlp_endpoint: None,
+            otlp_tls: ClientTlsConfig::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::TracerProvider as _,
 };
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
@@ -19,6 +19,9 @@ use tracing_subscriber::{
 };
 
 use crate::config::{LogFormat, TelemetryConfig};
+
+/// Bound on one connection attempt to the collector.
+const COLLECTOR_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps the trace exporter alive; flushes buffered spans on [`TelemetryGuard::shutdown`]
 /// or on drop, whichever comes first.
@@ -50,8 +53,8 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global `tracing` subscriber: env filter from `cfg.log_filter`, text or JSON
 /// lines on stderr (stdout is reserved for command output such as the `LISTENING` line).
-/// When `cfg.otlp_endpoint` is set, spans are also exported
-/// over OTLP/gRPC with `service.name = service_name`; that needs a running Tokio runtime.
+/// When `cfg.otlp_endpoint` is set, spans are also exported over OTLP/gRPC (TLS per
+/// `cfg.otlp_tls`) with `service.name = service_name`; that needs a running Tokio runtime.
 ///
 /// Fails when the filter is invalid, the exporter cannot be built, or a global subscriber
 /// is already installed.
@@ -80,9 +83,15 @@ pub fn init(service_name: &'static str, cfg: &TelemetryConfig) -> anyhow::Result
         Some(endpoint) => {
             tokio::runtime::Handle::try_current()
                 .context("telemetry::init with an OTLP endpoint must run inside a Tokio runtime")?;
+            // The kit's own channel, so that the collector is reached with the same TLS
+            // rules as every other peer (verified CA, plaintext only when asked for).
+            let channel = crate::tls::client_channel(endpoint, &cfg.otlp_tls, COLLECTOR_CONNECT)
+                .map_err(|e| {
+                    crate::ConfigError::new("telemetry.otlp_endpoint/otlp_tls", format!("{e:#}"))
+                })?;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint.clone())
+                .with_channel(channel)
                 .build()
                 .with_context(|| format!("telemetry.otlp_endpoint: cannot export to {endpoint}"))?;
             Some(

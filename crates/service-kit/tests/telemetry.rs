@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use service_kit::{LogFormat, TelemetryConfig};
+use service_kit::{ClientTlsConfig, LogFormat, TelemetryConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_validates_the_filter_installs_once_and_the_guard_flushes_without_hanging() {
@@ -24,11 +24,28 @@ async fn init_validates_the_filter_installs_once_and_the_guard_flushes_without_h
         "the error names the key"
     );
 
+    // A plaintext collector without the explicit switch is refused, naming the keys.
+    let plaintext = service_kit::telemetry::init(
+        "kit-test",
+        &TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:1".into()),
+            ..TelemetryConfig::default()
+        },
+    );
+    assert!(
+        format!("{:#}", plaintext.expect_err("plaintext collector")).contains("telemetry.otlp"),
+        "the error names the keys"
+    );
+
     // JSON logs with OTLP export to a collector that is not there.
     let config = TelemetryConfig {
         log_format: LogFormat::Json,
         log_filter: "warn".into(),
         otlp_endpoint: Some("http://127.0.0.1:1".into()),
+        otlp_tls: ClientTlsConfig {
+            insecure_plaintext: true,
+            ..ClientTlsConfig::default()
+        },
     };
     let mut guard = service_kit::telemetry::init("kit-test", &config).expect("first init");
     tracing::info_span!("some.work").in_scope(|| tracing::warn!("a log line"));

@@ -36,7 +36,7 @@ pub async fn serve(args: EchoServerArgs) -> anyhow::Result<()> {
         &TelemetryConfig {
             log_format: LogFormat::Json,
             log_filter: "warn".into(),
-            otlp_endpoint: None,
+            ..TelemetryConfig::default()
         },
     )?;
     let metrics = service_kit::metrics::install(&MetricsConfig {
