@@ -338,6 +338,27 @@ def check_database_tls(name: str, container: dict, pod: dict, db: str) -> None:
     )
 
 
+def files_named(cfg: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, path) of every absolute `*_file` path in a service's config."""
+    found = []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            found += files_named(value, f"{prefix}{key}.")
+        elif key.endswith("_file") and isinstance(value, str) and value.startswith("/"):
+            found.append((prefix + key, value))
+    return found
+
+
+def check_files_mounted(name: str, container: dict, files: list[tuple[str, str]]) -> None:
+    """Each file the config names lies under one of the container's mounts."""
+    mounts = [m["mountPath"].rstrip("/") for m in container.get("volumeMounts") or []]
+    missing = [
+        f"{key}={path}" for key, path in files
+        if not any(path == m or path.startswith(m + "/") for m in mounts)
+    ]
+    check(not missing, f"{name}: {container['name']} mounts every file its config names" + (f" (missing: {', '.join(missing)})" if missing else ""))
+
+
 def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) -> None:
     d = find(docs, "Deployment", ns, name)
     if d is None:
@@ -400,6 +421,12 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     vols = {v["name"]: v for v in pod.get("volumes") or []}
     check("secret" in (vols.get("tls") or {}), f"{name}: TLS material mounted from a Secret")
     check(bool(cfg), f"{name}: config file mounted from a ConfigMap with config.toml")
+    # Every command starts telemetry: each container that reads the config needs the
+    # collector's CA; the serving one needs every file.
+    telemetry_files = files_named({"telemetry": cfg.get("telemetry") or {}})
+    check_files_mounted(name, main, files_named(cfg))
+    for c in inits:
+        check_files_mounted(name, c, telemetry_files)
     telemetry = cfg.get("telemetry") or {}
     endpoint = telemetry.get("otlp_endpoint") or ""
     check(
@@ -433,9 +460,12 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
         any(rule.split() == ["hostnossl", "all", "all", "all", "reject"] for rule in hba),
         f"{name}: {db} refuses clients without TLS",
     )
-    # The database's CA comes from CloudNativePG, every other Secret from cert-manager.
+    # The database's CA comes from CloudNativePG and the telemetry CA's certificate is
+    # created out of band; every other Secret comes from cert-manager.
     secrets_mounted = [
-        v["secret"]["secretName"] for v in pod.get("volumes") or [] if "secret" in v and v["secret"]["secretName"] != f"{db}-ca"
+        v["secret"]["secretName"]
+        for v in pod.get("volumes") or []
+        if "secret" in v and v["secret"]["secretName"] not in (f"{db}-ca", "telemetry-ca")
     ]
     certs = {c["spec"]["secretName"] for c in by_kind(docs, "Certificate") if c["metadata"].get("namespace") == ns}
     check(bool(secrets_mounted) and all(s in certs for s in secrets_mounted), f"{name}: every mounted TLS Secret is issued by a cert-manager Certificate")
@@ -468,6 +498,9 @@ def check_audit_job(docs: list[dict], name: str, ns: str, prefix: str, db: str) 
         ref = ((env.get(f"{prefix}DATABASE__URL") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
         check(ref.get("name") == f"{db}-app", f"{name}: audit check reads {prefix}DATABASE__URL from Secret {db}-app")
         check_database_tls(name, main, pod, db)
+        service = find(docs, "Deployment", ns, name)
+        cfg = config_toml(docs, service) if service else {}
+        check_files_mounted(name, main, files_named({"telemetry": cfg.get("telemetry") or {}}))
         rules = (job_spec.get("podFailurePolicy") or {}).get("rules") or []
         check(
             pod.get("restartPolicy") == "Never"
