@@ -22,6 +22,9 @@ use crate::config::{LogFormat, TelemetryConfig};
 
 /// Bound on one connection attempt to the collector.
 const COLLECTOR_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Bound on one export: the exporter's own default, which a channel of the caller's must
+/// carry itself. A collector that accepts and stalls costs a batch of spans, no more.
+const COLLECTOR_EXPORT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Keeps the trace exporter alive; flushes buffered spans on [`TelemetryGuard::shutdown`]
 /// or on drop, whichever comes first.
@@ -85,10 +88,15 @@ pub fn init(service_name: &'static str, cfg: &TelemetryConfig) -> anyhow::Result
                 .context("telemetry::init with an OTLP endpoint must run inside a Tokio runtime")?;
             // The kit's own channel, so that the collector is reached with the same TLS
             // rules as every other peer (verified CA, plaintext only when asked for).
-            let channel = crate::tls::client_channel(endpoint, &cfg.otlp_tls, COLLECTOR_CONNECT)
-                .map_err(|e| {
-                    crate::ConfigError::new("telemetry.otlp_endpoint/otlp_tls", format!("{e:#}"))
-                })?;
+            let channel = crate::tls::client_channel_with(
+                endpoint,
+                &cfg.otlp_tls,
+                COLLECTOR_CONNECT,
+                Some(COLLECTOR_EXPORT),
+            )
+            .map_err(|e| {
+                crate::ConfigError::new("telemetry.otlp_endpoint/otlp_tls", format!("{e:#}"))
+            })?;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_channel(channel)

@@ -210,13 +210,27 @@ pub fn client_channel(
     tls: &ClientTlsConfig,
     connect_timeout: Duration,
 ) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(uri.to_string())
+    client_channel_with(uri, tls, connect_timeout, None)
+}
+
+/// [`client_channel`], with `call_timeout` bounding every call on the channel, for
+/// callers that cannot set a deadline per call (an exporter's background thread).
+pub fn client_channel_with(
+    uri: &str,
+    tls: &ClientTlsConfig,
+    connect_timeout: Duration,
+    call_timeout: Option<Duration>,
+) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(uri.to_string())
         .with_context(|| format!("invalid URI {uri:?}"))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    if let Some(call_timeout) = call_timeout {
+        endpoint = endpoint.timeout(call_timeout);
+    }
     let scheme = endpoint.uri().scheme_str().unwrap_or_default().to_string();
     match (scheme.as_str(), tls.insecure_plaintext) {
         ("http", true) => {
