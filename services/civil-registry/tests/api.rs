@@ -644,6 +644,106 @@ async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(bac
     app.stop().await;
 }
 
+async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
+    // Arrange: a number issued, then a correction of sex whose re-issue is refused.
+    let app = TestApp::start(backend).await;
+    let mut req = birth("reissue-refused");
+    req.child.as_mut().unwrap().full_name = "Refused Reissue".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, ISSUED);
+    app.fake
+        .reject_name("Refused Reissue", Code::InvalidArgument);
+    let mut child = r.child.clone().unwrap();
+    child.sex = pb::Sex::Female as i32;
+    let correct = |request_id: &str, child: pb::Child| pb::CorrectBirthRegistrationRequest {
+        request_id: request_id.into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "sex recorded wrongly".into(),
+    };
+    let mut client = app.client().await;
+    client
+        .correct_birth_registration(auth(
+            correct("fix-sex", child.clone()),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap();
+    let refused = app.settled("reg_c001", &r.name).await;
+    assert_eq!(
+        refused.personal_id_status,
+        pb::PersonalIdStatus::Rejected as i32
+    );
+    app.fake.accept_every_name();
+    let sent_before = app.fake.received();
+
+    // Act
+    let again = client
+        .correct_birth_registration(auth(correct("again", child), &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+
+    // Assert: left for an operator; nothing sent.
+    assert_eq!(
+        (again.code(), reason_of(&again).unwrap_or_default()),
+        (Code::FailedPrecondition, "NOTHING_TO_CORRECT".into())
+    );
+    assert_eq!(app.fake.received(), sent_before);
+    app.stop().await;
+}
+
+async fn a_key_once_sent_is_not_reused_for_other_content(backend: Backend) {
+    // Arrange: sent under the registration id (minted there, the answer a refusal), then
+    // corrected to ineligible.
+    let app = TestApp::start(backend).await;
+    app.fake
+        .mint_then_refuse_name("First Content", Code::InvalidArgument);
+    let mut req = birth("key-once");
+    req.child.as_mut().unwrap().full_name = "First Content".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    app.fake.accept_every_name();
+    let correct = |request_id: &str, child: pb::Child| pb::CorrectBirthRegistrationRequest {
+        request_id: request_id.into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "correction".into(),
+    };
+    let mut foreign = r.child.clone().unwrap();
+    foreign.nationality = "FR".into();
+    let mut client = app.client().await;
+    client
+        .correct_birth_registration(auth(correct("to-foreign", foreign), &app.token("reg_c001")))
+        .await
+        .unwrap();
+
+    // Act: corrected back to eligible, with another name.
+    let mut renamed = r.child.clone().unwrap();
+    renamed.full_name = "Second Content".into();
+    client
+        .correct_birth_registration(auth(correct("renamed", renamed), &app.token("reg_c001")))
+        .await
+        .unwrap();
+    let after = app.settled("reg_c001", &r.name).await;
+
+    // Assert: a key of its own, so no refusal as a reused key.
+    assert_eq!(
+        after.personal_id_status, ISSUED,
+        "{}",
+        after.rejection_reason
+    );
+    assert_eq!(app.fake.conflicts(), 0);
+    app.stop().await;
+}
+
 async fn a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged(
     backend: Backend,
 ) {
@@ -1457,6 +1557,8 @@ both_backends!(
     a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted,
     a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged,
     a_registration_sent_again_gets_the_number_minted_before_its_refusal,
+    a_refused_reissue_is_not_sent_again_unchanged,
+    a_key_once_sent_is_not_reused_for_other_content,
     a_correction_of_sex_reissues_the_number,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,

@@ -39,14 +39,17 @@ pub struct CorrectionPlan {
     pub action: CorrectionAction,
 }
 
-/// Whether a REJECTED registration may be sent again without a change: only when the
-/// record was refused as invalid (`INVALID_ARGUMENT`, the code the relay's refusal text
+/// Whether a REJECTED registration may be sent again without a change: only a first issue,
+/// and only when the record was refused as invalid (`INVALID_ARGUMENT`, the code the relay's refusal text
 /// starts with), which can come from the other side's state (its clock, its province
 /// table) and be lifted there. A key reused with other content, nothing to re-issue or a
 /// full bucket would be refused again, or worse, mint beside a number already held: those
 /// go to an operator (`reconcile`).
 fn may_be_sent_again_unchanged(registration: &Registration) -> bool {
     registration.status == PersonalIdStatus::Rejected
+        // A refused re-issue carries its correction's reason, which a second attempt under
+        // the same key would have to repeat word for word: that one goes to an operator.
+        && registration.personal_id.is_none()
         && registration
             .rejection_reason
             .as_deref()
@@ -117,10 +120,10 @@ pub fn plan_correction(
                 // registry have minted under it after all (its answer lost, a retry then
                 // refused), that number comes back instead of a second one.
                 Some(last) if unchanged => last.to_owned(),
-                _ if generation == 0 && registration.status == PersonalIdStatus::NotEligible => {
-                    registration.id.to_string()
-                }
-                _ => next_key('i'),
+                // Never sent: the first key is the registration id.
+                None => registration.id.to_string(),
+                // Sent before with other content: a key of its own.
+                Some(_) => next_key('i'),
             };
             (PersonalIdStatus::Pending, CorrectionAction::Issue { key })
         }

@@ -331,6 +331,17 @@ impl PopulationRegistryService for FakePopulation {
         state
             .received
             .push((req.request_id.clone(), content.clone()));
+        let name = req.corrected_birth.as_ref().map(|b| b.full_name.as_str());
+        if let Some((refused, code)) = &state.reject_name
+            && name == Some(refused.as_str())
+        {
+            return Err(service_kit::status::with_reason(
+                *code,
+                "refused by the fake",
+                "population.mps.gov.vn",
+                "FAKE_REFUSAL",
+            ));
+        }
         if let Some(existing) = state.by_key.get(&req.request_id) {
             if existing.content != content {
                 state.conflicts += 1;
