@@ -234,7 +234,12 @@ fn keys_lists_every_key_with_its_environment_variable_and_default() {
         )),
         "Option keys are listed too"
     );
-    assert_eq!(keys.len(), 13, "{keys:?}");
+    assert_eq!(
+        find("telemetry.otlp_tls.ca_file").map(|(_, env, _)| env),
+        Some("POPULATION_REGISTRY_TELEMETRY__OTLP_TLS__CA_FILE".into()),
+        "nested tables are listed key by key"
+    );
+    assert_eq!(keys.len(), 18, "{keys:?}");
 }
 
 #[test]
