@@ -22,11 +22,13 @@ use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
 mod page_cache;
+mod pooled;
 mod unavailable;
 mod wal_restart;
 
 pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
 pub use page_cache::{install_page_cache, parked_pages};
+pub use pooled::PooledSqlite;
 pub use unavailable::{is_unavailable, is_unavailable_code};
 pub use wal_restart::CheckpointSignal;
 

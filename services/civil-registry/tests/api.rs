@@ -559,29 +559,45 @@ async fn numbers_arrive_after_the_population_registry_comes_back(backend: Backen
     app.stop().await;
 }
 
+/// Registers a birth of a child named `name` (which the fake refuses as the caller set it
+/// up) and returns the registration once settled REJECTED.
+async fn rejected(app: &TestApp, request_id: &str, name: &str) -> pb::BirthRegistration {
+    let mut req = birth(request_id);
+    req.child.as_mut().unwrap().full_name = name.into();
+    let r = register(app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    r
+}
+
+/// A correction of `r` under `request_id` to `child`: the record as it stands otherwise.
+fn correction_of(
+    r: &pb::BirthRegistration,
+    request_id: &str,
+    child: pb::Child,
+) -> pb::CorrectBirthRegistrationRequest {
+    pb::CorrectBirthRegistrationRequest {
+        request_id: request_id.into(),
+        name: r.name.clone(),
+        child: Some(child),
+        father: r.father.clone(),
+        mother: r.mother.clone(),
+        unit_code: String::new(),
+        reason: "correction".into(),
+    }
+}
+
 async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted(
     backend: Backend,
 ) {
     // Arrange: a refusal that comes from the other side, not from the record.
     let app = TestApp::start(backend).await;
     app.fake.reject_name("Refused Child", Code::InvalidArgument);
-    let mut req = birth("rej-again");
-    req.child.as_mut().unwrap().full_name = "Refused Child".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    let r = rejected(&app, "rej-again", "Refused Child").await;
     app.fake.accept_every_name();
 
     // Act: the official sends the record again as it stands.
-    let resend = pb::CorrectBirthRegistrationRequest {
-        request_id: "send-again".into(),
-        name: r.name.clone(),
-        child: r.child.clone(),
-        father: r.father.clone(),
-        mother: r.mother.clone(),
-        unit_code: String::new(),
-        reason: "refusal lifted".into(),
-    };
+    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
     let answer = app
         .client()
         .await
@@ -589,7 +605,7 @@ async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lif
         .await;
     let after = app.settled("reg_c001", &r.name).await;
 
-    // Assert: a number under a new key; the record itself unchanged.
+    // Assert: a number; the record itself unchanged.
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(after.personal_id_status, ISSUED);
     assert_eq!(after.child, r.child);
@@ -603,11 +619,7 @@ async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(bac
     let app = TestApp::start(backend).await;
     app.fake
         .mint_then_refuse_name("Minted Then Refused", Code::InvalidArgument);
-    let mut req = birth("minted-refused");
-    req.child.as_mut().unwrap().full_name = "Minted Then Refused".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    let r = rejected(&app, "minted-refused", "Minted Then Refused").await;
     app.fake.accept_every_name();
     let minted: Vec<String> = {
         let state = app.fake.state.lock().unwrap();
@@ -619,15 +631,7 @@ async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(bac
     };
 
     // Act: the official sends the record again as it stands.
-    let resend = pb::CorrectBirthRegistrationRequest {
-        request_id: "send-again".into(),
-        name: r.name.clone(),
-        child: r.child.clone(),
-        father: r.father.clone(),
-        mother: r.mother.clone(),
-        unit_code: String::new(),
-        reason: "refusal lifted".into(),
-    };
+    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
     app.client()
         .await
         .correct_birth_registration(auth(resend, &app.token("reg_c001")))
@@ -656,19 +660,10 @@ async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
         .reject_name("Refused Reissue", Code::InvalidArgument);
     let mut child = r.child.clone().unwrap();
     child.sex = pb::Sex::Female as i32;
-    let correct = |request_id: &str, child: pb::Child| pb::CorrectBirthRegistrationRequest {
-        request_id: request_id.into(),
-        name: r.name.clone(),
-        child: Some(child),
-        father: r.father.clone(),
-        mother: r.mother.clone(),
-        unit_code: String::new(),
-        reason: "sex recorded wrongly".into(),
-    };
     let mut client = app.client().await;
     client
         .correct_birth_registration(auth(
-            correct("fix-sex", child.clone()),
+            correction_of(&r, "fix-sex", child.clone()),
             &app.token("reg_c001"),
         ))
         .await
@@ -683,7 +678,10 @@ async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
 
     // Act
     let again = client
-        .correct_birth_registration(auth(correct("again", child), &app.token("reg_c001")))
+        .correct_birth_registration(auth(
+            correction_of(&r, "again", child),
+            &app.token("reg_c001"),
+        ))
         .await
         .unwrap_err();
 
@@ -702,26 +700,16 @@ async fn a_key_once_sent_is_not_reused_for_other_content(backend: Backend) {
     let app = TestApp::start(backend).await;
     app.fake
         .mint_then_refuse_name("First Content", Code::InvalidArgument);
-    let mut req = birth("key-once");
-    req.child.as_mut().unwrap().full_name = "First Content".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    let r = rejected(&app, "key-once", "First Content").await;
     app.fake.accept_every_name();
-    let correct = |request_id: &str, child: pb::Child| pb::CorrectBirthRegistrationRequest {
-        request_id: request_id.into(),
-        name: r.name.clone(),
-        child: Some(child),
-        father: r.father.clone(),
-        mother: r.mother.clone(),
-        unit_code: String::new(),
-        reason: "correction".into(),
-    };
     let mut foreign = r.child.clone().unwrap();
     foreign.nationality = "FR".into();
     let mut client = app.client().await;
     client
-        .correct_birth_registration(auth(correct("to-foreign", foreign), &app.token("reg_c001")))
+        .correct_birth_registration(auth(
+            correction_of(&r, "to-foreign", foreign),
+            &app.token("reg_c001"),
+        ))
         .await
         .unwrap();
 
@@ -729,7 +717,10 @@ async fn a_key_once_sent_is_not_reused_for_other_content(backend: Backend) {
     let mut renamed = r.child.clone().unwrap();
     renamed.full_name = "Second Content".into();
     client
-        .correct_birth_registration(auth(correct("renamed", renamed), &app.token("reg_c001")))
+        .correct_birth_registration(auth(
+            correction_of(&r, "renamed", renamed),
+            &app.token("reg_c001"),
+        ))
         .await
         .unwrap();
     let after = app.settled("reg_c001", &r.name).await;
@@ -748,26 +739,14 @@ async fn a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchan
     backend: Backend,
 ) {
     // Arrange: the population registry already holds this key with other content, which
-    // an unchanged resend under a new key would turn into a second active number.
+    // an unchanged resend could only turn into a second active number.
     let app = TestApp::start(backend).await;
     app.fake.reject_name("Reused Key", Code::AlreadyExists);
-    let mut req = birth("reused");
-    req.child.as_mut().unwrap().full_name = "Reused Key".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, pb::PersonalIdStatus::Rejected as i32);
+    let r = rejected(&app, "reused", "Reused Key").await;
     app.fake.accept_every_name();
 
     // Act
-    let resend = pb::CorrectBirthRegistrationRequest {
-        request_id: "send-again".into(),
-        name: r.name.clone(),
-        child: r.child.clone(),
-        father: r.father.clone(),
-        mother: r.mother.clone(),
-        unit_code: String::new(),
-        reason: "try again".into(),
-    };
+    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
     let refused = app
         .client()
         .await

@@ -192,26 +192,16 @@ fn pool_options(cfg: &DatabaseConfig, max_connections: u32) -> AnyPoolOptions {
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-                    // Durability is never traded for speed: WAL with a full fsync per
-                    // commit; throughput comes from grouping registrations per commit.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    // 8 MiB of page cache per connection instead of SQLite's 2 MB.
-                    conn.execute("PRAGMA cache_size = -8192").await?;
-                    // A commit is durable once its WAL frames are fsynced, whenever
-                    // they are checkpointed.
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
-                    )))
-                    .await?;
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
-                    )))
-                    .await?;
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA busy_timeout = {busy_timeout_ms}"
-                    )))
+                    // Throughput comes from grouping registrations per commit.
+                    sqlite_direct::PooledSqlite {
+                        // 8 MiB instead of SQLite's 2 MB.
+                        cache_kib: 8_192,
+                        wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
+                        journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
+                        busy_timeout_ms,
+                        foreign_keys: true,
+                    }
+                    .apply(conn)
                     .await?;
                 } else {
                     // Every execution is planned with its values: a generic plan

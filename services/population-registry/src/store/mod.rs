@@ -213,33 +213,16 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    // Durability is never traded for speed: every commit is fsynced.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA cache_size = -{READER_CACHE_KIB}"
-                    )))
+                    // Checkpoints run off the commit path (see `checkpointer`).
+                    sqlite_direct::PooledSqlite {
+                        cache_kib: READER_CACHE_KIB,
+                        wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
+                        journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
+                        busy_timeout_ms: busy,
+                        foreign_keys: false,
+                    }
+                    .apply(conn)
                     .await?;
-                    // Checkpoints run off the commit path (see `checkpointer`):
-                    // the auto-checkpoint threshold is only a backstop should the
-                    // background task fall behind. Durability is unchanged: with
-                    // WAL + synchronous=FULL a commit is durable once its WAL
-                    // frames are fsynced; a checkpoint only copies durable pages
-                    // into the main file.
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"
-                    )))
-                    .await?;
-                    // The WAL file kept on disk after a reset. Above the size the WAL
-                    // reaches between checkpoints, so it is reused in place: a file cut
-                    // shorter regrows on every cycle, and each new block costs ext4 an
-                    // allocation and a zero fill on the commit path.
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"
-                    )))
-                    .await?;
-                    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {busy}")))
-                        .await?;
                 } else {
                     // Every execution is planned with its values. A generic plan is
                     // cached per statement after five runs, and one cached while the
