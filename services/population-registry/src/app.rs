@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::domain::minting::BucketPolicy;
 use crate::domain::province::ProvinceTable;
 use crate::grpc::RegistryService;
-use crate::grpc::auth::{Authorizer, KnownCallersOnly};
+use crate::grpc::auth::{Authorizer, AuthorizedCallersOnly};
 use crate::store::{self, Store};
 
 type Server = PopulationRegistryServiceServer<RegistryService>;
@@ -76,7 +76,7 @@ impl App {
             &cfg.auth,
             !cfg.server.tls.insecure_plaintext,
         ));
-        let service = KnownCallersOnly::new(
+        let service = AuthorizedCallersOnly::new(
             Server::new(RegistryService::new(
                 store.clone(),
                 Arc::clone(&auth),

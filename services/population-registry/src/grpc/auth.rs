@@ -2,7 +2,7 @@
 //! the allow-list of the method's role. Refusals go to the `security` log
 //! target with the certificate subject (a service, never a person).
 //!
-//! [`KnownCallersOnly`] checks the caller before its message is read (a caller
+//! [`AuthorizedCallersOnly`] checks the caller before its message is read (a caller
 //! without the role cannot make the server hold megabytes); each handler checks
 //! again, from the same table ([`role_of`]).
 
@@ -117,26 +117,26 @@ impl Authorizer {
 /// answered at once, before its message is read and decoded. Paths of no method of the
 /// service pass on, for tonic to answer UNIMPLEMENTED.
 #[derive(Clone, Debug)]
-pub struct KnownCallersOnly<S> {
+pub struct AuthorizedCallersOnly<S> {
     inner: S,
     auth: Arc<Authorizer>,
 }
 
-impl<S> KnownCallersOnly<S> {
+impl<S> AuthorizedCallersOnly<S> {
     /// Puts the check in front of `inner`.
     pub fn new(inner: S, auth: Arc<Authorizer>) -> Self {
         Self { inner, auth }
     }
 }
 
-impl<S: NamedService> NamedService for KnownCallersOnly<S> {
+impl<S: NamedService> NamedService for AuthorizedCallersOnly<S> {
     const NAME: &'static str = S::NAME;
 }
 
 type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
 
-impl<S> tower::Service<http::Request<Body>> for KnownCallersOnly<S>
+impl<S> tower::Service<http::Request<Body>> for AuthorizedCallersOnly<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
