@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::domain::minting::BucketPolicy;
 use crate::domain::province::ProvinceTable;
 use crate::grpc::RegistryService;
-use crate::grpc::auth::{Authorizer, AuthorizedCallersOnly};
+use crate::grpc::auth::{AuthorizedCallersOnly, Authorizer};
 use crate::store::{self, Store};
 
 type Server = PopulationRegistryServiceServer<RegistryService>;
