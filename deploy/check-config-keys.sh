@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that every configuration key of both services is documented in deploy/README.md
 # with its environment variable and default, that the guide documents no key the code
-# lacks, and that the Kubernetes config files and environment variables use only real keys.
+# lacks, and that the Kubernetes and image config files and environment variables use
+# only real keys.
 #
 #   bash deploy/check-config-keys.sh                 # cargo run -q -p <svc> -- config keys
 #   bash deploy/check-config-keys.sh BIN_DIR         # use BIN_DIR/<svc> (e.g. target/release)

@@ -47,14 +47,10 @@ COPY --from=builder /out/bin/civil-registry /usr/local/bin/civil-registry
 COPY --from=builder --chown=65532:65532 /out/state/ /var/lib/civil-registry/
 WORKDIR /var/lib/civil-registry
 USER 65532:65532
-# Listen on all interfaces inside the container (the binary's default is loopback), with
-# the plaintext health-only listener that probes and HEALTHCHECK ask; JSON logs for the
-# log pipeline. Everything else comes from the config file
-# (CIVIL_REGISTRY_CONFIG) or CIVIL_REGISTRY_* variables: see deploy/README.md.
-ENV CIVIL_REGISTRY_SERVER__LISTEN_ADDR=0.0.0.0:50051 \
-    CIVIL_REGISTRY_SERVER__HEALTH_LISTEN_ADDR=0.0.0.0:50052 \
-    CIVIL_REGISTRY_METRICS__LISTEN_ADDR=0.0.0.0:9464 \
-    CIVIL_REGISTRY_TELEMETRY__LOG_FORMAT=json
+# The image's defaults (deploy/docker/civil-registry.toml) as a file rather than variables:
+# variables would override whatever file a deployment names.
+COPY deploy/docker/civil-registry.toml /etc/civil-registry/config.toml
+ENV CIVIL_REGISTRY_CONFIG=/etc/civil-registry/config.toml
 EXPOSE 50051 50052 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

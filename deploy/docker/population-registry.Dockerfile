@@ -47,14 +47,10 @@ COPY --from=builder /out/bin/population-registry /usr/local/bin/population-regis
 COPY --from=builder --chown=65532:65532 /out/state/ /var/lib/population-registry/
 WORKDIR /var/lib/population-registry
 USER 65532:65532
-# Listen on all interfaces inside the container (the binary's default is loopback), with
-# the plaintext health-only listener that probes and HEALTHCHECK ask; JSON logs for the
-# log pipeline. Everything else comes from the config file
-# (POPULATION_REGISTRY_CONFIG) or POPULATION_REGISTRY_* variables: see deploy/README.md.
-ENV POPULATION_REGISTRY_SERVER__LISTEN_ADDR=0.0.0.0:50051 \
-    POPULATION_REGISTRY_SERVER__HEALTH_LISTEN_ADDR=0.0.0.0:50052 \
-    POPULATION_REGISTRY_METRICS__LISTEN_ADDR=0.0.0.0:9464 \
-    POPULATION_REGISTRY_TELEMETRY__LOG_FORMAT=json
+# The image's defaults (deploy/docker/population-registry.toml) as a file rather than variables:
+# variables would override whatever file a deployment names.
+COPY deploy/docker/population-registry.toml /etc/population-registry/config.toml
+ENV POPULATION_REGISTRY_CONFIG=/etc/population-registry/config.toml
 EXPOSE 50051 50052 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -7,8 +7,9 @@
     | `key` | `ENV_VAR` | `default-json` | description |
     Every key of the code must be documented with the same variable and default, and every
     documented key must exist in the code;
-  * the config file shipped in Kubernetes (deploy/k8s/base/<svc>/config.toml): every key it
-    sets must exist (the services refuse unknown keys, exit 64);
+  * the config files shipped in Kubernetes (deploy/k8s/base/<svc>/config.toml) and in the
+    image (deploy/docker/<svc>.toml): every key they set must exist (the services refuse
+    unknown keys, exit 64);
   * the `<PREFIX>*` environment variables set anywhere under deploy/k8s/ and in the
     Dockerfiles: every one must name a key (`<PREFIX>CONFIG`, the file itself, excepted).
 
@@ -90,8 +91,10 @@ def main(service: str, keys_file: str) -> int:
     for key in sorted(set(guide) - set(code)):
         errors.append(f"{key}: documented in deploy/README.md, not in the code")
 
-    config = DEPLOY / "k8s" / "base" / service / "config.toml"
-    if config.is_file():
+    for config in (DEPLOY / "k8s" / "base" / service / "config.toml", DEPLOY / "docker" / f"{service}.toml"):
+        if not config.is_file():
+            errors.append(f"{config.relative_to(DEPLOY.parent)}: missing")
+            continue
         for key in toml_keys(tomllib.loads(config.read_text(encoding="utf-8"))):
             if not known(key, code):
                 errors.append(f"{key}: set in {config.relative_to(DEPLOY.parent)}, not a key of the code (exit 64)")

@@ -36,7 +36,8 @@ SERVICES = {
 GRPC_PORT, METRICS_PORT, OTLP_PORT, PG_PORT = 50051, 9464, 4317, 5432
 EXIT_AUDIT_BROKEN = 65  # `<service> audit verify` at a broken link (both services' cli.rs)
 # Metric names the services export themselves (the rest come from kube-state-metrics).
-OWN_METRIC = re.compile(r"\b((?:civil_registry|population_registry|grpc_server)_[a-z0-9_]+)\b")
+OWN_METRIC_PREFIXES = "civil_registry|population_registry|grpc_server|tls_certificate"
+OWN_METRIC = re.compile(rf"\b((?:{OWN_METRIC_PREFIXES})_[a-z0-9_]+)\b")
 # Suffixes Prometheus adds to histograms and summaries.
 SERIES_SUFFIXES = ("_bucket", "_count", "_sum")
 DEFAULT_DRAIN_MS = 10_000  # service_kit ServerConfig default
@@ -528,7 +529,7 @@ def exported_metric_names() -> set[str]:
     """Metric names that appear as string literals in the services' and crates' Rust code."""
     names: set[str] = set()
     for path in list((REPO / "services").rglob("*.rs")) + list((REPO / "crates").rglob("*.rs")):
-        names.update(re.findall(r'"((?:civil_registry|population_registry|grpc_server)_[a-z0-9_]+)"', path.read_text()))
+        names.update(re.findall(rf'"((?:{OWN_METRIC_PREFIXES})_[a-z0-9_]+)"', path.read_text()))
     return names
 
 

@@ -46,6 +46,13 @@ impl TelemetryGuard {
             eprintln!("telemetry: flushing traces failed: {error}");
         }
     }
+
+    /// [`TelemetryGuard::shutdown`] on a blocking thread, for async code: the exporter's
+    /// own tasks need the runtime's workers, which a flush holding one of them could
+    /// starve (a pod limited to one core runs one worker).
+    pub async fn shutdown_off_runtime(mut self) {
+        let _ = tokio::task::spawn_blocking(move || self.shutdown()).await;
+    }
 }
 
 impl Drop for TelemetryGuard {

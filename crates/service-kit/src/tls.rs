@@ -297,7 +297,7 @@ impl TlsConnector {
         };
         let ca = pem(ca_file)?;
         let identity = match identity_files {
-            Some((cert, key)) => Some((pem(cert)?, pem(key)?)),
+            Some((cert, key)) => Some((cert, pem(cert)?, pem(key)?)),
             None => None,
         };
         install_crypto_provider();
@@ -312,10 +312,13 @@ impl TlsConnector {
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let mut config = match identity {
-            Some((cert, key)) => {
+            Some((cert_file, cert, key)) => {
                 let chain = CertificateDer::pem_slice_iter(&cert)
                     .collect::<Result<Vec<_>, _>>()
                     .context("client certificate: not a PEM certificate chain")?;
+                if let Some(leaf) = chain.first() {
+                    note_expiry(cert_file, leaf);
+                }
                 let key = PrivateKeyDer::from_pem_slice(&key)
                     .context("client key: not a PEM private key")?;
                 builder
@@ -381,6 +384,45 @@ pub struct ClientTlsConnection {
 
 tls_io!(ClientTlsConnection);
 
+/// Gauge: when each certificate the process presents stops being valid (Unix seconds),
+/// labelled by its file. The services read their certificates once, at start, so a pod that
+/// missed the restart after a renewal presents the old certificate until peers refuse it:
+/// this shows what is served, where the Secret's own expiry shows only what was issued.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "tls_certificate_expiry_timestamp_seconds";
+
+/// Fewer days of validity than this left at start is logged as a warning (cert-manager
+/// renews 30 days before expiry, so a renewal has then been missed for two weeks).
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Exports the expiry of the leaf certificate loaded from `file` and warns when it has
+/// passed or is near. A certificate that cannot be parsed is left to rustls to refuse.
+fn note_expiry(file: &Path, leaf: &CertificateDer<'_>) {
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return;
+    };
+    let not_after = cert.validity().not_after.timestamp();
+    let file = file.display().to_string();
+    metrics::gauge!(TLS_CERTIFICATE_EXPIRY, "file" => file.clone()).set(not_after as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days_left = (not_after - now).div_euclid(86_400);
+    if not_after <= now {
+        tracing::error!(
+            target: "security",
+            file,
+            "the certificate has expired: peers refuse it until it is renewed and the process restarted"
+        );
+    } else if days_left < EXPIRY_WARNING_DAYS {
+        tracing::warn!(
+            target: "security",
+            file,
+            days_left,
+            "the certificate expires soon: restart the process once it is renewed"
+        );
+    }
+}
+
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -412,6 +454,9 @@ impl ServerTlsMaterial {
         let cert_chain = CertificateDer::pem_slice_iter(&read(cert, "server.tls.cert_file")?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("server.tls.cert_file", "not a PEM certificate chain", e))?;
+        if let Some(leaf) = cert_chain.first() {
+            note_expiry(cert, leaf);
+        }
         let key = PrivateKeyDer::from_pem_slice(&read(key, "server.tls.key_file")?)
             .map_err(|e| invalid("server.tls.key_file", "not a PEM private key", e))?;
         let client_roots = match &tls.client_ca_file {

@@ -152,3 +152,64 @@ async fn calls_to_unknown_services_and_methods_do_not_create_new_metric_labels()
     );
     server.stop().await;
 }
+
+/// A pod that missed the restart after a renewal serves its old certificate: the expiry
+/// of what each server and client loaded is exported by file, for an alert to read.
+#[tokio::test]
+async fn the_expiry_of_each_loaded_certificate_is_exported_by_file() {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    use service_kit::pki::TempCa;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+    // Arrange
+    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
+        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("install")
+    .expect("address");
+    let ca = TempCa::new("expiry").expect("ca");
+    let server_cert = ca.server_cert().expect("server cert");
+    let client_cert = ca.client_cert("caller").expect("client cert");
+    let not_after = |file: &std::path::Path| {
+        let pem = std::fs::read(file).expect("read");
+        let der = CertificateDer::from_pem_slice(&pem).expect("pem");
+        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+        cert.validity().not_after.timestamp() as f64
+    };
+
+    // Act
+    let server = TestServer::start(&service_kit::ServerConfig {
+        tls: service_kit::ServerTlsConfig {
+            insecure_plaintext: false,
+            cert_file: Some(server_cert.cert_file.clone()),
+            key_file: Some(server_cert.key_file.clone()),
+            client_ca_file: Some(ca.ca_file().to_path_buf()),
+        },
+        ..plaintext_config()
+    })
+    .await;
+    service_kit::tls::TlsConnector::from_files(
+        ca.ca_file(),
+        Some((&client_cert.cert_file, &client_cert.key_file)),
+        None,
+    )
+    .expect("client connector");
+    let (_, body) = scrape(metrics_addr, "/metrics").await;
+
+    // Assert
+    for file in [&server_cert.cert_file, &client_cert.cert_file] {
+        let exported = sample(
+            &body,
+            service_kit::tls::TLS_CERTIFICATE_EXPIRY,
+            &[("file", &file.display().to_string())],
+        );
+        assert_eq!(
+            exported,
+            Some(not_after(file)),
+            "{}: {body}",
+            file.display()
+        );
+    }
+    server.stop().await;
+}

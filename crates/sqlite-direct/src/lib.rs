@@ -21,12 +21,14 @@ use libsqlite3_sys as ffi;
 use sqlx::sqlite::{LockedSqliteHandle, SqliteConnection};
 
 mod coalesce;
+mod connect;
 mod page_cache;
 mod pooled;
 mod unavailable;
 mod wal_restart;
 
 pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
+pub use connect::{ConnectError, connect_pool, without_secrets};
 pub use page_cache::{install_page_cache, parked_pages};
 pub use pooled::PooledSqlite;
 pub use unavailable::{is_unavailable, is_unavailable_code};

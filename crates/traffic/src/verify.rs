@@ -639,13 +639,27 @@ pub async fn verify(
         }
     }
     for id in pop_active.keys() {
-        if !civil_issued.contains_key(id) {
-            violation(
+        if civil_issued.contains_key(id) {
+            continue;
+        }
+        match by_id.get(id) {
+            // The civil registry shows no number for an ineligible birth; the population
+            // registry is where one minted by mistake would be.
+            Some(r) if r.status == cs::PersonalIdStatus::NotEligible as i32 => violation(
+                &mut v,
+                &mut counts,
+                "ineligible-numbered",
+                format!(
+                    "{} is NOT_ELIGIBLE, yet the population registry holds an active number for it",
+                    r.name
+                ),
+            ),
+            _ => violation(
                 &mut v,
                 &mut counts,
                 "reconcile",
                 format!("the active issuance for {id} has no ISSUED registration"),
-            );
+            ),
         }
     }
 

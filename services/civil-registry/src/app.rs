@@ -152,12 +152,10 @@ impl App {
             Duration::from_millis(cfg.database.checkpoint_interval_ms.max(10)),
             stop_rx,
         ));
-        let result = server
-            .serve(async move {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-            })
-            .await;
+        // The relay goes on through the drain: calls still in flight get their numbers,
+        // and rows they commit are not leased to a relay that has already stopped.
+        let result = server.serve(shutdown).await;
+        let _ = stop_tx.send(true);
         if let Some(mut task) = relay_task {
             let bound = Duration::from_millis(cfg.population_registry.call_timeout_ms + 1_000);
             if tokio::time::timeout(bound, &mut task).await.is_err() {

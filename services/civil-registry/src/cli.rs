@@ -59,7 +59,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Compare issued registrations with the population registry for a period.
+    /// Compare issued registrations with the population registry for a period. Exits 0
+    /// when both agree (or every difference was repaired), 65 when differences remain, 1
+    /// when either side could not be read.
     Reconcile {
         /// First registration date (YYYY-MM-DD).
         #[arg(long)]
@@ -76,6 +78,10 @@ pub enum Command {
 /// Exit code of `audit verify` when the chain is broken (`EX_DATAERR` from sysexits.h), so
 /// that a scheduled check tells tampering from a database it could not reach (exit 1).
 pub const EXIT_AUDIT_BROKEN: i32 = 65;
+
+/// Exit code of `reconcile` when differences remain unrepaired (`EX_DATAERR`), so that a
+/// script tells them from a side it could not reach (exit 1).
+pub const EXIT_DIFFERENCES_REMAIN: i32 = 65;
 
 /// `audit` subcommands.
 #[derive(Debug, Subcommand)]
@@ -152,6 +158,13 @@ pub enum OfficialsCommand {
     List,
 }
 
+/// `config keys`: needs no valid configuration, since it is how to find the right keys.
+pub fn print_config_keys() {
+    for (key, env, default) in service_kit::config::keys::<Config>(ENV_PREFIX) {
+        println!("{key}\t{env}\t{default}");
+    }
+}
+
 /// Runs the command; returns the process exit code.
 pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
     match cli.command {
@@ -205,15 +218,14 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
                 },
             };
             let uri = target.uri().to_owned();
-            let ok = service_kit::healthcheck::check(&uri, &tls, "").await?;
-            Ok(if ok { 0 } else { 1 })
+            let serving = service_kit::healthcheck::check(&uri, &tls, "").await?;
+            println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+            Ok(if serving { 0 } else { 1 })
         }
         Command::Config {
             command: ConfigCommand::Keys,
         } => {
-            for (key, env, default) in service_kit::config::keys::<Config>(ENV_PREFIX) {
-                println!("{key}\t{env}\t{default}");
-            }
+            print_config_keys();
             Ok(0)
         }
         Command::Admin { command } => admin(command, &cfg).await,
@@ -233,7 +245,7 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
             Ok(if differences.iter().all(|d| d.repaired) {
                 0
             } else {
-                1
+                EXIT_DIFFERENCES_REMAIN
             })
         }
     }

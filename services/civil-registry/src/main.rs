@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use civil_registry::cli::{Cli, run};
+use civil_registry::cli::{Cli, Command, ConfigCommand, print_config_keys, run};
 use civil_registry::config::{Config, ENV_PREFIX};
 
 /// mimalloc: registrations allocate per request and per row, and glibc's malloc with its
@@ -19,8 +19,15 @@ async fn main() {
         eprintln!("civil-registry: SQLite keeps its default page cache: {e}");
     }
     let cli = Cli::parse();
+    if let Command::Config {
+        command: ConfigCommand::Keys,
+    } = &cli.command
+    {
+        print_config_keys();
+        return;
+    }
     let cfg: Config = service_kit::config::load_or_exit(ENV_PREFIX, cli.config.as_deref());
-    let mut telemetry = match service_kit::telemetry::init("civil-registry", &cfg.telemetry) {
+    let telemetry = match service_kit::telemetry::init("civil-registry", &cfg.telemetry) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("invalid configuration: telemetry: {e:#}");
@@ -40,8 +47,6 @@ async fn main() {
             code
         }
     };
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
-        .await
-        .ok();
+    telemetry.shutdown_off_runtime().await;
     std::process::exit(code);
 }

@@ -906,6 +906,102 @@ async fn a_correction_of_sex_reissues_the_number(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_correction_of_the_birth_year_reissues_the_number(backend: Backend) {
+    // Arrange: born 2025-08-20, so digits 5 and 6 of the number are "25".
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let r = register(&app, "reg_c001", birth("year")).await.unwrap();
+    assert_eq!(r.personal_id_status, ISSUED);
+    assert_eq!(&r.personal_id[4..6], "25", "{}", r.personal_id);
+    let mut child = r.child.clone().unwrap();
+    child.date_of_birth = date(2024, 12, 31);
+    // Act
+    let corrected = client
+        .correct_birth_registration(auth(
+            correction_of(&r, "fix-year", child),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = app.settled("reg_c001", &r.name).await;
+    // Assert
+    assert!(corrected.personal_id_reissued);
+    assert_eq!(after.personal_id_status, ISSUED);
+    assert_eq!(&after.personal_id[4..6], "24", "{}", after.personal_id);
+    assert_eq!(after.cancelled_personal_ids, vec![r.personal_id.clone()]);
+    app.stop().await;
+}
+
+async fn a_correction_that_would_postdate_the_registration_or_end_eligibility_changes_nothing(
+    backend: Backend,
+) {
+    // Arrange: a numbered registration of 2025-09-01.
+    let app = TestApp::start(backend).await;
+    let mut client = app.client().await;
+    let r = register(&app, "reg_c001", birth("refused-fix"))
+        .await
+        .unwrap();
+    assert_eq!(r.personal_id_status, ISSUED);
+    let sent = app.fake.received();
+    let mut born_later = r.child.clone().unwrap();
+    born_later.date_of_birth = date(2025, 9, 2);
+    let mut foreign = r.child.clone().unwrap();
+    foreign.nationality = "FR".into();
+
+    // Act
+    let after_registration = client
+        .correct_birth_registration(auth(
+            correction_of(&r, "fix-date", born_later),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap_err();
+    let ineligible = client
+        .correct_birth_registration(auth(
+            correction_of(&r, "fix-nationality", foreign),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap_err();
+
+    // Assert
+    assert_eq!(after_registration.code(), Code::InvalidArgument);
+    assert_eq!(
+        field_violations_of(&after_registration)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect::<Vec<_>>(),
+        vec!["child.date_of_birth".to_owned()]
+    );
+    assert_eq!(
+        (
+            ineligible.code(),
+            reason_of(&ineligible).unwrap_or_default()
+        ),
+        (
+            Code::FailedPrecondition,
+            "REGISTRATION_NOT_CORRECTABLE".into()
+        )
+    );
+    let unchanged = app.settled("reg_c001", &r.name).await;
+    assert_eq!(unchanged.personal_id_status, ISSUED);
+    assert_eq!(unchanged.personal_id, r.personal_id);
+    assert_eq!(unchanged.child, r.child);
+    assert!(unchanged.ineligibility_reasons.is_empty());
+    assert_eq!(
+        app.fake.received(),
+        sent,
+        "nothing sent to the population side"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) FROM corrections").await,
+        0,
+        "no correction recorded"
+    );
+    app.stop().await;
+}
+
 async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
     // Arrange: a numbered registration of Ha Noi (001).
     let app = TestApp::start(backend).await;
@@ -1539,6 +1635,8 @@ both_backends!(
     a_refused_reissue_is_not_sent_again_unchanged,
     a_key_once_sent_is_not_reused_for_other_content,
     a_correction_of_sex_reissues_the_number,
+    a_correction_of_the_birth_year_reissues_the_number,
+    a_correction_that_would_postdate_the_registration_or_end_eligibility_changes_nothing,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,
     statistics_equal_what_was_registered,

@@ -19,6 +19,34 @@ fn a_database_url_that_cannot_keep_the_register_exits_64_naming_the_key() {
     }
 }
 
+/// `config keys` is how an operator finds the key they misspelt, so a misspelt key must
+/// not stop it (`serve` refuses the same configuration with 64).
+#[test]
+fn config_keys_lists_the_keys_even_when_the_configuration_is_invalid() {
+    let run = |command: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_civil-registry"))
+            .args(command)
+            .env("CIVIL_REGISTRY_SERVER__LISTEN_ADRESS", "127.0.0.1:0")
+            .output()
+            .expect("civil-registry runs")
+    };
+    let keys = run(&["config", "keys"]);
+    assert!(keys.status.success(), "{keys:?}");
+    let listed = String::from_utf8_lossy(&keys.stdout);
+    assert!(
+        listed.lines().any(
+            |line| line.starts_with("server.listen_addr\tCIVIL_REGISTRY_SERVER__LISTEN_ADDR\t")
+        ),
+        "{listed}"
+    );
+    let serve = run(&["serve"]);
+    assert_eq!(serve.status.code(), Some(64), "{serve:?}");
+    assert!(
+        String::from_utf8_lossy(&serve.stderr).contains("LISTEN_ADRESS"),
+        "{serve:?}"
+    );
+}
+
 /// `civil-registry` run with its database at `url`: whether it succeeded, and its stderr.
 fn civil_registry(url: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_civil-registry"))

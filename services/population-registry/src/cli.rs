@@ -41,7 +41,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Ask the running server (server.listen_addr) whether it is SERVING; exit 0 if so.
+    /// Ask a running server's health (exit 0 when SERVING), for container health checks.
     Healthcheck {
         /// Server URI; defaults to the plaintext health-only listener
         /// (server.health_listen_addr) when configured, else server.listen_addr, on loopback.
@@ -150,14 +150,23 @@ pub async fn admin(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `serve`: config -> telemetry -> App::build -> LISTENING -> serve -> flush.
 pub async fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg: Config = load_or_exit(ENV_PREFIX, config.as_deref());
-    let mut telemetry = service_kit::telemetry::init("population-registry", &cfg.telemetry)
+    let telemetry = service_kit::telemetry::init("population-registry", &cfg.telemetry)
         .map_err(|e| ConfigError::new("telemetry", format!("{e:#}")))?;
-    let app = App::build(&cfg).await?;
-    let metrics = app
-        .metrics_addr()
-        .map_or_else(|| "none".to_owned(), |a| a.to_string());
-    println!("LISTENING grpc={} metrics={metrics}", app.local_addr());
-    app.serve(service_kit::shutdown::signal()).await?;
-    telemetry.shutdown();
-    Ok(ExitCode::SUCCESS)
+    let result = async {
+        let app = App::build(&cfg).await?;
+        let metrics = app
+            .metrics_addr()
+            .map_or_else(|| "none".to_owned(), |a| a.to_string());
+        println!("LISTENING grpc={} metrics={metrics}", app.local_addr());
+        app.serve(service_kit::shutdown::signal()).await
+    }
+    .await;
+    if let Err(e) = &result
+        && service_kit::config::exit_code(e) != service_kit::config::EXIT_CONFIG
+    {
+        // Into the JSON log too: stderr's last line alone is easy to miss in a pod's logs.
+        tracing::error!(error = format!("{e:#}"), "population-registry failed");
+    }
+    telemetry.shutdown_off_runtime().await;
+    result.map(|()| ExitCode::SUCCESS)
 }

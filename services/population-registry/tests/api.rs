@@ -47,6 +47,7 @@ suite!(
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
     citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
+    a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_numbers,
     reissue_cancels_the_old_number_links_both_and_never_reuses_it,
     reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_failed_precondition,
     validate_personal_id_decodes_the_number_and_reports_its_state,
@@ -486,6 +487,53 @@ async fn citizens_stored_before_the_register_entry_key_are_found_by_entry_after_
     app.stop().await;
 }
 
+/// A rollback needs no down-migration: a binary that does not know the newest applied
+/// migration starts on that schema and answers from it.
+async fn a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_numbers(db: TestDb) {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn(&db).await;
+    let issued = app
+        .client
+        .clone()
+        .issue_personal_id(issue("reg-1", birth("An", 7)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    app.stop().await;
+
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations \
+         (version, description, installed_on, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer release', CURRENT_TIMESTAMP, TRUE, $1, 0)",
+    )
+    .bind(vec![0u8; 48])
+    .execute(&mut conn)
+    .await
+    .expect("record a migration this binary does not know");
+    conn.close().await.ok();
+
+    let mut app = TestApp::spawn(&db).await;
+    let citizen = app
+        .client
+        .get_citizen(pb::GetCitizenRequest {
+            personal_id: issued.clone(),
+        })
+        .await
+        .expect("the number is still there")
+        .into_inner();
+    assert_eq!(citizen.citizen.expect("a citizen").personal_id, issued);
+    app.client
+        .issue_personal_id(issue("reg-2", birth("Binh", 8)))
+        .await
+        .expect("minting goes on");
+    app.stop().await;
+}
+
 fn reissue(request_id: &str, old: &str, b: pb::BirthRecord) -> pb::ReissuePersonalIdRequest {
     pb::ReissuePersonalIdRequest {
         request_id: request_id.into(),
@@ -525,6 +573,20 @@ async fn reissue_cancels_the_old_number_links_both_and_never_reuses_it(db: TestD
         .into_inner();
     assert_eq!(again.personal_id, new.personal_id);
     assert!(!again.newly_issued);
+    // The same key with another correction is refused, never a second re-issue.
+    let mut other = birth("An", 1);
+    other.sex = pb::Sex::Female.into();
+    other.full_name = "An Khác".into();
+    let reused = app
+        .client
+        .reissue_personal_id(reissue("fix-1", &old, other))
+        .await
+        .expect_err("key reused with other content");
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert_eq!(
+        reason_of(&reused).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
     let old_citizen = app.citizen(&old).await;
     assert_eq!(old_citizen.status, pb::CitizenStatus::Cancelled as i32);
     assert_eq!(old_citizen.replaced_by, new.personal_id);
@@ -831,10 +893,35 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
     // Another bucket (a girl) still has room.
     let mut girl = birth("Bé gái", 100);
     girl.sex = pb::Sex::Female.into();
-    app.client
-        .issue_personal_id(issue("reg-100", girl))
+    let girls_number = app
+        .client
+        .issue_personal_id(issue("reg-100", girl.clone()))
         .await
-        .expect("other bucket");
+        .expect("other bucket")
+        .into_inner()
+        .personal_id;
+    // A correction into the full bucket is refused the same way, and cancels nothing.
+    let mut as_boy = girl;
+    as_boy.sex = pb::Sex::Male.into();
+    let refused = app
+        .client
+        .reissue_personal_id(within(
+            pb::ReissuePersonalIdRequest {
+                request_id: "fix-100".into(),
+                personal_id: girls_number.clone(),
+                corrected_birth: Some(as_boy),
+                reason: "sex corrected".into(),
+            },
+            Duration::from_secs(2),
+        ))
+        .await
+        .expect_err("bucket full");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&refused).as_deref(), Some("BUCKET_EXHAUSTED"));
+    assert_eq!(
+        app.citizen(&girls_number).await.status,
+        pb::CitizenStatus::Active as i32
+    );
     app.stop().await;
 }
 
@@ -963,6 +1050,38 @@ async fn the_audit_chain_verifies_and_reports_a_tampered_row(db: TestDb) {
         .await
         .expect("verify");
     let (intact_code, intact_report) = audit_verify_command(&db.url).await;
+    // The last entry cut off leaves a chain that is whole as far as it goes: only the
+    // head, written in the same transaction, tells.
+    for statement in [
+        "CREATE TABLE audit_saved AS SELECT * FROM audit_log WHERE seq = 4",
+        "DELETE FROM audit_log WHERE seq = 4",
+    ] {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect(statement);
+    }
+    let truncated = population_registry::store::verify_audit(&pool)
+        .await
+        .expect("verify");
+    for statement in [
+        "INSERT INTO audit_log SELECT * FROM audit_saved",
+        "DROP TABLE audit_saved",
+    ] {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect(statement);
+    }
+    assert_eq!(truncated.first_broken.map(|(seq, _)| seq), Some(4));
+    assert_eq!(
+        population_registry::store::verify_audit(&pool)
+            .await
+            .expect("verify")
+            .first_broken,
+        None,
+        "whole again once the entry is back"
+    );
     sqlx::query("UPDATE audit_log SET request_id = 'forged' WHERE seq = 2")
         .execute(&pool)
         .await

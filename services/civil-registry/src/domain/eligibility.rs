@@ -177,6 +177,21 @@ mod tests {
     }
 
     #[test]
+    fn the_programme_starts_on_1_january_2016_inclusive() {
+        let r = record(
+            RegistrationKind::FirstTime,
+            Sex::Male,
+            d(2015, 12, 20),
+            "VN",
+        );
+        assert!(decide(&r, d(2016, 1, 1)).is_eligible());
+        assert_eq!(
+            decide(&r, d(2015, 12, 31)).reasons,
+            vec![IneligibilityReason::BeforeProgramStart]
+        );
+    }
+
+    #[test]
     fn a_child_born_on_29_february_turns_14_on_28_february() {
         let r = record(RegistrationKind::FirstTime, Sex::Male, d(2016, 2, 29), "VN");
         assert!(decide(&r, d(2030, 2, 27)).is_eligible());

@@ -771,4 +771,15 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn text_typed_with_combining_marks_is_stored_composed() {
+        // "Nguyễn" as e + circumflex + tilde, as some keyboards send it.
+        let decomposed = "Nguye\u{302}\u{303}n";
+        assert_eq!(PersonName::parse(decomposed).unwrap().as_str(), "Nguyễn");
+        assert_eq!(
+            PersonName::parse(decomposed).unwrap(),
+            PersonName::parse("Nguyễn").unwrap()
+        );
+    }
 }

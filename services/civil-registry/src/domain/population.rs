@@ -66,6 +66,9 @@ pub enum Outcome {
     Retry {
         /// The gRPC code name (for metrics).
         code: String,
+        /// What the transport or the population registry said, for operators. Records are
+        /// never echoed in these answers, so it holds no personal data.
+        cause: String,
     },
 }
 

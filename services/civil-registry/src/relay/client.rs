@@ -82,6 +82,16 @@ impl GrpcPopulationRegistry {
         }
     }
 
+    fn no_answer_in_time(&self) -> Outcome {
+        Outcome::Retry {
+            code: "DEADLINE_EXCEEDED".into(),
+            cause: format!(
+                "no answer within population_registry.call_timeout_ms ({} ms)",
+                self.call_timeout.as_millis()
+            ),
+        }
+    }
+
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.call_timeout);
@@ -103,9 +113,7 @@ impl GrpcPopulationRegistry {
                 personal_id: response.into_inner().personal_id,
             },
             Ok(Err(status)) => classify(&status),
-            Err(_) => Outcome::Retry {
-                code: "DEADLINE_EXCEEDED".into(),
-            },
+            Err(_) => self.no_answer_in_time(),
         }
     }
 
@@ -124,9 +132,7 @@ impl GrpcPopulationRegistry {
                 personal_id: response.into_inner().personal_id,
             },
             Ok(Err(status)) => classify(&status),
-            Err(_) => Outcome::Retry {
-                code: "DEADLINE_EXCEEDED".into(),
-            },
+            Err(_) => self.no_answer_in_time(),
         }
     }
 
@@ -149,12 +155,14 @@ impl GrpcPopulationRegistry {
         };
         let response = match tokio::time::timeout(self.call_timeout, call).await {
             Ok(Ok(Some(response))) => response,
-            Ok(Ok(None)) => return retry_all(items.len(), "UNKNOWN"),
+            Ok(Ok(None)) => {
+                return retry_all(items.len(), "UNKNOWN", "the answer stream ended empty");
+            }
             Ok(Err(status)) => {
                 let outcome = classify(&status);
                 return items.iter().map(|_| outcome.clone()).collect();
             }
-            Err(_) => return retry_all(items.len(), "DEADLINE_EXCEEDED"),
+            Err(_) => return items.iter().map(|_| self.no_answer_in_time()).collect(),
         };
         let mut by_key = std::collections::HashMap::new();
         for result in response.results {
@@ -171,18 +179,16 @@ impl GrpcPopulationRegistry {
                         status.encode_to_vec().into(),
                     ))
                 }
-                None => Outcome::Retry {
-                    code: "UNKNOWN".into(),
-                },
+                None => retry("UNKNOWN", "an answer with neither number nor error"),
             };
             by_key.insert(result.request_id, outcome);
         }
         items
             .iter()
             .map(|item| {
-                by_key.remove(&item.key).unwrap_or(Outcome::Retry {
-                    code: "UNKNOWN".into(),
-                })
+                by_key
+                    .remove(&item.key)
+                    .unwrap_or_else(|| retry("UNKNOWN", "the batch's answer left it out"))
             })
             .collect()
     }
@@ -195,10 +201,37 @@ fn corrupt() -> Outcome {
     }
 }
 
-fn retry_all(n: usize, code: &str) -> Vec<Outcome> {
-    (0..n)
-        .map(|_| Outcome::Retry { code: code.into() })
-        .collect()
+fn retry(code: &str, cause: &str) -> Outcome {
+    Outcome::Retry {
+        code: code.into(),
+        cause: cause.into(),
+    }
+}
+
+fn retry_all(n: usize, code: &str, cause: &str) -> Vec<Outcome> {
+    (0..n).map(|_| retry(code, cause)).collect()
+}
+
+/// The status's message and the errors beneath it (a TLS refusal sits below "transport
+/// error"), cut to a length fit for a log line and the outbox row.
+fn cause_of(status: &tonic::Status) -> String {
+    const MOST_CHARS: usize = 300;
+    let mut cause = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if !cause.contains(&text) {
+            if !cause.is_empty() {
+                cause.push_str(": ");
+            }
+            cause.push_str(&text);
+        }
+        source = error.source();
+    }
+    match cause.char_indices().nth(MOST_CHARS) {
+        Some((cut, _)) => cause[..cut].to_owned(),
+        None => cause,
+    }
 }
 
 fn code_name(code: Code) -> String {
@@ -257,7 +290,10 @@ pub fn classify(status: &tonic::Status) -> Outcome {
         }
         Outcome::Rejected { code, reason: text }
     } else {
-        Outcome::Retry { code }
+        Outcome::Retry {
+            code,
+            cause: cause_of(status),
+        }
     }
 }
 
@@ -292,9 +328,11 @@ impl PopulationRegistry for GrpcPopulationRegistry {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             match item.kind {
-                OutboundKind::Issue => out.push(issued.next().unwrap_or(Outcome::Retry {
-                    code: "UNKNOWN".into(),
-                })),
+                OutboundKind::Issue => out.push(
+                    issued
+                        .next()
+                        .unwrap_or_else(|| retry("UNKNOWN", "no answer for this request")),
+                ),
                 OutboundKind::Reissue => out.push(self.reissue_one(item).await),
             }
         }
@@ -403,6 +441,24 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_retry_keeps_the_cause_beneath_the_status_cut_to_a_log_lines_length() {
+        let tls = std::io::Error::other("invalid peer certificate: Expired");
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(tls));
+        let Outcome::Retry { code, cause } = classify(&status) else {
+            panic!("not retried");
+        };
+        assert_eq!(code, "UNAVAILABLE");
+        assert_eq!(cause, "transport error: invalid peer certificate: Expired");
+
+        let long = tonic::Status::unavailable("é".repeat(1_000));
+        let Outcome::Retry { cause, .. } = classify(&long) else {
+            panic!("not retried");
+        };
+        assert_eq!(cause.chars().count(), 300);
     }
 
     #[test]

@@ -90,20 +90,39 @@ impl Breaker {
         self.open_until
             .and_then(|t| t.checked_duration_since(Instant::now()))
     }
-    fn record(&mut self, success: bool) {
-        if success {
-            self.failures = 0;
-            self.open_until = None;
-        } else {
+    /// Records a call's result: `None` when it got through, else the code and cause of
+    /// its failure, which the log line of an opening breaker names.
+    fn record(&mut self, failure: Option<(&str, &str)>) {
+        if let Some((code, cause)) = failure {
             self.failures += 1;
             if self.failures >= self.threshold {
                 if self.open_until.is_none() {
-                    tracing::warn!(target: "civil_registry::relay", failures = self.failures, "circuit breaker open");
+                    tracing::warn!(
+                        target: "civil_registry::relay",
+                        failures = self.failures,
+                        code,
+                        cause,
+                        "circuit breaker open: the population registry is not answering"
+                    );
                 }
                 self.open_until = Some(Instant::now() + self.open_for);
                 metrics::counter!("civil_registry_relay_breaker_opened_total").increment(1);
             }
+        } else {
+            if self.open_until.is_some() {
+                tracing::info!(target: "civil_registry::relay", "circuit breaker closed: calls get through again");
+            }
+            self.failures = 0;
+            self.open_until = None;
         }
+    }
+}
+
+/// The code and cause of an outcome that says "try again".
+fn retry_of(outcome: &Outcome) -> Option<(&str, &str)> {
+    match outcome {
+        Outcome::Retry { code, cause } => Some((code, cause)),
+        Outcome::Issued { .. } | Outcome::Rejected { .. } => None,
     }
 }
 
@@ -315,18 +334,24 @@ impl<P: PopulationRegistry> Relay<P> {
 
     async fn deliver(&self, items: Vec<Outbound>) {
         let outcomes = self.registry.send(&items).await;
-        let all_retry = outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }));
+        // A call failed when nothing in it got an answer beyond "try again".
+        let failure = if outcomes.iter().all(|o| retry_of(o).is_some()) {
+            outcomes.iter().find_map(retry_of)
+        } else {
+            None
+        };
         self.breaker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(!all_retry);
+            .record(failure);
+        let call_failed = failure.is_some();
         let now = now_ms();
         // Counted per batch: one look-up of the labelled counter per code, not per row.
         let mut by_code: HashMap<&str, u64> = HashMap::new();
         for outcome in &outcomes {
             let code = match outcome {
                 Outcome::Issued { .. } => "OK",
-                Outcome::Rejected { code, .. } | Outcome::Retry { code } => code.as_str(),
+                Outcome::Rejected { code, .. } | Outcome::Retry { code, .. } => code.as_str(),
             };
             *by_code.entry(code).or_default() += 1;
         }
@@ -344,9 +369,10 @@ impl<P: PopulationRegistry> Relay<P> {
                         tracing::warn!(target: "civil_registry::relay", registration_id = %item.registration_id, code = %code, "population registry refused a record");
                         Completion::Rejected { item, reason }
                     }
-                    Outcome::Retry { code } => {
+                    Outcome::Retry { code, cause } => {
                         let delay = backoff(&self.cfg, item.attempts);
-                        Completion::Retry { item, next_attempt_ms: now + delay.as_millis() as i64, error: code }
+                        let error = format!("{code}: {cause}");
+                        Completion::Retry { item, next_attempt_ms: now + delay.as_millis() as i64, error }
                     }
                 }
             })
@@ -364,7 +390,7 @@ impl<P: PopulationRegistry> Relay<P> {
                     tracing::warn!(target: "civil_registry::relay", error = %e, "writing relay outcomes failed")
                 }
             }
-            if !all_retry {
+            if !call_failed {
                 self.wake.notify_one();
             }
         }
@@ -400,12 +426,13 @@ mod tests {
             failures: 0,
             open_until: None,
         };
-        breaker.record(false);
-        breaker.record(false);
+        let refused = Some(("UNAVAILABLE", "connection refused"));
+        breaker.record(refused);
+        breaker.record(refused);
         assert!(breaker.wait().is_none(), "still closed below the threshold");
-        breaker.record(false);
+        breaker.record(refused);
         assert!(breaker.wait().is_some(), "open at the threshold");
-        breaker.record(true);
+        breaker.record(None);
         assert!(breaker.wait().is_none(), "closed after a success");
     }
 

@@ -266,16 +266,16 @@ impl Store {
         } else {
             cfg.url.clone()
         };
-        let pool = pool_options(cfg, cfg.max_connections)
-            .connect(&url)
+        let pool = sqlite_direct::connect_pool(pool_options(cfg, cfg.max_connections), &url)
             .await
-            .context("connecting to the database")?;
+            .context("database.url: cannot connect")?;
         let writes = match backend {
             Backend::Sqlite => pool.clone(),
-            Backend::Postgres => pool_options(cfg, WRITE_CONNECTIONS)
-                .connect(&url)
-                .await
-                .context("connecting to the database (write connections)")?,
+            Backend::Postgres => {
+                sqlite_direct::connect_pool(pool_options(cfg, WRITE_CONNECTIONS), &url)
+                    .await
+                    .context("database.url: cannot connect (write connections)")?
+            }
         };
         Ok(Self {
             pool,
@@ -302,17 +302,15 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS,
             Backend::Postgres => POSTGRES_MIGRATIONS,
         };
-        self.pool
-            .execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
-            .await
-            .context("creating schema_migrations")?;
+        {
+            let (mut tx, _turn) = self.begin_migration_step().await?;
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
+                .await
+                .context("creating schema_migrations")?;
+            tx.commit().await?;
+        }
         for (version, sql) in migrations {
-            let (mut tx, _turn) = self.begin_immediate().await?;
-            if self.backend == Backend::Postgres {
-                // Replicas starting together: one migrates, the others wait and then skip.
-                tx.execute("SELECT pg_advisory_xact_lock(730500104)")
-                    .await?;
-            }
+            let (mut tx, _turn) = self.begin_migration_step().await?;
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(*version)
@@ -333,7 +331,37 @@ impl Store {
                 .await?;
             tx.commit().await?;
         }
+        let known = migrations
+            .iter()
+            .map(|(version, _)| *version)
+            .max()
+            .unwrap_or(0);
+        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the applied migrations")?;
+        if let Some(applied) = applied.filter(|&v| v > known) {
+            tracing::warn!(
+                schema_version = applied,
+                binary_version = known,
+                "the database schema is newer than this binary (a rollback?): running on it"
+            );
+        }
         Ok(())
+    }
+
+    /// A write transaction for one migration step. On PostgreSQL it first takes the
+    /// migration lock, so replicas starting together run each step once, in turn (even
+    /// `CREATE TABLE IF NOT EXISTS` fails when two run it at once).
+    async fn begin_migration_step(
+        &self,
+    ) -> Result<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>), sqlx::Error> {
+        let (mut tx, turn) = self.begin_immediate().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("SELECT pg_advisory_xact_lock(730500104)")
+                .await?;
+        }
+        Ok((tx, turn))
     }
 
     /// Whether the database answers.

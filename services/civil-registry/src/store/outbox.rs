@@ -36,7 +36,7 @@ pub enum Completion {
         item: Outbound,
         /// When.
         next_attempt_ms: i64,
-        /// Last error (a code, no personal data).
+        /// Last error: its code and cause (no personal data).
         error: String,
     },
 }

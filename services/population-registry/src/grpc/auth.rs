@@ -105,8 +105,10 @@ impl Authorizer {
                 target: "security",
                 method,
                 subject = %identity.subject,
+                dns_names = ?identity.dns_names,
+                uris = ?identity.uris,
                 ?role,
-                "refused: caller not on the allow-list"
+                "refused: caller not on the allow-list (matched by common name, DNS or URI name)"
             );
             Err(AuthError::NotAllowed)
         }

@@ -88,6 +88,9 @@ fn migrator(backend: Backend) -> Migrator {
             })
             .collect::<Vec<_>>()
             .into(),
+        // A binary rolled back after a newer release migrated still starts: migrations
+        // only add, and `migrate` says the schema is ahead.
+        ignore_missing: true,
         ..Migrator::DEFAULT
     }
 }
@@ -207,7 +210,7 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
         create_sqlite_dir(&cfg.url)?;
     }
     let busy = cfg.sqlite_busy_timeout_ms;
-    let pool = AnyPoolOptions::new()
+    let options = AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
         .after_connect(move |conn, _meta| {
@@ -233,15 +236,16 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
                 }
                 Ok(())
             })
-        })
-        .connect(&if backend == Backend::Sqlite {
-            // The checkpointer runs on these connections: paced, its writes to
-            // the database file reach the disk in steps instead of in front of every
-            // commit's WAL sync at once.
-            sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
-        } else {
-            cfg.url.clone()
-        })
+        });
+    let url = if backend == Backend::Sqlite {
+        // The checkpointer runs on these connections: paced, its writes to the database
+        // file reach the disk in steps instead of in front of every commit's WAL sync at
+        // once.
+        sqlite_direct::url_with_paced_checkpoints(&cfg.url)?
+    } else {
+        cfg.url.clone()
+    };
+    let pool = sqlite_direct::connect_pool(options, &url)
         .await
         .context("database.url: cannot connect")?;
     Ok((pool, backend))
@@ -349,10 +353,20 @@ async fn spawn_sqlite_writer(
 /// Applies the embedded migrations of the pool's backend, then gives the rows stored
 /// before the register entry key its value.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
-    migrator(backend)
-        .run(pool)
+    let migrator = migrator(backend);
+    migrator.run(pool).await.context("running migrations")?;
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
         .await
-        .context("running migrations")?;
+        .context("reading the applied migrations")?;
+    if let Some(applied) = applied.filter(|&v| v > known) {
+        tracing::warn!(
+            schema_version = applied,
+            binary_version = known,
+            "the database schema is newer than this binary (a rollback?): running on it"
+        );
+    }
     fill_register_keys(pool)
         .await
         .context("computing the register entry keys of earlier citizens")?;
