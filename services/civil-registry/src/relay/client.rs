@@ -66,13 +66,13 @@ impl GrpcPopulationRegistry {
             {
                 tracing::warn!(
                     code = ?status.code(),
-                    error = %status.message(),
+                    cause = %cause_of(&status),
                     "population registry not reachable at start; numbers wait in the outbox until it is"
                 );
             }
             Ok(Err(status)) => tracing::warn!(
                 code = ?status.code(),
-                error = %status.message(),
+                cause = %cause_of(&status),
                 "population registry answered its health check with an error at start"
             ),
             Ok(Ok(_)) => tracing::info!("population registry connected"),
