@@ -793,6 +793,14 @@ fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_stored_as_their_sha256_never_as_themselves() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
     use crate::domain::model::{ProvinceCode, Role, UnitCode};
 
     fn caller(official_id: &str) -> Caller {

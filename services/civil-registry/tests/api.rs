@@ -455,6 +455,15 @@ async fn every_policy_case_is_refused_with_its_reason(backend: Backend) {
         denied(supervisor_corrects),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
+    // A birth with no foreign element is the commune's alone, never the district's.
+    let at_district = client
+        .register_birth(auth(birth("p-3"), &app.token("reg_d001")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied(at_district),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
     // Foreign element: district before 2025-07-01, commune from then on.
     let mut foreign_before = birth("f-1");
     foreign_before.has_foreign_element = true;
@@ -1114,18 +1123,26 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
     register(&app, "reg_c001", re).await.unwrap();
     register(&app, "reg_c002", foreign).await.unwrap();
     register(&app, "reg_c760", birth("s-3")).await.unwrap();
+    let mut undetermined = birth("s-sex");
+    undetermined.child.as_mut().unwrap().sex = pb::Sex::Undetermined as i32;
+    register(&app, "reg_c760", undetermined).await.unwrap();
+    // Fourteen on the day before the registration of 2025-09-01.
+    let mut fourteen = birth("s-14");
+    fourteen.child.as_mut().unwrap().date_of_birth = date(2011, 8, 31);
+    register(&app, "reg_c760", fourteen).await.unwrap();
     let mut client = app.client().await;
-    let ask = |grouping: pb::StatisticsGrouping, who: &str| {
+    let ask_between = |from, to, grouping: pb::StatisticsGrouping, who: &str| {
         auth(
             pb::GetRegistrationStatisticsRequest {
-                registered_from: date(2025, 1, 1),
-                registered_to: date(2025, 12, 31),
+                registered_from: from,
+                registered_to: to,
                 grouping: grouping as i32,
                 province_code: String::new(),
             },
             &app.token(who),
         )
     };
+    let ask = |grouping, who| ask_between(date(2025, 1, 1), date(2025, 12, 31), grouping, who);
     // Act
     let by_province = client
         .get_registration_statistics(ask(pb::StatisticsGrouping::Province, "aud_moj"))
@@ -1142,7 +1159,26 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
+    // Every registration is dated 2025-09-01: a range on either side of it counts none.
+    let mut outside = Vec::new();
+    for (from, to) in [
+        (date(2025, 1, 1), date(2025, 8, 31)),
+        (date(2025, 9, 2), date(2025, 12, 31)),
+    ] {
+        let stats = client
+            .get_registration_statistics(ask_between(
+                from,
+                to,
+                pb::StatisticsGrouping::Province,
+                "aud_moj",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        outside.push(stats.total.map_or(0, |t| t.registrations));
+    }
     // Assert
+    assert_eq!(outside, vec![0, 0]);
     let total = by_province.total.unwrap();
     assert_eq!(
         (
@@ -1150,7 +1186,7 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
             total.first_time,
             total.re_registrations
         ),
-        (5, 4, 1)
+        (7, 6, 1)
     );
     assert_eq!(
         (total.eligible, total.issued, total.pending, total.rejected),
@@ -1160,9 +1196,11 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
         (
             total.not_eligible,
             total.not_eligible_foreign_nationality,
-            total.not_eligible_re_registration
+            total.not_eligible_re_registration,
+            total.not_eligible_sex_undetermined,
+            total.not_eligible_age_14_or_over
         ),
-        (2, 1, 1)
+        (4, 1, 1, 1, 1)
     );
     let provinces: Vec<(String, String, i64)> = by_province
         .rows
@@ -1173,7 +1211,7 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
         provinces,
         vec![
             ("001".into(), "Ha Noi".into(), 4),
-            ("079".into(), "Ho Chi Minh".into(), 1)
+            ("079".into(), "Ho Chi Minh".into(), 3)
         ]
     );
     let units: Vec<(String, i64, i64)> = by_unit
@@ -1191,7 +1229,7 @@ async fn statistics_equal_what_was_registered(backend: Backend) {
         .iter()
         .map(|r| (r.group_code.clone(), r.registrations))
         .collect();
-    assert_eq!(districts, vec![("D001".into(), 4), ("D760".into(), 1)]);
+    assert_eq!(districts, vec![("D001".into(), 4), ("D760".into(), 3)]);
     app.stop().await;
 }
 
@@ -1616,9 +1654,52 @@ async fn without_the_token_cache_a_revoked_token_is_refused_at_once(backend: Bac
     app.stop().await;
 }
 
+/// A unit closed (in the 2025 reform, say) takes its officials' accounts with it: they
+/// neither register nor read, though each account itself is still active.
+async fn officials_of_a_deactivated_unit_are_refused(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 0).await;
+    let earlier = register(&app, "reg_c002", birth("closing-1"))
+        .await
+        .unwrap();
+    // Act
+    app.store
+        .import_units(&[support::unit_input("C002", false)], "test")
+        .await
+        .expect("deactivate the unit");
+    let registers = register(&app, "reg_c002", birth("closing-2"))
+        .await
+        .unwrap_err();
+    let reads = app
+        .client()
+        .await
+        .get_birth_registration(auth(
+            pb::GetBirthRegistrationRequest {
+                name: earlier.name.clone(),
+            },
+            &app.token("reg_c002"),
+        ))
+        .await
+        .unwrap_err();
+
+    // Assert
+    for refused in [registers, reads] {
+        assert_eq!(
+            (refused.code(), reason_of(&refused).unwrap_or_default()),
+            (Code::PermissionDenied, "ACCOUNT_REVOKED".into())
+        );
+    }
+    // The rest of the district goes on.
+    register(&app, "reg_c001", birth("closing-3"))
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
 both_backends!(
     a_token_revoked_while_in_use_is_trusted_while_its_entry_is_cached,
     without_the_token_cache_a_revoked_token_is_refused_at_once,
+    officials_of_a_deactivated_unit_are_refused,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,
     the_relay_connects_to_the_population_registry_when_the_service_starts,

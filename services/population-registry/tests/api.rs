@@ -587,6 +587,26 @@ async fn reissue_cancels_the_old_number_links_both_and_never_reuses_it(db: TestD
         reason_of(&reused).as_deref(),
         Some("IDEMPOTENCY_KEY_REUSED")
     );
+    let validated = |number: &str| {
+        let mut client = app.client.clone();
+        let number = number.to_owned();
+        async move {
+            client
+                .validate_personal_id(pb::ValidatePersonalIdRequest {
+                    personal_id: number,
+                })
+                .await
+                .expect("validated")
+                .into_inner()
+        }
+    };
+    let old_state = validated(&old).await;
+    assert_eq!(old_state.state, pb::PersonalIdState::Cancelled as i32);
+    assert_eq!(old_state.replaced_by, new.personal_id);
+    assert_eq!(
+        validated(&new.personal_id).await.state,
+        pb::PersonalIdState::Active as i32
+    );
     let old_citizen = app.citizen(&old).await;
     assert_eq!(old_citizen.status, pb::CitizenStatus::Cancelled as i32);
     assert_eq!(old_citizen.replaced_by, new.personal_id);
@@ -765,7 +785,33 @@ async fn statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page(
         .await
         .expect("filtered")
         .into_inner();
-    assert_eq!(only_hcm.provinces.len(), 1);
+    let hcm_rows: Vec<_> = only_hcm
+        .provinces
+        .iter()
+        .map(|p| (p.province_code.clone(), p.issued, p.cancelled, p.active))
+        .collect();
+    assert_eq!(hcm_rows, vec![("079".into(), 2, 0, 2)]);
+    // Every record is registered on 2021-03-10: ranges on either side of it count none.
+    for (from, to) in [
+        ((2021, 1, 1), (2021, 3, 9)),
+        ((2021, 3, 11), (2021, 12, 31)),
+    ] {
+        let outside = app
+            .client
+            .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+                registered_from: date(from.0, from.1, from.2),
+                registered_to: date(to.0, to.1, to.2),
+                province_codes: vec![],
+            })
+            .await
+            .expect("outside")
+            .into_inner();
+        assert_eq!(
+            outside.total.map(|t| t.issued).unwrap_or_default(),
+            0,
+            "{from:?}..{to:?}"
+        );
+    }
     let reversed = app
         .client
         .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {

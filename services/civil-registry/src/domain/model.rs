@@ -773,6 +773,13 @@ mod tests {
     }
 
     #[test]
+    fn a_book_holds_a_thousand_entries() {
+        assert_eq!(book_number(1, 2025), "01/2025");
+        assert_eq!(book_number(1000, 2025), "01/2025");
+        assert_eq!(book_number(1001, 2025), "02/2025");
+    }
+
+    #[test]
     fn text_typed_with_combining_marks_is_stored_composed() {
         // "Nguyễn" as e + circumflex + tilde, as some keyboards send it.
         let decomposed = "Nguye\u{302}\u{303}n";

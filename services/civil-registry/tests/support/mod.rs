@@ -66,6 +66,22 @@ pub const UNITS: &[(&str, &str, &str, &str, &str)] = &[
     ("C760", "Tan Dinh", "commune", "079", "D760"),
 ];
 
+/// The import row of unit `code` of [`UNITS`], active or not.
+pub fn unit_input(code: &str, active: bool) -> UnitInput {
+    let (code, name, level, province, parent) = UNITS
+        .iter()
+        .find(|unit| unit.0 == code)
+        .expect("a unit of UNITS");
+    UnitInput {
+        code: UnitCode::parse(code).unwrap(),
+        name: (*name).to_owned(),
+        level: UnitLevel::parse(level).unwrap(),
+        province_code: ProvinceCode::parse(province).unwrap(),
+        parent_code: (!parent.is_empty()).then(|| UnitCode::parse(parent).unwrap()),
+        active,
+    }
+}
+
 /// Officials: (name, unit, role).
 pub const OFFICIALS: &[(&str, &str, &str)] = &[
     ("reg_c001", "C001", "registrar"),
@@ -160,17 +176,7 @@ impl TestApp {
         tweak(&mut cfg);
         let store = Store::connect(&cfg.database).await.expect("connect");
         store.migrate().await.expect("migrate");
-        let units: Vec<UnitInput> = UNITS
-            .iter()
-            .map(|(code, name, level, province, parent)| UnitInput {
-                code: UnitCode::parse(code).unwrap(),
-                name: (*name).to_owned(),
-                level: UnitLevel::parse(level).unwrap(),
-                province_code: ProvinceCode::parse(province).unwrap(),
-                parent_code: (!parent.is_empty()).then(|| UnitCode::parse(parent).unwrap()),
-                active: true,
-            })
-            .collect();
+        let units: Vec<UnitInput> = UNITS.iter().map(|unit| unit_input(unit.0, true)).collect();
         store.import_units(&units, "test").await.expect("units");
         let mut tokens = HashMap::new();
         let mut rows = Vec::new();

@@ -856,6 +856,34 @@ mod tests {
         assert_eq!(fields(parse(&i)), vec!["date_of_birth"]);
         i.date_of_birth = date(1899, 12, 31);
         assert_eq!(fields(parse(&i)), vec!["date_of_birth"]);
+        // Born on the day of registration is the usual case at a hospital's desk.
+        i.date_of_birth = date(2021, 3, 10);
+        assert!(parse(&i).is_ok());
+    }
+
+    #[test]
+    fn the_registration_province_is_checked_on_the_registration_date_not_today() {
+        // Under the merged rule Ha Giang (002) is no longer a registering province from
+        // 2025-07-01; a registration made the day before is still valid today.
+        let merged = ProvinceTable::load(PostMergerRule::Merged).unwrap();
+        let registered_on = |day: Option<Option<NaiveDate>>| {
+            let mut i = input();
+            i.registration_province_code = "002";
+            i.place_of_birth = Some(("Bệnh viện Hà Giang", "002"));
+            i.date_of_birth = date(2025, 6, 1);
+            i.registration = Some(RegistrationInput {
+                unit_code: "HG-001",
+                registration_number: 12,
+                book_number: "01/2025",
+                registration_date: day,
+            });
+            BirthRecord::parse(&i, &merged, today())
+        };
+        assert!(registered_on(date(2025, 6, 30)).is_ok());
+        assert_eq!(
+            fields(registered_on(date(2025, 7, 1))),
+            vec!["registration_province_code"]
+        );
     }
 
     #[test]
