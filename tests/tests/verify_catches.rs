@@ -34,7 +34,8 @@ async fn verify_reports_a_number_on_an_ineligible_birth_and_numbers_the_registri
     assert_eq!(clean.violations, Vec::<String>::new(), "a clean run first");
 
     // Act: a number minted for an ineligible birth (as a relay that sent it would have),
-    // and two numbered births' numbers swapped in the civil register.
+    // two numbered births' numbers swapped in the civil register, one number shown twice,
+    // and a first registration recorded as a re-registration.
     let url = format!(
         "sqlite://{}",
         fleet.stack.data_dir.join("civil-registry.db").display()
@@ -64,14 +65,20 @@ async fn verify_reports_a_number_on_an_ineligible_birth_and_numbers_the_registri
     .issue_personal_id(issue_request(&ineligible, 1))
     .await
     .expect("minted under the ineligible birth's key");
-    let swapped: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, personal_id FROM registrations WHERE status = 'ISSUED' ORDER BY id LIMIT 2",
+    let numbered: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, personal_id FROM registrations WHERE status = 'ISSUED' ORDER BY id LIMIT 4",
     )
     .fetch_all(&mut register)
     .await
-    .expect("two numbered births");
-    let [(first, first_number), (second, second_number)] = &swapped[..] else {
-        panic!("two numbered births: {swapped:?}");
+    .expect("numbered births");
+    let [
+        (first, first_number),
+        (second, second_number),
+        (third, _),
+        (fourth, _),
+    ] = &numbered[..]
+    else {
+        panic!("four numbered births: {numbered:?}");
     };
     // In three steps: the register's numbers are unique at every step.
     for (id, number) in [
@@ -86,6 +93,25 @@ async fn verify_reports_a_number_on_an_ineligible_birth_and_numbers_the_registri
             .await
             .expect("plant a fault");
     }
+    // A register whose unique index was lost: the third birth shows the first's number.
+    for statement in [
+        "DROP INDEX registrations_personal_id",
+        "UPDATE registrations SET personal_id = (SELECT personal_id FROM registrations \
+         WHERE id = ?1) WHERE id = ?2",
+    ] {
+        sqlx::query(statement)
+            .bind(first)
+            .bind(third)
+            .execute(&mut register)
+            .await
+            .expect(statement);
+    }
+    // A first registration counted as a re-registration.
+    sqlx::query("UPDATE registrations SET kind = 'RE_REGISTRATION' WHERE id = ?1")
+        .bind(fourth)
+        .execute(&mut register)
+        .await
+        .expect("plant a fault");
     register.close().await.ok();
     let planted = fleet.verify(&everything, &replayed.outcomes).await;
 
@@ -103,10 +129,17 @@ async fn verify_reports_a_number_on_an_ineligible_birth_and_numbers_the_registri
         "{:#?}",
         planted.violations
     );
+    assert_eq!(of_kind("number-twice"), 1, "{:#?}", planted.violations);
     assert_eq!(
         of_kind("reconcile"),
-        2,
-        "each swapped number differs from the population registry's: {:#?}",
+        3,
+        "two swapped numbers and the copied one differ from the population registry's: {:#?}",
+        planted.violations
+    );
+    assert!(of_kind("statistics") >= 1, "{:#?}", planted.violations);
+    assert!(
+        of_kind("issuance-statistics") >= 1,
+        "the extra active number: {:#?}",
         planted.violations
     );
     fleet

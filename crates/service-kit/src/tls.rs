@@ -525,3 +525,37 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
 fn invalid(key: &str, what: &str, cause: impl std::fmt::Display) -> ConfigError {
     ConfigError::new(key, format!("{what}: {cause:#}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_matches_only_a_name_it_carries_in_full() {
+        let identity = ClientIdentity {
+            subject: "CN=civil-registry,O=MoJ".into(),
+            common_name: Some("civil-registry".into()),
+            dns_names: vec!["civil-registry.moj-civilstatus".into()],
+            uris: vec!["spiffe://gov.vn/ns/moj-civilstatus/sa/civil-registry".into()],
+        };
+        for allowed in [
+            "civil-registry",
+            "civil-registry.moj-civilstatus",
+            "spiffe://gov.vn/ns/moj-civilstatus/sa/civil-registry",
+        ] {
+            assert!(identity.matches(allowed), "{allowed}");
+        }
+        // Prefixes, extensions and the subject string are not names it carries.
+        for other in [
+            "civil",
+            "civil-registry-2",
+            "civil-registry.moj",
+            "spiffe://gov.vn/ns/moj-civilstatus/sa/civil-registry-evil",
+            "spiffe://gov.vn/ns/moj-civilstatus/sa/civil",
+            "CN=civil-registry,O=MoJ",
+            "",
+        ] {
+            assert!(!identity.matches(other), "{other}");
+        }
+    }
+}

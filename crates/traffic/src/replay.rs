@@ -755,8 +755,21 @@ pub(crate) fn p99_by_second_summary(p99s: &[f64]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{births_per_s, p99_by_second_summary};
+    use super::{Percentiles, births_per_s, latency_histogram, p99_by_second_summary};
     use std::collections::BTreeMap;
+
+    #[test]
+    fn percentiles_read_the_histogram_at_their_quantiles_in_milliseconds() {
+        let mut h = latency_histogram();
+        for us in 1..=1_000 {
+            h.record(us).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert_eq!(
+            (p.count, p.p50, p.p90, p.p99, p.p999, p.max),
+            (1_000, 0.5, 0.9, 0.99, 0.999, 1.0)
+        );
+    }
 
     #[test]
     fn births_per_second_counts_only_registrations_that_ended_issued_or_not_eligible() {

@@ -66,7 +66,11 @@ fn the_pilot_profile_hits_the_published_counts_exactly() {
     let mut eligible = 0;
     let mut re_registration = 0;
     let mut foreign = 0;
+    let mut foreign_element_vietnamese = 0;
     for l in &lines {
+        if l.request.has_foreign_element && l.request.expected().unwrap() == Expected::Eligible {
+            foreign_element_vietnamese += 1;
+        }
         match l.request.expected().unwrap() {
             Expected::Eligible => eligible += 1,
             Expected::NotEligible(r) if r == Reasons(Reasons::RE_REGISTRATION) => {
@@ -81,6 +85,8 @@ fn the_pilot_profile_hits_the_published_counts_exactly() {
     assert_eq!(eligible, 66_705);
     assert_eq!(re_registration + foreign, 2_819);
     assert_eq!((re_registration, foreign), (2_255, 564));
+    // Registered at district level, and numbered: a foreign parent, a Vietnamese child.
+    assert_eq!(foreign_element_vietnamese, 560);
 }
 
 #[test]
@@ -152,7 +158,14 @@ fn the_pilot_has_twins_late_registrations_and_names_with_diacritics() {
         }
     }
 
-    assert!(siblings.values().any(|n| *n >= 2), "twins exist");
+    // Twins are about 0.7 % of maternities, triplets about 0.02 %.
+    let sets = |size: usize| siblings.values().filter(|n| **n == size).count();
+    let twin_share = sets(2) as f64 / siblings.len() as f64;
+    assert!(
+        (0.004..0.010).contains(&twin_share),
+        "twin share {twin_share}"
+    );
+    assert!(sets(3) >= 1, "triplets exist");
     assert!(late > 0, "late registrations exist");
     assert!(diacritics > lines.len() / 2, "names carry diacritics");
 }

@@ -19,6 +19,8 @@ use traffic::replay::{Mode, ReplayOptions, replay};
 #[derive(Default, Clone)]
 struct FakeRegistry {
     regs: Arc<Mutex<HashMap<String, pb::BirthRegistration>>>,
+    /// How long RegisterBirth takes to answer.
+    answer_after: Duration,
 }
 
 fn status_for(req: &pb::RegisterBirthRequest) -> (pb::PersonalIdStatus, Vec<i32>) {
@@ -53,6 +55,7 @@ impl BirthRegistrationService for FakeRegistry {
             return Err(Status::unauthenticated("bad token"));
         }
         let req = request.into_inner();
+        tokio::time::sleep(self.answer_after).await;
         let (mut status, reasons) = status_for(&req);
         let mut regs = self.regs.lock().unwrap();
         let n = regs.len();
@@ -119,12 +122,16 @@ impl BirthRegistrationService for FakeRegistry {
 }
 
 async fn start_fake() -> std::net::SocketAddr {
+    start(FakeRegistry::default()).await
+}
+
+async fn start(registry: FakeRegistry) -> std::net::SocketAddr {
     let incoming =
         tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = incoming.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()))
+            .add_service(BirthRegistrationServiceServer::new(registry))
             .serve_with_incoming(incoming),
     );
     addr
@@ -239,6 +246,54 @@ async fn open_loop_replay_keeps_to_the_rate() {
         report.register_seconds >= 0.09,
         "took {} s",
         report.register_seconds
+    );
+}
+
+/// Open-loop latency counts from when a request was due, not from when it could be sent:
+/// a server that falls behind the schedule shows its backlog in the figures (no
+/// coordinated omission).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_latency_includes_the_wait_behind_a_slow_server() {
+    // Arrange: due every 5 ms, answered one at a time every 50 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
+    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
+    let mut tokens = Tokens::default();
+    for o in &plan.officials {
+        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
+    }
+    let addr = start(FakeRegistry {
+        answer_after: Duration::from_millis(50),
+        ..FakeRegistry::default()
+    })
+    .await;
+    let tls = ClientTls {
+        insecure: true,
+        ..ClientTls::default()
+    };
+    let channels = connect_channels(&addr.to_string(), &tls, 1).await.unwrap();
+
+    // Act
+    let report = replay(
+        &outputs.traffic,
+        channels,
+        Arc::new(tokens),
+        &ReplayOptions {
+            mode: Mode::Rate(200.0),
+            max_in_flight: 1,
+            limit: Some(20),
+            ..ReplayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Assert: the last request was due at 95 ms and answered after about 1,000 ms.
+    assert_eq!(report.registrations, 20);
+    assert!(
+        report.register_ms.max >= 800.0,
+        "latency from the schedule: {}",
+        report.register_ms
     );
 }
 
