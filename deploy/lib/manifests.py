@@ -41,6 +41,10 @@ OWN_METRIC = re.compile(rf"\b((?:{OWN_METRIC_PREFIXES})_[a-z0-9_]+)\b")
 # Suffixes Prometheus adds to histograms and summaries.
 SERIES_SUFFIXES = ("_bucket", "_count", "_sum")
 DEFAULT_DRAIN_MS = 10_000  # service_kit ServerConfig default
+# After the drain: the civil relay's stop (population_registry.call_timeout_ms + 1 s,
+# civil-registry app.rs), then the last span export (service_kit telemetry COLLECTOR_EXPORT).
+DEFAULT_CALL_TIMEOUT_MS = 5_000  # civil-registry population_registry.call_timeout_ms default
+TELEMETRY_FLUSH_S = 10
 
 failures: list[str] = []
 
@@ -401,9 +405,15 @@ def check_service(docs: list[dict], name: str, ns: str, prefix: str, db: str) ->
     cfg = config_toml(docs, d)
     drain_ms = (cfg.get("server") or {}).get("drain_timeout_ms", DEFAULT_DRAIN_MS)
     grace = pod.get("terminationGracePeriodSeconds", 30)
+    relay_stop_s = 0.0
+    if name == "civil-registry":
+        call_ms = (cfg.get("population_registry") or {}).get("call_timeout_ms", DEFAULT_CALL_TIMEOUT_MS)
+        relay_stop_s = call_ms / 1000 + 1
+    budget = pre_stop_s + drain_ms / 1000 + relay_stop_s + TELEMETRY_FLUSH_S
     check(
-        grace > pre_stop_s + drain_ms / 1000,
-        f"{name}: terminationGracePeriodSeconds {grace} > preStop {pre_stop_s}s + drain_timeout {drain_ms / 1000:g}s",
+        grace > budget,
+        f"{name}: terminationGracePeriodSeconds {grace} > preStop {pre_stop_s}s + drain_timeout "
+        f"{drain_ms / 1000:g}s + relay stop {relay_stop_s:g}s + telemetry flush {TELEMETRY_FLUSH_S}s",
     )
     anti = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(
         "requiredDuringSchedulingIgnoredDuringExecution"

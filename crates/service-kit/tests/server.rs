@@ -270,7 +270,8 @@ async fn a_call_longer_than_the_request_timeout_fails_with_deadline_exceeded() {
     // Cut off at the configured 200 ms, not merely before the handler's 3 s (the bound is
     // loose for a loaded machine; it tells a timeout ten times too late from the right one).
     assert!(
-        cut_off_after < std::time::Duration::from_millis(1_500),
+        (std::time::Duration::from_millis(200)..std::time::Duration::from_millis(1_500))
+            .contains(&cut_off_after),
         "{cut_off_after:?}"
     );
     server.stop().await;

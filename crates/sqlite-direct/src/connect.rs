@@ -41,7 +41,7 @@ pub async fn connect_pool(options: AnyPoolOptions, url: &str) -> Result<AnyPool,
             match tokio::time::timeout(DIRECT_ATTEMPT, AnyConnection::connect(url)).await {
                 Ok(Err(direct)) => direct.to_string(),
                 Ok(Ok(connection)) => {
-                    let _ = connection.close().await;
+                    let _ = tokio::time::timeout(DIRECT_ATTEMPT, connection.close()).await;
                     "no connection within the acquire timeout, although a direct one \
                      succeeded (a slow database, or the connection's set-up failed)"
                         .to_owned()
@@ -60,16 +60,17 @@ pub async fn connect_pool(options: AnyPoolOptions, url: &str) -> Result<AnyPool,
 /// `url` without the password in its user information and without its query (which may
 /// carry one too): what a log line may say of a database.
 pub fn without_secrets(url: &str) -> String {
-    let url = url.split('?').next().unwrap_or_default();
+    let without_query = |text: &str| text.split('?').next().unwrap_or_default().to_owned();
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return without_query(url);
     };
+    // The user information first: a password may hold a `?` of its own.
     match rest.rsplit_once('@') {
         Some((user_info, host)) => {
             let user = user_info.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{host}")
+            format!("{scheme}://{user}@{}", without_query(host))
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{}", without_query(rest)),
     }
 }
 
@@ -88,6 +89,10 @@ mod tests {
             "sqlite://data/civil-registry.db"
         );
         assert_eq!(without_secrets("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            without_secrets("postgres://app:pa?ss@db/register"),
+            "postgres://app@db/register"
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ mod coalesce;
 mod connect;
 mod page_cache;
 mod pooled;
+mod schema;
 mod unavailable;
 mod wal_restart;
 
@@ -31,6 +32,7 @@ pub use coalesce::{url_with_paced_checkpoints, wal_coalescing_vfs};
 pub use connect::{ConnectError, connect_pool, without_secrets};
 pub use page_cache::{install_page_cache, parked_pages};
 pub use pooled::PooledSqlite;
+pub use schema::{SchemaStanding, schema_standing};
 pub use unavailable::{is_unavailable, is_unavailable_code};
 pub use wal_restart::CheckpointSignal;
 

@@ -793,6 +793,7 @@ fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::model::{ProvinceCode, Role, UnitCode};
 
     #[test]
     fn tokens_are_stored_as_their_sha256_never_as_themselves() {
@@ -801,7 +802,6 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
-    use crate::domain::model::{ProvinceCode, Role, UnitCode};
 
     fn caller(official_id: &str) -> Caller {
         Caller {

@@ -309,6 +309,13 @@ impl Store {
                 .context("creating schema_migrations")?;
             tx.commit().await?;
         }
+        let known: Vec<i64> = migrations.iter().map(|(version, _)| *version).collect();
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the applied migrations")?;
+        let standing = sqlite_direct::schema_standing(&applied, &known)
+            .map_err(|why| ConfigError::new("database.url", why))?;
         for (version, sql) in migrations {
             let (mut tx, _turn) = self.begin_migration_step().await?;
             let done: Option<i64> =
@@ -331,16 +338,7 @@ impl Store {
                 .await?;
             tx.commit().await?;
         }
-        let known = migrations
-            .iter()
-            .map(|(version, _)| *version)
-            .max()
-            .unwrap_or(0);
-        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
-            .fetch_one(&self.pool)
-            .await
-            .context("reading the applied migrations")?;
-        if let Some(applied) = applied.filter(|&v| v > known) {
+        if let sqlite_direct::SchemaStanding::Newer { applied, known } = standing {
             tracing::warn!(
                 schema_version = applied,
                 binary_version = known,

@@ -354,13 +354,16 @@ async fn spawn_sqlite_writer(
 /// before the register entry key its value.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
     let migrator = migrator(backend);
-    migrator.run(pool).await.context("running migrations")?;
-    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(pool)
+    let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+    // Before a fresh database's first run the table does not exist: nothing applied.
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
         .await
-        .context("reading the applied migrations")?;
-    if let Some(applied) = applied.filter(|&v| v > known) {
+        .unwrap_or_default();
+    let standing = sqlite_direct::schema_standing(&applied, &known)
+        .map_err(|why| ConfigError::new("database.url", why))?;
+    migrator.run(pool).await.context("running migrations")?;
+    if let sqlite_direct::SchemaStanding::Newer { applied, known } = standing {
         tracing::warn!(
             schema_version = applied,
             binary_version = known,
