@@ -152,6 +152,7 @@ async fn a_failing_dependency_turns_the_services_not_serving_until_it_answers_ag
     let alive_while_down = health_of(&mut health, service_kit::server::LIVENESS).await;
     reachable.store(true, Ordering::SeqCst);
     let back = next_status(&mut health, "", ServingStatus::Serving).await;
+    let service_back = health_of(&mut health, ECHO_SERVICE).await;
 
     // Assert
     assert_eq!(
@@ -160,12 +161,14 @@ async fn a_failing_dependency_turns_the_services_not_serving_until_it_answers_ag
             while_down,
             service_while_down,
             alive_while_down,
-            back
+            back,
+            service_back
         ),
         (
             ServingStatus::Serving,
             ServingStatus::NotServing,
             ServingStatus::NotServing,
+            ServingStatus::Serving,
             ServingStatus::Serving,
             ServingStatus::Serving,
         )

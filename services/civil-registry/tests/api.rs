@@ -1654,6 +1654,28 @@ async fn without_the_token_cache_a_revoked_token_is_refused_at_once(backend: Bac
     app.stop().await;
 }
 
+/// The cache trusts a token for `token_cache_ms`, no longer: a revocation takes hold once
+/// the entry is that old.
+async fn a_revoked_token_is_refused_once_its_cache_entry_expires(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 200).await;
+    register(&app, "reg_c001", birth("ttl-1")).await.unwrap();
+    assert!(app.store.revoke_official("reg_c001", "test").await.unwrap());
+
+    // Act
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = register(&app, "reg_c001", birth("ttl-2"))
+        .await
+        .unwrap_err();
+
+    // Assert
+    assert_eq!(
+        (refused.code(), reason_of(&refused).unwrap_or_default()),
+        (Code::PermissionDenied, "ACCOUNT_REVOKED".into())
+    );
+    app.stop().await;
+}
+
 /// A unit closed (in the 2025 reform, say) takes its officials' accounts with it: they
 /// neither register nor read, though each account itself is still active.
 async fn officials_of_a_deactivated_unit_are_refused(backend: Backend) {
@@ -1699,6 +1721,7 @@ async fn officials_of_a_deactivated_unit_are_refused(backend: Backend) {
 both_backends!(
     a_token_revoked_while_in_use_is_trusted_while_its_entry_is_cached,
     without_the_token_cache_a_revoked_token_is_refused_at_once,
+    a_revoked_token_is_refused_once_its_cache_entry_expires,
     officials_of_a_deactivated_unit_are_refused,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,

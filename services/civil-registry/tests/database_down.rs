@@ -118,9 +118,14 @@ async fn postgres_database_gone_turns_health_not_serving_and_calls_unavailable()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
     // Arrange: another process holds SQLite's write lock (an operator's admin command, say),
-    // and the service gives up on it after 250 ms.
+    // and the service gives up on it after 250 ms. Callers would wait a minute for a
+    // number: a failed group must release its callers at once, not leave them waiting.
     use sqlx::Connection as _;
-    let app = TestApp::start_with(Backend::Sqlite, |cfg| cfg.database.busy_timeout_ms = 250).await;
+    let app = TestApp::start_with(Backend::Sqlite, |cfg| {
+        cfg.database.busy_timeout_ms = 250;
+        cfg.registration.wait_for_number_ms = 60_000;
+    })
+    .await;
     let mut holder = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut holder)

@@ -60,10 +60,11 @@ async fn queued_births(backend: Backend, prefix: &str, n: usize) -> (TestApp, Ve
 }
 
 async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
-    let (app, keys) = queued_births(backend, "overdue", 6).await;
+    let (app, keys) = queued_births(backend, "overdue", 7).await;
     let now = chrono::Utc::now().timestamp_millis();
     let in_an_hour = now + 3_600_000;
-    // (next attempt, leased by another relay until): due in an order unlike creation's.
+    // (next attempt, leased by another relay until): due in an order unlike creation's; the
+    // last row's relay crashed and its lease has run out.
     let plan = [
         (5_000, 0),
         (1_000, 0),
@@ -71,6 +72,7 @@ async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
         (2_000, now + 60_000),
         (4_000, 0),
         (in_an_hour, 0),
+        (6_000, now - 1),
     ];
     for (key, (next_attempt, lease_until)) in keys.iter().zip(plan) {
         app.sql(&format!(
@@ -84,17 +86,33 @@ async fn claims_take_the_longest_overdue_rows_first(backend: Backend) {
         ))
         .await;
     }
+    // Tried three times before: the claim counts the fourth attempt (backoff grows with it).
+    app.sql(&format!(
+        "UPDATE outbox SET attempts = 3 WHERE issue_key = '{}'",
+        keys[4]
+    ))
+    .await;
 
     assert_eq!(
         claimed(&app, 2).await,
         sorted(&[&keys[1], &keys[2]]),
         "the two longest overdue, past the one another relay holds"
     );
+    let rest = app
+        .store
+        .claim_outbox("relay-under-test", 10, 60_000)
+        .await
+        .unwrap();
+    let mut rest_keys: Vec<String> = rest.iter().map(|item| item.key.clone()).collect();
+    rest_keys.sort();
     assert_eq!(
-        claimed(&app, 10).await,
-        sorted(&[&keys[4], &keys[0]]),
-        "the rest of the due rows; the held one and the one due in an hour stay"
+        rest_keys,
+        sorted(&[&keys[4], &keys[0], &keys[6]]),
+        "the rest of the due rows and the one whose lease ran out; the held one and the \
+         one due in an hour stay"
     );
+    let attempts = |key: &String| rest.iter().find(|item| &item.key == key).unwrap().attempts;
+    assert_eq!(attempts(&keys[4]), 4);
     assert_eq!(claimed(&app, 10).await, Vec::<String>::new());
     assert_eq!(
         app.store.next_outbox_due().await.unwrap(),

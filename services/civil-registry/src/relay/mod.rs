@@ -449,7 +449,36 @@ mod tests {
             at_ms: 1,
         };
         waiters.notify(&[(a, settlement.clone())]);
-        assert_eq!(rx_a.try_recv().ok(), Some(settlement));
+        assert_eq!(rx_a.try_recv().ok(), Some(settlement.clone()));
         assert!(rx_b.try_recv().is_err());
+
+        // Settled in one group, each still gets its own.
+        let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
+        let (mut rx_c, mut rx_d) = (waiters.subscribe(c), waiters.subscribe(d));
+        let other = Settlement {
+            personal_id: Some("001221028569".into()),
+            ..settlement.clone()
+        };
+        waiters.notify(&[(c, settlement.clone()), (d, other.clone())]);
+        assert_eq!(rx_c.try_recv().ok(), Some(settlement));
+        assert_eq!(rx_d.try_recv().ok(), Some(other));
+    }
+
+    #[test]
+    fn an_open_breaker_lets_one_probe_through_and_reopens_when_it_fails() {
+        let mut breaker = Breaker {
+            threshold: 2,
+            open_for: Duration::from_secs(60),
+            failures: 0,
+            open_until: None,
+        };
+        let refused = Some(("UNAVAILABLE", "connection refused"));
+        breaker.record(refused);
+        breaker.record(refused);
+        assert!(breaker.wait().is_some(), "open");
+        breaker.open_until = Some(Instant::now() - Duration::from_millis(1));
+        assert!(breaker.wait().is_none(), "half-open: the probe may go");
+        breaker.record(refused);
+        assert!(breaker.wait().is_some(), "the failed probe opens it again");
     }
 }

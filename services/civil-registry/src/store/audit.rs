@@ -290,3 +290,44 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::link;
+
+    #[test]
+    fn every_part_of_an_entry_is_in_its_link() {
+        let parts = [
+            "prev-hash",
+            "7",
+            "1700000000000",
+            "reg_c001",
+            "registration.create",
+            "registration/1",
+            r#"{"unit":"C001"}"#,
+        ];
+        let of = |p: &[&str; 7]| {
+            link(
+                p[0],
+                p[1].parse().unwrap(),
+                p[2].parse().unwrap(),
+                p[3],
+                p[4],
+                p[5],
+                p[6],
+            )
+        };
+        let original = of(&parts);
+        for i in 0..parts.len() {
+            let mut changed = parts;
+            let altered = if i == 1 || i == 2 { "8" } else { "x" };
+            changed[i] = altered;
+            assert_ne!(of(&changed), original, "part {i} is not in the hash");
+        }
+        // Separated: moving text across a boundary changes the link too.
+        let mut shifted = parts;
+        shifted[3] = "reg_c001r";
+        shifted[4] = "egistration.create";
+        assert_ne!(of(&shifted), original);
+    }
+}
