@@ -31,16 +31,19 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // A SQLSTATE is always five characters; SQLite's codes are at most four digits.
-            if code.len() == 5 {
-                code.starts_with("08") || code.starts_with("57") || code == "3D000"
-            } else {
-                code.parse().is_ok_and(is_unavailable_code)
-            }
-        }
+        sqlx::Error::Database(db) => is_unavailable_database_code(&db.code().unwrap_or_default()),
         _ => false,
+    }
+}
+
+/// [`is_unavailable`] for the code a database error carries: a PostgreSQL SQLSTATE or a
+/// SQLite result code.
+fn is_unavailable_database_code(code: &str) -> bool {
+    // A SQLSTATE is always five characters; SQLite's codes are at most four digits.
+    if code.len() == 5 {
+        code.starts_with("08") || code.starts_with("57") || code == "3D000"
+    } else {
+        code.parse().is_ok_and(is_unavailable_code)
     }
 }
 
@@ -70,5 +73,19 @@ mod tests {
         ] {
             assert!(!is_unavailable_code(code), "{code}");
         }
+    }
+
+    #[test]
+    fn postgres_connection_and_shutdown_states_are_unavailable_and_statement_errors_are_not() {
+        // Connection failure, admin shutdown, crash shutdown, cannot connect now, no database.
+        for sqlstate in ["08006", "57P01", "57P02", "57P03", "3D000"] {
+            assert!(is_unavailable_database_code(sqlstate), "{sqlstate}");
+        }
+        // Syntax error, unique violation, serialization failure.
+        for sqlstate in ["42601", "23505", "40001"] {
+            assert!(!is_unavailable_database_code(sqlstate), "{sqlstate}");
+        }
+        assert!(is_unavailable_database_code("5")); // SQLITE_BUSY
+        assert!(!is_unavailable_database_code("19")); // SQLITE_CONSTRAINT
     }
 }

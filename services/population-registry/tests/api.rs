@@ -44,6 +44,7 @@ suite!(
     an_invalid_record_is_invalid_argument_naming_each_field_and_writes_nothing,
     twins_are_warned_as_duplicate_suspects_and_both_get_numbers,
     batch_answers_every_item_by_request_id_with_its_number_or_its_own_error,
+    a_batch_message_of_more_than_1000_items_is_refused_and_writes_nothing,
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
     citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
@@ -224,6 +225,62 @@ async fn twins_are_warned_as_duplicate_suspects_and_both_get_numbers(db: TestDb)
 
     assert_ne!(twin.personal_id, first.personal_id);
     assert_eq!(twin.duplicate_suspects, vec![first.personal_id]);
+    app.stop().await;
+}
+
+async fn a_batch_message_of_more_than_1000_items_is_refused_and_writes_nothing(db: TestDb) {
+    let mut app = TestApp::spawn(&db).await;
+    let message = |n: i64| pb::BatchIssuePersonalIdsRequest {
+        items: (0..n)
+            .map(|i| {
+                issue(
+                    &format!("big-{n}-{i}"),
+                    birth(&format!("Lê Văn {n}-{i}"), i + 1),
+                )
+            })
+            .collect(),
+    };
+
+    let refused = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(vec![message(1_001)]))
+        .await
+        .expect("stream")
+        .into_inner()
+        .message()
+        .await
+        .expect_err("over the limit");
+    let accepted = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(vec![message(1_000)]))
+        .await
+        .expect("stream")
+        .into_inner()
+        .message()
+        .await
+        .expect("at the limit")
+        .expect("answer");
+
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        field_violations_of(&refused)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect::<Vec<_>>(),
+        vec!["items".to_owned()]
+    );
+    assert_eq!(accepted.results.len(), 1_000);
+    let found = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "big-1001-0".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        found.expect_err("nothing of the refused message").code(),
+        Code::NotFound
+    );
     app.stop().await;
 }
 
