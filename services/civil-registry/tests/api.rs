@@ -1066,18 +1066,28 @@ async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
 }
 
 async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend) {
-    // Arrange: two numbered registrations; one loses its number as if the write-back had
-    // been lost, another is left eligible with nothing queued.
+    // Arrange: a numbered registration loses its number as if the write-back had been
+    // lost; another, registered while the population registry is down, loses its queued
+    // request, so nothing would ever number it.
     let app = TestApp::start(backend).await;
     let a = register(&app, "reg_c001", birth("rec-a")).await.unwrap();
     let b = register(&app, "reg_c001", birth("rec-b")).await.unwrap();
-    let c = register(&app, "reg_c001", birth("rec-c")).await.unwrap();
-    assert!([&a, &b, &c].iter().all(|r| r.personal_id_status == ISSUED));
+    assert!([&a, &b].iter().all(|r| r.personal_id_status == ISSUED));
     app.sql(&format!(
         "UPDATE registrations SET status = 'PENDING', personal_id = NULL WHERE id = '{}'",
         a.id
     ))
     .await;
+    // Registered while the population registry is down, then its queued request lost.
+    app.fake.set_down(true);
+    let c = register(&app, "reg_c001", birth("rec-c")).await.unwrap();
+    assert_eq!(c.personal_id_status, PENDING);
+    app.sql(&format!(
+        "DELETE FROM outbox WHERE registration_id = '{}'",
+        c.id
+    ))
+    .await;
+    app.fake.set_down(false);
     let client =
         civil_registry::relay::client::GrpcPopulationRegistry::new(&app.cfg.population_registry)
             .unwrap();
@@ -1093,21 +1103,39 @@ async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend)
     let after = civil_registry::reconcile::reconcile(&app.store, &client, from, to, false)
         .await
         .unwrap();
+    let requeued = app.settled("aud_moj", &c.name).await;
     // Assert
-    assert_eq!(report.len(), 1, "{report:?}");
-    assert_eq!(
-        report[0].kind,
-        civil_registry::reconcile::DifferenceKind::NumberNotWrittenBack
-    );
-    assert_eq!(
-        report[0].registration_id.map(|i| i.to_string()),
-        Some(a.id.clone())
-    );
+    use civil_registry::reconcile::DifferenceKind;
+    let mut found: Vec<(String, DifferenceKind)> = report
+        .iter()
+        .map(|d| {
+            (
+                d.registration_id.map(|i| i.to_string()).unwrap_or_default(),
+                d.kind.clone(),
+            )
+        })
+        .collect();
+    found.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want = vec![
+        (a.id.clone(), DifferenceKind::NumberNotWrittenBack),
+        (c.id.clone(), DifferenceKind::StuckWithoutRequest),
+    ];
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(found, want, "{report:?}");
+    assert_eq!(repaired.len(), 2);
     assert!(repaired.iter().all(|d| d.repaired));
     assert!(after.is_empty(), "{after:?}");
     let fixed = app.settled("aud_moj", &a.name).await;
     assert_eq!(fixed.personal_id, a.personal_id);
-    assert_eq!(app.fake.received(), 3, "the repair asked for nothing new");
+    assert_eq!(
+        requeued.personal_id_status, ISSUED,
+        "the re-queued request went out"
+    );
+    assert_eq!(
+        app.fake.received(),
+        3,
+        "a, b, and c once re-queued: the write-back asked for nothing new"
+    );
     app.stop().await;
 }
 
