@@ -519,19 +519,23 @@ async fn numbers_arrive_after_the_population_registry_comes_back(backend: Backen
         let token = app.token("reg_c001");
         handles.push(tokio::spawn(async move {
             let mut client = client;
-            client
+            let started = std::time::Instant::now();
+            let registration = client
                 .register_birth(auth(birth(&format!("down-{i}")), &token))
                 .await
                 .unwrap()
                 .into_inner()
                 .registration
-                .unwrap()
+                .unwrap();
+            (registration, started.elapsed())
         }));
     }
     for h in handles {
-        let r = h.await.unwrap();
-        // Assert: registered, answered PENDING while the registry is down.
+        let (r, took) = h.await.unwrap();
+        // Assert: registered, answered PENDING while the registry is down, after the
+        // configured wait for the number (100 ms; the bound is loose for a loaded machine).
         assert_eq!(r.personal_id_status, PENDING);
+        assert!(took < Duration::from_millis(1_500), "{took:?}");
         names.push(r.name);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
