@@ -121,6 +121,30 @@ impl BirthRegistrationService for FakeRegistry {
     }
 }
 
+/// `n` plaintext channels to the fake at `addr`.
+async fn plaintext_channels(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tonic::transport::Channel> {
+    let tls = ClientTls {
+        insecure: true,
+        ..ClientTls::default()
+    };
+    connect_channels(&addr.to_string(), &tls, n).await.unwrap()
+}
+
+/// A small pilot (about 70 registrations) in `dir`, and a token the fake accepts for
+/// each of its officials.
+fn small_pilot(dir: &std::path::Path) -> (Outputs, Tokens) {
+    let outputs = Outputs::next_to(&dir.join("t.ndjson"));
+    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
+    let mut tokens = Tokens::default();
+    for o in &plan.officials {
+        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
+    }
+    (outputs, tokens)
+}
+
 async fn start_fake() -> std::net::SocketAddr {
     start(FakeRegistry::default()).await
 }
@@ -161,11 +185,7 @@ async fn replay_polls_pending_registrations_until_numbered_and_counts_errors_by_
         .filter(|l| l.contains(&format!("\"official_id\":\"{}\"", first.official_id)))
         .count() as u64;
     let addr = start_fake().await;
-    let tls = ClientTls {
-        insecure: true,
-        ..ClientTls::default()
-    };
-    let channels = connect_channels(&addr.to_string(), &tls, 2).await.unwrap();
+    let channels = plaintext_channels(addr, 2).await;
 
     // Act
     let report = replay(
@@ -212,18 +232,9 @@ async fn replay_polls_pending_registrations_until_numbered_and_counts_errors_by_
 async fn open_loop_replay_keeps_to_the_rate() {
     // Arrange: 50 registrations at 500/s take about 0.1 s.
     let dir = tempfile::tempdir().unwrap();
-    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
-    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
-    let mut tokens = Tokens::default();
-    for o in &plan.officials {
-        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
-    }
+    let (outputs, tokens) = small_pilot(dir.path());
     let addr = start_fake().await;
-    let tls = ClientTls {
-        insecure: true,
-        ..ClientTls::default()
-    };
-    let channels = connect_channels(&addr.to_string(), &tls, 1).await.unwrap();
+    let channels = plaintext_channels(addr, 1).await;
 
     // Act
     let report = replay(
@@ -256,22 +267,13 @@ async fn open_loop_replay_keeps_to_the_rate() {
 async fn open_loop_latency_includes_the_wait_behind_a_slow_server() {
     // Arrange: due every 5 ms, answered one at a time every 50 ms.
     let dir = tempfile::tempdir().unwrap();
-    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
-    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
-    let mut tokens = Tokens::default();
-    for o in &plan.officials {
-        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
-    }
+    let (outputs, tokens) = small_pilot(dir.path());
     let addr = start(FakeRegistry {
         answer_after: Duration::from_millis(50),
         ..FakeRegistry::default()
     })
     .await;
-    let tls = ClientTls {
-        insecure: true,
-        ..ClientTls::default()
-    };
-    let channels = connect_channels(&addr.to_string(), &tls, 1).await.unwrap();
+    let channels = plaintext_channels(addr, 1).await;
 
     // Act
     let report = replay(
@@ -318,12 +320,7 @@ async fn the_throwaway_ca_gives_working_mtls_between_server_and_replayer() {
         .add_service(BirthRegistrationServiceServer::new(FakeRegistry::default()));
     let addr = server.local_addr();
     tokio::spawn(server.serve(std::future::pending()));
-    let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
-    let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
-    let mut tokens = Tokens::default();
-    for o in &plan.officials {
-        tokens.insert(&o.id, &format!("tok-x{}", o.id)).unwrap();
-    }
+    let (outputs, tokens) = small_pilot(dir.path());
 
     // Act
     let channels = connect_channels(&format!("https://{addr}"), &certs.traffic_client(), 1)

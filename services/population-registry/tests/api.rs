@@ -547,7 +547,6 @@ async fn citizens_stored_before_the_register_entry_key_are_found_by_entry_after_
 /// A rollback needs no down-migration: a binary that does not know the newest applied
 /// migration starts on that schema and answers from it.
 async fn a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_numbers(db: TestDb) {
-    use sqlx::Connection as _;
     let app = TestApp::spawn(&db).await;
     let issued = app
         .client
@@ -559,20 +558,7 @@ async fn a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_nu
         .personal_id;
     app.stop().await;
 
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&db.url)
-        .await
-        .expect("connect");
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations \
-         (version, description, installed_on, success, checksum, execution_time) \
-         VALUES (9999, 'from a newer release', CURRENT_TIMESTAMP, TRUE, $1, 0)",
-    )
-    .bind(vec![0u8; 48])
-    .execute(&mut conn)
-    .await
-    .expect("record a migration this binary does not know");
-    conn.close().await.ok();
+    record_applied_migration(&db, 9999).await;
 
     let mut app = TestApp::spawn(&db).await;
     let citizen = app
@@ -591,19 +577,7 @@ async fn a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_nu
     app.stop().await;
 
     // An unknown migration below the binary's newest is no rollback: refused.
-    let mut conn = sqlx::AnyConnection::connect(&db.url)
-        .await
-        .expect("connect");
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations \
-         (version, description, installed_on, success, checksum, execution_time) \
-         VALUES (0, 'not of this binary', CURRENT_TIMESTAMP, TRUE, $1, 0)",
-    )
-    .bind(vec![0u8; 48])
-    .execute(&mut conn)
-    .await
-    .expect("record a stray migration");
-    conn.close().await.ok();
+    record_applied_migration(&db, 0).await;
     let pool = sqlx::AnyPool::connect(&db.url).await.expect("pool");
     let backend = population_registry::store::Backend::of_url(&db.url).expect("backend");
     let refused = population_registry::store::migrate(&pool, backend)
@@ -618,6 +592,26 @@ async fn a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_nu
         format!("{refused:#}").contains("migration 0"),
         "{refused:#}"
     );
+}
+
+/// Records `version` as applied, as a binary that knew it would have.
+async fn record_applied_migration(db: &TestDb, version: i64) {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations \
+         (version, description, installed_on, success, checksum, execution_time) \
+         VALUES ($1, 'not of this binary', CURRENT_TIMESTAMP, TRUE, $2, 0)",
+    )
+    .bind(version)
+    .bind(vec![0u8; 48])
+    .execute(&mut conn)
+    .await
+    .expect("record a migration this binary does not know");
+    conn.close().await.ok();
 }
 
 fn reissue(request_id: &str, old: &str, b: pb::BirthRecord) -> pb::ReissuePersonalIdRequest {

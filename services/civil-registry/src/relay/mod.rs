@@ -418,14 +418,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_breaker_opens_after_the_threshold_and_closes_on_success() {
-        let mut breaker = Breaker {
-            threshold: 3,
+    /// A closed breaker that opens for a minute after `threshold` failures.
+    fn closed_breaker(threshold: u32) -> Breaker {
+        Breaker {
+            threshold,
             open_for: Duration::from_secs(60),
             failures: 0,
             open_until: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_after_the_threshold_and_closes_on_success() {
+        let mut breaker = closed_breaker(3);
         let refused = Some(("UNAVAILABLE", "connection refused"));
         breaker.record(refused);
         breaker.record(refused);
@@ -466,12 +471,7 @@ mod tests {
 
     #[test]
     fn an_open_breaker_lets_one_probe_through_and_reopens_when_it_fails() {
-        let mut breaker = Breaker {
-            threshold: 2,
-            open_for: Duration::from_secs(60),
-            failures: 0,
-            open_until: None,
-        };
+        let mut breaker = closed_breaker(2);
         let refused = Some(("UNAVAILABLE", "connection refused"));
         breaker.record(refused);
         breaker.record(refused);
