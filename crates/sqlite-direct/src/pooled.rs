@@ -48,4 +48,19 @@ impl PooledSqlite {
         }
         Ok(())
     }
+
+    /// What each new pooled connection of either backend needs: these settings on
+    /// SQLite; on PostgreSQL, plans made with each execution's values. A generic plan is
+    /// cached per statement after five runs, and one cached while a table was empty (a
+    /// fresh deployment, before the first ANALYZE) scans the whole table on every later
+    /// call.
+    pub async fn prepare(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            self.apply(conn).await
+        } else {
+            conn.execute("SET plan_cache_mode = force_custom_plan")
+                .await
+                .map(drop)
+        }
+    }
 }

@@ -191,26 +191,17 @@ fn pool_options(cfg: &DatabaseConfig, max_connections: u32) -> AnyPoolOptions {
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-                    // Throughput comes from grouping registrations per commit.
-                    sqlite_direct::PooledSqlite {
-                        // 8 MiB instead of SQLite's 2 MB.
-                        cache_kib: 8_192,
-                        wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
-                        journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
-                        busy_timeout_ms,
-                        foreign_keys: true,
-                    }
-                    .apply(conn)
-                    .await?;
-                } else {
-                    // Every execution is planned with its values: a generic plan
-                    // cached while a table was empty (a fresh deployment, before the
-                    // first ANALYZE) would scan the whole table on every later call.
-                    conn.execute("SET plan_cache_mode = force_custom_plan")
-                        .await?;
+                // Throughput comes from grouping registrations per commit.
+                sqlite_direct::PooledSqlite {
+                    // 8 MiB instead of SQLite's 2 MB.
+                    cache_kib: 8_192,
+                    wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
+                    journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
+                    busy_timeout_ms,
+                    foreign_keys: true,
                 }
-                Ok(())
+                .prepare(conn)
+                .await
             })
         })
 }

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use service_kit::ConfigError;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor as _, Row as _, SqlSafeStr as _};
+use sqlx::{AnyPool, Row as _, SqlSafeStr as _};
 use tokio::sync::{mpsc, oneshot};
 
 pub use audit::AuditReport;
@@ -215,26 +215,16 @@ async fn open_pool(cfg: &DatabaseConfig, connections: u32) -> anyhow::Result<(An
         .acquire_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    // Checkpoints run off the commit path (see `checkpointer`).
-                    sqlite_direct::PooledSqlite {
-                        cache_kib: READER_CACHE_KIB,
-                        wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
-                        journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
-                        busy_timeout_ms: busy,
-                        foreign_keys: false,
-                    }
-                    .apply(conn)
-                    .await?;
-                } else {
-                    // Every execution is planned with its values. A generic plan is
-                    // cached per statement after five runs, and one cached while the
-                    // table was empty (a fresh deployment, before the first ANALYZE)
-                    // scans the whole table on every later lookup.
-                    conn.execute("SET plan_cache_mode = force_custom_plan")
-                        .await?;
+                // Checkpoints run off the commit path (see `checkpointer`).
+                sqlite_direct::PooledSqlite {
+                    cache_kib: READER_CACHE_KIB,
+                    wal_autocheckpoint_pages: WAL_AUTOCHECKPOINT_PAGES,
+                    journal_size_limit_bytes: WAL_SIZE_LIMIT_BYTES,
+                    busy_timeout_ms: busy,
+                    foreign_keys: false,
                 }
-                Ok(())
+                .prepare(conn)
+                .await
             })
         });
     let url = if backend == Backend::Sqlite {
