@@ -19,6 +19,16 @@ async fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// Installs the recorder (once per process) and serves `/metrics` on a port of its own.
+async fn metrics_endpoint() -> SocketAddr {
+    service_kit::metrics::install(&MetricsConfig {
+        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("install")
+    .expect("an address when listen_addr is set")
+}
+
 /// The value of the sample of `metric` whose labels include every `label="value"` pair.
 fn sample(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines()
@@ -35,12 +45,7 @@ fn sample(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_each_call_by_method_and_status_code_with_latency() {
     // Arrange
-    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
-        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
-    })
-    .await
-    .expect("install")
-    .expect("an address when listen_addr is set");
+    let metrics_addr = metrics_endpoint().await;
     let again = service_kit::metrics::install(&MetricsConfig::default()).await;
     assert!(again.expect("installing twice is fine").is_none());
     let server = TestServer::start(&plaintext_config()).await;
@@ -101,12 +106,7 @@ async fn metrics_count_each_call_by_method_and_status_code_with_latency() {
 #[tokio::test]
 async fn calls_to_unknown_services_and_methods_do_not_create_new_metric_labels() {
     // Arrange
-    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
-        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
-    })
-    .await
-    .expect("install")
-    .expect("address");
+    let metrics_addr = metrics_endpoint().await;
     let server = TestServer::start(&plaintext_config()).await;
     let mut grpc = tonic::client::Grpc::new(common::plaintext_channel(server.addr).await);
 
@@ -162,12 +162,7 @@ async fn the_expiry_of_each_loaded_certificate_is_exported_by_file() {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
 
     // Arrange
-    let metrics_addr = service_kit::metrics::install(&MetricsConfig {
-        listen_addr: Some("127.0.0.1:0".parse().expect("addr")),
-    })
-    .await
-    .expect("install")
-    .expect("address");
+    let metrics_addr = metrics_endpoint().await;
     let ca = TempCa::new("expiry").expect("ca");
     let server_cert = ca.server_cert().expect("server cert");
     let client_cert = ca.client_cert("caller").expect("client cert");

@@ -600,6 +600,30 @@ fn correction_of(
     }
 }
 
+/// `request` sent by the commune's registrar (`reg_c001`).
+async fn correct(
+    app: &TestApp,
+    request: pb::CorrectBirthRegistrationRequest,
+) -> Result<pb::CorrectBirthRegistrationResponse, tonic::Status> {
+    app.client()
+        .await
+        .correct_birth_registration(auth(request, &app.token("reg_c001")))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The record of `r` sent again as it stands.
+async fn send_again_unchanged(
+    app: &TestApp,
+    r: &pb::BirthRegistration,
+) -> Result<pb::CorrectBirthRegistrationResponse, tonic::Status> {
+    correct(
+        app,
+        correction_of(r, "send-again", r.child.clone().unwrap()),
+    )
+    .await
+}
+
 async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted(
     backend: Backend,
 ) {
@@ -610,12 +634,7 @@ async fn a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lif
     app.fake.accept_every_name();
 
     // Act: the official sends the record again as it stands.
-    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
-    let answer = app
-        .client()
-        .await
-        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
-        .await;
+    let answer = send_again_unchanged(&app, &r).await;
     let after = app.settled("reg_c001", &r.name).await;
 
     // Assert: a number; the record itself unchanged.
@@ -644,12 +663,7 @@ async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(bac
     };
 
     // Act: the official sends the record again as it stands.
-    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
-    app.client()
-        .await
-        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
-        .await
-        .unwrap();
+    send_again_unchanged(&app, &r).await.unwrap();
     let after = app.settled("reg_c001", &r.name).await;
 
     // Assert: the number minted the first time, and no second one.
@@ -759,13 +773,7 @@ async fn a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchan
     app.fake.accept_every_name();
 
     // Act
-    let resend = correction_of(&r, "send-again", r.child.clone().unwrap());
-    let refused = app
-        .client()
-        .await
-        .correct_birth_registration(auth(resend, &app.token("reg_c001")))
-        .await
-        .unwrap_err();
+    let refused = send_again_unchanged(&app, &r).await.unwrap_err();
 
     // Assert: left for an operator; nothing sent.
     assert_eq!(
@@ -922,21 +930,15 @@ async fn a_correction_of_sex_reissues_the_number(backend: Backend) {
 async fn a_correction_of_the_birth_year_reissues_the_number(backend: Backend) {
     // Arrange: born 2025-08-20, so digits 5 and 6 of the number are "25".
     let app = TestApp::start(backend).await;
-    let mut client = app.client().await;
     let r = register(&app, "reg_c001", birth("year")).await.unwrap();
     assert_eq!(r.personal_id_status, ISSUED);
     assert_eq!(&r.personal_id[4..6], "25", "{}", r.personal_id);
     let mut child = r.child.clone().unwrap();
     child.date_of_birth = date(2024, 12, 31);
     // Act
-    let corrected = client
-        .correct_birth_registration(auth(
-            correction_of(&r, "fix-year", child),
-            &app.token("reg_c001"),
-        ))
+    let corrected = correct(&app, correction_of(&r, "fix-year", child))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let after = app.settled("reg_c001", &r.name).await;
     // Assert
     assert!(corrected.personal_id_reissued);
@@ -951,7 +953,6 @@ async fn a_correction_that_would_postdate_the_registration_or_end_eligibility_ch
 ) {
     // Arrange: a numbered registration of 2025-09-01.
     let app = TestApp::start(backend).await;
-    let mut client = app.client().await;
     let r = register(&app, "reg_c001", birth("refused-fix"))
         .await
         .unwrap();
@@ -963,18 +964,10 @@ async fn a_correction_that_would_postdate_the_registration_or_end_eligibility_ch
     foreign.nationality = "FR".into();
 
     // Act
-    let after_registration = client
-        .correct_birth_registration(auth(
-            correction_of(&r, "fix-date", born_later),
-            &app.token("reg_c001"),
-        ))
+    let after_registration = correct(&app, correction_of(&r, "fix-date", born_later))
         .await
         .unwrap_err();
-    let ineligible = client
-        .correct_birth_registration(auth(
-            correction_of(&r, "fix-nationality", foreign),
-            &app.token("reg_c001"),
-        ))
+    let ineligible = correct(&app, correction_of(&r, "fix-nationality", foreign))
         .await
         .unwrap_err();
 

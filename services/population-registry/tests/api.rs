@@ -6,9 +6,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, TestDb, birth, config, date, issue, within};
+use common::{TestApp, TestDb, birth, config, date, issue, refusal, within};
 use contracts::mps::population::v1 as pb;
-use service_kit::status::{field_violations_of, reason_of};
+use service_kit::status::field_violations_of;
 use tonic::Code;
 
 macro_rules! suite {
@@ -137,8 +137,10 @@ async fn the_same_request_id_with_different_content_is_refused_as_already_exists
         .await
         .expect_err("refused");
 
-    assert_eq!(err.code(), Code::AlreadyExists);
-    assert_eq!(reason_of(&err).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    assert_eq!(
+        refusal(&err),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED".into())
+    );
     app.stop().await;
 }
 
@@ -423,8 +425,10 @@ async fn get_citizen_returns_the_stored_record_or_not_found(db: TestDb) {
         })
         .await
         .expect_err("unknown");
-    assert_eq!(missing.code(), Code::NotFound);
-    assert_eq!(reason_of(&missing).as_deref(), Some("CITIZEN_NOT_FOUND"));
+    assert_eq!(
+        refusal(&missing),
+        (Code::NotFound, "CITIZEN_NOT_FOUND".into())
+    );
     let malformed = app
         .client
         .get_citizen(pb::GetCitizenRequest {
@@ -662,10 +666,9 @@ async fn reissue_cancels_the_old_number_links_both_and_never_reuses_it(db: TestD
         .reissue_personal_id(reissue("fix-1", &old, other))
         .await
         .expect_err("key reused with other content");
-    assert_eq!(reused.code(), Code::AlreadyExists);
     assert_eq!(
-        reason_of(&reused).as_deref(),
-        Some("IDEMPOTENCY_KEY_REUSED")
+        refusal(&reused),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED".into())
     );
     let validated = |number: &str| {
         let mut client = app.client.clone();
@@ -734,8 +737,10 @@ async fn reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_f
         .await
         .expect_err("nothing encoded changes");
 
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(reason_of(&err).as_deref(), Some("NOTHING_TO_REISSUE"));
+    assert_eq!(
+        refusal(&err),
+        (Code::FailedPrecondition, "NOTHING_TO_REISSUE".into())
+    );
     let mut moved = birth("An", 1);
     moved.registration_province_code = "079".into();
     let new = app
@@ -752,10 +757,9 @@ async fn reissue_that_changes_nothing_encoded_or_targets_a_cancelled_number_is_f
         .reissue_personal_id(reissue("fix-3", &old, female))
         .await
         .expect_err("old is cancelled");
-    assert_eq!(cancelled.code(), Code::FailedPrecondition);
     assert_eq!(
-        reason_of(&cancelled).as_deref(),
-        Some("PERSONAL_ID_CANCELLED")
+        refusal(&cancelled),
+        (Code::FailedPrecondition, "PERSONAL_ID_CANCELLED".into())
     );
     let unknown = app
         .client
@@ -1008,8 +1012,10 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
         .expect_err("bucket full");
 
     // At once: a full bucket is never searched (a hang would be DEADLINE_EXCEEDED).
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(reason_of(&err).as_deref(), Some("BUCKET_EXHAUSTED"));
+    assert_eq!(
+        refusal(&err),
+        (Code::ResourceExhausted, "BUCKET_EXHAUSTED".into())
+    );
     assert_eq!(exhausted, 2);
     assert_eq!(numbers.len(), 6, "six distinct numbers: {numbers:?}");
     for n in &numbers {
@@ -1042,8 +1048,10 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
         ))
         .await
         .expect_err("bucket full");
-    assert_eq!(refused.code(), Code::ResourceExhausted);
-    assert_eq!(reason_of(&refused).as_deref(), Some("BUCKET_EXHAUSTED"));
+    assert_eq!(
+        refusal(&refused),
+        (Code::ResourceExhausted, "BUCKET_EXHAUSTED".into())
+    );
     assert_eq!(
         app.citizen(&girls_number).await.status,
         pb::CitizenStatus::Active as i32

@@ -418,6 +418,9 @@ mod tests {
         }
     }
 
+    /// A failed call, as the breaker records it.
+    const REFUSED: Option<(&str, &str)> = Some(("UNAVAILABLE", "connection refused"));
+
     /// A closed breaker that opens for a minute after `threshold` failures.
     fn closed_breaker(threshold: u32) -> Breaker {
         Breaker {
@@ -431,11 +434,10 @@ mod tests {
     #[test]
     fn the_breaker_opens_after_the_threshold_and_closes_on_success() {
         let mut breaker = closed_breaker(3);
-        let refused = Some(("UNAVAILABLE", "connection refused"));
-        breaker.record(refused);
-        breaker.record(refused);
+        breaker.record(REFUSED);
+        breaker.record(REFUSED);
         assert!(breaker.wait().is_none(), "still closed below the threshold");
-        breaker.record(refused);
+        breaker.record(REFUSED);
         assert!(breaker.wait().is_some(), "open at the threshold");
         breaker.record(None);
         assert!(breaker.wait().is_none(), "closed after a success");
@@ -472,13 +474,12 @@ mod tests {
     #[test]
     fn an_open_breaker_lets_one_probe_through_and_reopens_when_it_fails() {
         let mut breaker = closed_breaker(2);
-        let refused = Some(("UNAVAILABLE", "connection refused"));
-        breaker.record(refused);
-        breaker.record(refused);
+        breaker.record(REFUSED);
+        breaker.record(REFUSED);
         assert!(breaker.wait().is_some(), "open");
         breaker.open_until = Some(Instant::now() - Duration::from_millis(1));
         assert!(breaker.wait().is_none(), "half-open: the probe may go");
-        breaker.record(refused);
+        breaker.record(REFUSED);
         assert!(breaker.wait().is_some(), "the failed probe opens it again");
     }
 }

@@ -227,3 +227,11 @@ pub fn issue(request_id: &str, birth: pb::BirthRecord) -> pb::IssuePersonalIdReq
         birth: Some(birth),
     }
 }
+
+/// A refusal's code and `ErrorInfo` reason (empty when it has none), to compare in one go.
+pub fn refusal(status: &tonic::Status) -> (tonic::Code, String) {
+    (
+        status.code(),
+        service_kit::status::reason_of(status).unwrap_or_default(),
+    )
+}
