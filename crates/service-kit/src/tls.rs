@@ -316,9 +316,7 @@ impl TlsConnector {
                 let chain = CertificateDer::pem_slice_iter(&cert)
                     .collect::<Result<Vec<_>, _>>()
                     .context("client certificate: not a PEM certificate chain")?;
-                if let Some(leaf) = chain.first() {
-                    note_expiry(cert_file, leaf);
-                }
+                note_expiry(cert_file, &chain);
                 let key = PrivateKeyDer::from_pem_slice(&key)
                     .context("client key: not a PEM private key")?;
                 builder
@@ -394,10 +392,10 @@ pub const TLS_CERTIFICATE_EXPIRY: &str = "tls_certificate_expiry_timestamp_secon
 /// renews 30 days before expiry, so a renewal has then been missed for two weeks).
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
-/// Exports the expiry of the leaf certificate loaded from `file` and warns when it has
+/// Exports the expiry of the leaf of the chain loaded from `file` and warns when it has
 /// passed or is near. A certificate that cannot be parsed is left to rustls to refuse.
-fn note_expiry(file: &Path, leaf: &CertificateDer<'_>) {
-    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+fn note_expiry(file: &Path, chain: &[CertificateDer<'_>]) {
+    let Some(Ok((_, cert))) = chain.first().map(|leaf| X509Certificate::from_der(leaf)) else {
         return;
     };
     let not_after = cert.validity().not_after.timestamp();
@@ -454,9 +452,7 @@ impl ServerTlsMaterial {
         let cert_chain = CertificateDer::pem_slice_iter(&read(cert, "server.tls.cert_file")?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("server.tls.cert_file", "not a PEM certificate chain", e))?;
-        if let Some(leaf) = cert_chain.first() {
-            note_expiry(cert, leaf);
-        }
+        note_expiry(cert, &cert_chain);
         let key = PrivateKeyDer::from_pem_slice(&read(key, "server.tls.key_file")?)
             .map_err(|e| invalid("server.tls.key_file", "not a PEM private key", e))?;
         let client_roots = match &tls.client_ca_file {

@@ -25,7 +25,7 @@ impl PooledSqlite {
     /// Applies the settings. Durability is never traded for speed: WAL with a full sync
     /// per commit, which is durable once its WAL frames are synced; a checkpoint only
     /// copies durable pages into the database file.
-    pub async fn apply(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    async fn apply(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         conn.execute("PRAGMA journal_mode = WAL").await?;
         conn.execute("PRAGMA synchronous = FULL").await?;
         if self.foreign_keys {
