@@ -79,7 +79,9 @@ pub fn handle() -> anyhow::Result<PrometheusHandle> {
             }
         })
         .context("cannot start the metrics upkeep thread")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    crate::tls::export_loaded_expiries();
+    Ok(handle)
 }
 
 async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {

@@ -2,10 +2,11 @@
 //! channels, and the verified client identity handlers use for authorization.
 
 use std::{
+    collections::BTreeMap,
     io::{ErrorKind, IoSlice},
     path::Path,
     pin::Pin,
-    sync::{Arc, Once},
+    sync::{Arc, Mutex, Once, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -392,6 +393,21 @@ pub const TLS_CERTIFICATE_EXPIRY: &str = "tls_certificate_expiry_timestamp_secon
 /// renews 30 days before expiry, so a renewal has then been missed for two weeks).
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
+/// The expiry of every certificate loaded so far, by file. Some are loaded before the
+/// metrics recorder exists (the telemetry exporter's client identity); the recorder's
+/// install exports them from here, so no loaded certificate is missing from the gauge.
+static LOADED_EXPIRIES: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
+
+/// Sets [`TLS_CERTIFICATE_EXPIRY`] for every certificate loaded so far.
+pub(crate) fn export_loaded_expiries() {
+    let loaded = LOADED_EXPIRIES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for (file, not_after) in loaded.iter() {
+        metrics::gauge!(TLS_CERTIFICATE_EXPIRY, "file" => file.clone()).set(*not_after as f64);
+    }
+}
+
 /// Exports the expiry of the leaf of the chain loaded from `file` and warns when it has
 /// passed or is near. A certificate that cannot be parsed is left to rustls to refuse.
 fn note_expiry(file: &Path, chain: &[CertificateDer<'_>]) {
@@ -400,6 +416,10 @@ fn note_expiry(file: &Path, chain: &[CertificateDer<'_>]) {
     };
     let not_after = cert.validity().not_after.timestamp();
     let file = file.display().to_string();
+    LOADED_EXPIRIES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(file.clone(), not_after);
     metrics::gauge!(TLS_CERTIFICATE_EXPIRY, "file" => file.clone()).set(not_after as f64);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

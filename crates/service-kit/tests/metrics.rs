@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{TestServer, echo_client, plaintext_config};
+use common::{TestServer, certificate_not_after, echo_client, plaintext_config, sample};
 use service_kit::{MetricsConfig, echo::EchoRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -27,19 +27,6 @@ async fn metrics_endpoint() -> SocketAddr {
     .await
     .expect("install")
     .expect("an address when listen_addr is set")
-}
-
-/// The value of the sample of `metric` whose labels include every `label="value"` pair.
-fn sample(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    body.lines()
-        .filter(|line| line.starts_with(&format!("{metric}{{")))
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test]
@@ -157,21 +144,13 @@ async fn calls_to_unknown_services_and_methods_do_not_create_new_metric_labels()
 /// of what each server and client loaded is exported by file, for an alert to read.
 #[tokio::test]
 async fn the_expiry_of_each_loaded_certificate_is_exported_by_file() {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     use service_kit::pki::TempCa;
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
 
     // Arrange
     let metrics_addr = metrics_endpoint().await;
     let ca = TempCa::new("expiry").expect("ca");
     let server_cert = ca.server_cert().expect("server cert");
     let client_cert = ca.client_cert("caller").expect("client cert");
-    let not_after = |file: &std::path::Path| {
-        let pem = std::fs::read(file).expect("read");
-        let der = CertificateDer::from_pem_slice(&pem).expect("pem");
-        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
-        cert.validity().not_after.timestamp() as f64
-    };
 
     // Act
     let server = TestServer::start(&service_kit::ServerConfig {
@@ -201,7 +180,7 @@ async fn the_expiry_of_each_loaded_certificate_is_exported_by_file() {
         );
         assert_eq!(
             exported,
-            Some(not_after(file)),
+            Some(certificate_not_after(file)),
             "{}: {body}",
             file.display()
         );

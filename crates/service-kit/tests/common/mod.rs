@@ -99,3 +99,26 @@ pub async fn plaintext_channel(addr: SocketAddr) -> Channel {
 pub async fn echo_client(addr: SocketAddr) -> EchoServiceClient<Channel> {
     EchoServiceClient::new(plaintext_channel(addr).await)
 }
+
+/// The value of the sample of `metric` whose labels include every `label="value"` pair.
+pub fn sample(body: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// When the leaf certificate in the PEM file stops being valid, in Unix seconds.
+pub fn certificate_not_after(file: &std::path::Path) -> f64 {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+    let der = CertificateDer::from_pem_slice(&std::fs::read(file).expect("read")).expect("pem");
+    let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+    cert.validity().not_after.timestamp() as f64
+}
