@@ -573,6 +573,11 @@ fn parent_mutations() -> Vec<ParentMutation> {
         ("nationality", "not a code", |p| {
             p.nationality = "Vietnam".into()
         }),
+        // Two letters, but not an assigned code: the population registry would refuse
+        // the record later, so the civil registry refuses it now.
+        ("nationality", "unassigned code UK", |p| {
+            p.nationality = "UK".into()
+        }),
         ("residence", "201 characters", |p| p.residence = long(201)),
         ("residence", "control characters", |p| {
             p.residence = CONTROL.into()

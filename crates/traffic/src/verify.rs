@@ -312,6 +312,8 @@ struct Listed {
     id: String,
     name: String,
     unit_code: String,
+    /// The unit whose register holds the entry (`registration_number`, `book_number`).
+    register_unit_code: String,
     registration_number: i64,
     book_number: String,
     status: i32,
@@ -388,11 +390,28 @@ pub async fn verify(
         );
     }
 
-    // 2. Status and number of each registration, per unit.
+    // 2. Status and number of each registration, per unit; each register entry once.
     let mut actual_by_unit: BTreeMap<(String, Expected), u64> = BTreeMap::new();
     let mut numbers: HashMap<&str, &str> = HashMap::new();
     let mut civil_issued: HashMap<&str, &str> = HashMap::new();
+    let mut entries: HashMap<(&str, &str, i64), &str> = HashMap::new();
     for r in &listed {
+        let entry = (
+            r.register_unit_code.as_str(),
+            r.book_number.as_str(),
+            r.registration_number,
+        );
+        if let Some(other) = entries.insert(entry, &r.name) {
+            violation(
+                &mut v,
+                &mut counts,
+                "entry-twice",
+                format!(
+                    "{other} and {} are both entry {} of book {} of {}",
+                    r.name, r.registration_number, r.book_number, r.register_unit_code
+                ),
+            );
+        }
         let status =
             cs::PersonalIdStatus::try_from(r.status).unwrap_or(cs::PersonalIdStatus::Unspecified);
         let got = match status {
@@ -599,7 +618,7 @@ pub async fn verify(
     let by_id: HashMap<&str, &Listed> = listed.iter().map(|r| (r.id.as_str(), r)).collect();
     for i in &issuances {
         if let (Some(r), Some(reference)) = (by_id.get(i.request_id.as_str()), &i.registration)
-            && (reference.unit_code != r.unit_code
+            && (reference.unit_code != r.register_unit_code
                 || reference.registration_number != r.registration_number
                 || reference.book_number != r.book_number)
         {
@@ -613,7 +632,7 @@ pub async fn verify(
                     reference.unit_code,
                     reference.registration_number,
                     reference.book_number,
-                    r.unit_code,
+                    r.register_unit_code,
                     r.registration_number,
                     r.book_number
                 ),
@@ -844,6 +863,7 @@ async fn list_all(
                 id: r.id,
                 name: r.name,
                 unit_code: r.unit_code,
+                register_unit_code: r.register_unit_code,
                 registration_number: r.registration_number,
                 book_number: r.book_number,
                 status: r.personal_id_status,

@@ -20,7 +20,7 @@ use traffic::generate::{Outputs, generate_files};
 use traffic::profile::ProfileName;
 use traffic::verify::{Expectation, Targets, verify};
 
-/// Two ISSUED registrations showing one number.
+/// Two ISSUED registrations showing one number and one register entry.
 struct Civil;
 
 #[tonic::async_trait]
@@ -48,6 +48,9 @@ impl BirthRegistrationService for Civil {
             id: id.into(),
             personal_id_status: cs::PersonalIdStatus::Issued as i32,
             personal_id: "001216000001".into(),
+            register_unit_code: "00004".into(),
+            book_number: "01/2016".into(),
+            registration_number: 7,
             ..Default::default()
         };
         Ok(Response::new(cs::ListBirthRegistrationsResponse {
@@ -164,7 +167,7 @@ async fn serve(router: tonic::transport::server::Router) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_number_shown_twice_minted_twice_or_active_twice_for_one_request_is_reported() {
+async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twice_is_reported() {
     // Arrange: the registries' answers above, checked against a small generated pilot.
     let dir = tempfile::tempdir().unwrap();
     let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
@@ -213,7 +216,12 @@ async fn a_number_shown_twice_minted_twice_or_active_twice_for_one_request_is_re
             .filter(|v| v.starts_with(&format!("{kind}: ")))
             .count()
     };
-    for kind in ["number-twice", "minted-twice", "two-active-numbers"] {
+    for kind in [
+        "number-twice",
+        "minted-twice",
+        "two-active-numbers",
+        "entry-twice",
+    ] {
         assert_eq!(of_kind(kind), 1, "{kind}: {:#?}", report.violations);
     }
 }

@@ -1059,6 +1059,40 @@ async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
         after.personal_id
     );
     assert_eq!(after.cancelled_personal_ids, vec![r.personal_id.clone()]);
+    assert_eq!(
+        (
+            after.register_unit_code.as_str(),
+            after.book_number.as_str(),
+            after.registration_number
+        ),
+        ("C001", r.book_number.as_str(), r.registration_number),
+        "the entry stays in the register that holds it"
+    );
+    let mut sent: Vec<(String, String)> = app
+        .fake
+        .state
+        .lock()
+        .unwrap()
+        .by_key
+        .iter()
+        .filter(|(key, _)| key.starts_with(&r.id))
+        .map(|(_, issued)| {
+            let reference = issued.record.registration.clone().unwrap_or_default();
+            (
+                reference.unit_code,
+                issued.record.registration_province_code.clone(),
+            )
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            ("C001".to_owned(), "001".to_owned()),
+            ("C001".to_owned(), "079".to_owned())
+        ],
+        "both numbers reference the one entry; only the province they encode moved"
+    );
     app.stop().await;
 }
 
@@ -1353,7 +1387,7 @@ async fn a_registration_moved_by_a_correction_is_listed_under_its_new_unit(backe
     foreign.registered_on = date(2025, 6, 30);
     foreign.child.as_mut().unwrap().date_of_birth = date(2025, 6, 1);
     let moved = register(&app, "reg_d001", foreign).await.unwrap();
-    register(&app, "reg_c001", birth("stays-1")).await.unwrap();
+    let stays = register(&app, "reg_c001", birth("stays-1")).await.unwrap();
     // Act: the place of registration was recorded wrongly; the district moves it to C001.
     let correction = pb::CorrectBirthRegistrationRequest {
         request_id: "move-1".into(),
@@ -1364,10 +1398,14 @@ async fn a_registration_moved_by_a_correction_is_listed_under_its_new_unit(backe
         unit_code: "C001".into(),
         reason: "registered at the wrong office".into(),
     };
-    app.client()
+    let after = app
+        .client()
         .await
         .correct_birth_registration(auth(correction, &app.token("reg_d001")))
         .await
+        .unwrap()
+        .into_inner()
+        .registration
         .unwrap();
     let in_commune = listed_in(&app, "sup_d001", "C001").await;
     let in_district = listed_in(&app, "sup_d001", "D001").await;
@@ -1382,6 +1420,20 @@ async fn a_registration_moved_by_a_correction_is_listed_under_its_new_unit(backe
         in_district.is_empty(),
         "the district no longer lists what it moved away: {in_district:?}"
     );
+    let entry = |r: &pb::BirthRegistration| {
+        (
+            r.register_unit_code.clone(),
+            r.book_number.clone(),
+            r.registration_number,
+        )
+    };
+    assert_eq!(
+        entry(&after),
+        entry(&moved),
+        "the moved registration keeps its entry in the district's register"
+    );
+    assert_eq!(entry(&moved).0, "D001");
+    assert_eq!(entry(&stays).0, "C001");
     app.stop().await;
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, TestDb, birth, config, date, issue, refusal, within};
+use common::{TestApp, TestDb, birth, config, date, issue, logged_warnings, refusal, within};
 use contracts::mps::population::v1 as pb;
 use service_kit::status::field_violations_of;
 use tonic::Code;
@@ -1059,14 +1059,13 @@ async fn a_full_bucket_answers_resource_exhausted_at_once_and_never_duplicates(d
     app.stop().await;
 }
 
-/// Calls one at a time commit one at a time, so a random draw is checked only against
-/// the table: with 29 numbers drawn from 40 suffixes (below the fill where free suffixes
-/// are enumerated instead), about ten draws land on a taken number. Each must be drawn
-/// again, and every answer must be the number of the record that holds it.
-/// The fill of a bucket is exported after each commit, as it stands after it. SQLite only:
-/// the gauge is process-wide, and this bucket (Da Nang, boys born 2017) is this test's alone.
+/// The fill of a bucket is exported after each commit, as it stands after it, and the
+/// commit that takes it past the warning line (80 %) logs it once. SQLite only: the gauge
+/// and the log are process-wide, and this bucket (Da Nang, boys born 2017) is this test's
+/// alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_buckets_fill_is_exported_after_each_commit() {
+async fn a_buckets_fill_is_exported_after_each_commit_and_its_crossing_of_the_line_logged() {
+    logged_warnings();
     let db = TestDb::sqlite().await;
     let mut cfg = config(&db);
     cfg.minting.bucket_capacity = 10;
@@ -1091,20 +1090,42 @@ async fn a_buckets_fill_is_exported_after_each_commit() {
             .and_then(|value| value.parse::<f64>().ok())
     };
 
+    let warnings = || {
+        logged_warnings()
+            .lines()
+            .filter(|line| {
+                line.contains("number bucket is nearly full")
+                    && line.contains("province=048")
+                    && line.contains("year=2017")
+            })
+            .count()
+    };
+
     let mut fills = Vec::new();
-    for number in 1..=9 {
+    let mut warned = Vec::new();
+    for number in 1..=10 {
         app.client
             .issue_personal_id(issue(&format!("dn-{number}"), da_nang_2017(number)))
             .await
             .expect("issued");
         fills.push(fill());
+        warned.push(warnings());
     }
 
     assert_eq!(fills[0], Some(0.1));
     assert_eq!(fills[8], Some(0.9), "{fills:?}");
+    assert_eq!(
+        warned,
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+        "warnings after each issue"
+    );
     app.stop().await;
 }
 
+/// Calls one at a time commit one at a time, so a random draw is checked only against
+/// the table: with 29 numbers drawn from 40 suffixes (below the fill where free suffixes
+/// are enumerated instead), about ten draws land on a taken number. Each must be drawn
+/// again, and every answer must be the number of the record that holds it.
 async fn a_drawn_number_already_taken_is_drawn_again_and_never_given_twice(db: TestDb) {
     let mut cfg = config(&db);
     cfg.minting.bucket_capacity = 40;

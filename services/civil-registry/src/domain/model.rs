@@ -227,9 +227,9 @@ impl From<ProvinceCode> for String {
 pub struct Nationality(String);
 
 impl Nationality {
-    /// Two upper-case ASCII letters.
+    /// An officially assigned code: the population registry refuses any other.
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+        if country_codes::is_assigned_alpha2(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err("must be an ISO 3166-1 alpha-2 code in upper case".into())
@@ -244,10 +244,16 @@ impl Nationality {
         &self.0
     }
 }
+/// Loading a stored record checks the shape only: registrations stored before the list
+/// was checked (any two upper-case letters) must keep loading.
 impl TryFrom<String> for Nationality {
     type Error = Invalid;
     fn try_from(raw: String) -> Result<Self, Invalid> {
-        Self::parse(&raw)
+        if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(raw))
+        } else {
+            Self::parse(&raw)
+        }
     }
 }
 impl From<Nationality> for String {
@@ -674,6 +680,9 @@ pub struct Registration {
     pub request_id: String,
     /// Registering unit (after corrections).
     pub unit_code: UnitCode,
+    /// Unit whose register holds the entry (`registration_number`, `book_number`): the
+    /// one that recorded the birth, whatever unit a correction moved it to since.
+    pub register_unit_code: UnitCode,
     /// Registering official.
     pub official_id: String,
     /// Number in the unit's register for the year.
@@ -788,5 +797,20 @@ mod tests {
             PersonName::parse(decomposed).unwrap(),
             PersonName::parse("Nguyễn").unwrap()
         );
+    }
+
+    #[test]
+    fn a_nationality_must_be_an_assigned_code_though_stored_ones_keep_loading() {
+        assert_eq!(Nationality::parse("VN").unwrap().as_str(), "VN");
+        for unassigned in ["UK", "XX", "EU"] {
+            assert_eq!(
+                Nationality::parse(unassigned).unwrap_err(),
+                "must be an ISO 3166-1 alpha-2 code in upper case",
+                "{unassigned}"
+            );
+            let stored: Nationality = serde_json::from_str(&format!("\"{unassigned}\"")).unwrap();
+            assert_eq!(stored.as_str(), unassigned);
+        }
+        assert!(serde_json::from_str::<Nationality>("\"uk\"").is_err());
     }
 }

@@ -447,6 +447,7 @@ pub fn registration_to(r: Registration) -> pb::BirthRegistration {
         registration_number: r.registration_number,
         book_number: r.book_number.clone(),
         unit_code: r.unit_code.as_str().to_owned(),
+        register_unit_code: r.register_unit_code.as_str().to_owned(),
         official_id: r.official_id.clone(),
         kind: match r.record.kind {
             RegistrationKind::FirstTime => pb::RegistrationKind::FirstTime,

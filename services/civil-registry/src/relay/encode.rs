@@ -30,7 +30,8 @@ fn parent(p: &Parent) -> pop::Parent {
 }
 
 /// The record as the population registry receives it; `unit` is the registering unit,
-/// whose province code is what the number encodes.
+/// whose province code is what the number encodes. The register entry it references
+/// stays that of the unit that recorded the birth.
 pub fn birth_record(registration: &Registration, unit: &Unit) -> pop::BirthRecord {
     let child = &registration.record.child;
     pop::BirthRecord {
@@ -58,7 +59,7 @@ pub fn birth_record(registration: &Registration, unit: &Unit) -> pop::BirthRecor
         father: registration.record.father.as_ref().map(parent),
         mother: registration.record.mother.as_ref().map(parent),
         registration: Some(pop::RegistrationReference {
-            unit_code: unit.code.as_str().to_owned(),
+            unit_code: registration.register_unit_code.as_str().to_owned(),
             registration_number: registration.registration_number,
             book_number: registration.book_number.clone(),
             registration_date: Some(date(registration.registered_on)),

@@ -75,7 +75,7 @@ pub enum InsertOutcome {
     Conflict,
 }
 
-const COLUMNS: &str = "r.id, r.request_id, r.unit_code, r.official_id, r.registration_number, r.book_number, \
+const COLUMNS: &str = "r.id, r.request_id, r.unit_code, r.origin_unit_code, r.official_id, r.registration_number, r.book_number, \
     r.registered_on, r.record, r.status, r.personal_id, r.reasons, r.rule_version, r.rejection_reason, \
     r.created_at_ms, r.updated_at_ms, r.issue_time_ms, r.issue_key, r.issue_generation";
 
@@ -92,6 +92,8 @@ fn registration_from_row(row: &AnyRow) -> Result<Registration, sqlx::Error> {
         id: Uuid::parse_str(&id).map_err(decode_err)?,
         request_id: row.try_get("request_id")?,
         unit_code: UnitCode::parse(&row.try_get::<String, _>("unit_code")?).map_err(decode_err)?,
+        register_unit_code: UnitCode::parse(&row.try_get::<String, _>("origin_unit_code")?)
+            .map_err(decode_err)?,
         official_id: row.try_get("official_id")?,
         registration_number: row.try_get("registration_number")?,
         book_number: row.try_get("book_number")?,
@@ -765,6 +767,7 @@ pub(crate) async fn insert_registrations_tx<T: GroupTx>(
             id: row.id,
             request_id: row.birth.request_id.as_str().to_owned(),
             unit_code: row.unit.code.clone(),
+            register_unit_code: row.unit.code.clone(),
             official_id: row.official_id.clone(),
             registration_number: number,
             book_number: book_number(number, year),

@@ -235,3 +235,33 @@ pub fn refusal(status: &tonic::Status) -> (tonic::Code, String) {
         service_kit::status::reason_of(status).unwrap_or_default(),
     )
 }
+
+/// Every warning the process has logged since the first call, as the text log renders it.
+/// The subscriber is process-wide: callers must look for what only their test logs.
+pub fn logged_warnings() -> String {
+    use std::sync::{Mutex, Once, PoisonError};
+
+    static LOGGED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    struct Log;
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+            logged.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| Log)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    });
+    let logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+    String::from_utf8_lossy(&logged).into_owned()
+}
