@@ -44,7 +44,7 @@ suite!(
     an_invalid_record_is_invalid_argument_naming_each_field_and_writes_nothing,
     twins_are_warned_as_duplicate_suspects_and_both_get_numbers,
     batch_answers_every_item_by_request_id_with_its_number_or_its_own_error,
-    a_batch_message_of_more_than_1000_items_is_refused_and_writes_nothing,
+    a_batch_message_of_more_than_1000_items_is_refused_item_by_item_and_writes_nothing,
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
     citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
@@ -230,7 +230,9 @@ async fn twins_are_warned_as_duplicate_suspects_and_both_get_numbers(db: TestDb)
     app.stop().await;
 }
 
-async fn a_batch_message_of_more_than_1000_items_is_refused_and_writes_nothing(db: TestDb) {
+async fn a_batch_message_of_more_than_1000_items_is_refused_item_by_item_and_writes_nothing(
+    db: TestDb,
+) {
     let mut app = TestApp::spawn(&db).await;
     let message = |n: i64| pb::BatchIssuePersonalIdsRequest {
         items: (0..n)
@@ -243,34 +245,40 @@ async fn a_batch_message_of_more_than_1000_items_is_refused_and_writes_nothing(d
             .collect(),
     };
 
-    let refused = app
+    let mut answers = app
         .client
-        .batch_issue_personal_ids(tokio_stream::iter(vec![message(1_001)]))
+        .batch_issue_personal_ids(tokio_stream::iter(vec![message(1_001), message(1_000)]))
         .await
         .expect("stream")
-        .into_inner()
+        .into_inner();
+    let refused = answers.message().await.expect("answered").expect("answer");
+    let accepted = answers
         .message()
         .await
-        .expect_err("over the limit");
-    let accepted = app
-        .client
-        .batch_issue_personal_ids(tokio_stream::iter(vec![message(1_000)]))
-        .await
-        .expect("stream")
-        .into_inner()
-        .message()
-        .await
-        .expect("at the limit")
+        .expect("the stream carries on")
         .expect("answer");
 
-    assert_eq!(refused.code(), Code::InvalidArgument);
-    assert_eq!(
-        field_violations_of(&refused)
-            .into_iter()
-            .map(|(field, _)| field)
-            .collect::<Vec<_>>(),
-        vec!["items".to_owned()]
-    );
+    assert_eq!(refused.results.len(), 1_001);
+    for (i, result) in refused.results.iter().enumerate() {
+        assert_eq!(result.request_id, format!("big-1001-{i}"));
+        let Some(pb::batch_issue_result::Outcome::Error(error)) = &result.outcome else {
+            panic!("item {i} of the refused message: {result:?}");
+        };
+        // The item's google.rpc.Status, read as a call's status would be.
+        let status = tonic::Status::with_details(
+            Code::from(error.code),
+            error.message.clone(),
+            prost::Message::encode_to_vec(error).into(),
+        );
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            field_violations_of(&status)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect::<Vec<_>>(),
+            vec!["items".to_owned()]
+        );
+    }
     assert_eq!(accepted.results.len(), 1_000);
     let found = app
         .client

@@ -18,6 +18,13 @@ pub struct BirthRegistrationApi {
     registry: Registry,
 }
 
+/// The token of an `authorization: Bearer <token>` value. The scheme's name is
+/// case-insensitive (RFC 9110, 11.1): clients send `Bearer`, `bearer` and `BEARER`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 impl BirthRegistrationApi {
     /// Wraps the registry.
     pub fn new(registry: Registry) -> Self {
@@ -29,11 +36,7 @@ impl BirthRegistrationApi {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+            .and_then(bearer_token);
         let caller = self.registry.authenticate(token).await.map_err(to_status)?;
         tracing::Span::current().record("official_id", caller.official_id.as_str());
         Ok(caller)
@@ -132,5 +135,20 @@ impl BirthRegistrationService for BirthRegistrationApi {
                 .collect(),
             total: Some(convert::stats_row_to(String::new(), String::new(), &total)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_token() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["", "abc", "Basic abc", "Bearerabc", "Token abc"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 }

@@ -55,10 +55,21 @@ impl RegistryService {
         msg: pb::BatchIssuePersonalIdsRequest,
     ) -> Result<pb::BatchIssuePersonalIdsResponse, Status> {
         if msg.items.len() > MAX_BATCH_ITEMS {
-            return Err(service_kit::status::invalid_argument(vec![(
+            // Refused item by item, as the contract answers every failure: the stream, and
+            // the answers of the messages sent before this one, carry on.
+            let refusal = status::to_rpc(&service_kit::status::invalid_argument(vec![(
                 "items".into(),
                 format!("at most {MAX_BATCH_ITEMS} items per message"),
             )]));
+            let results = msg
+                .items
+                .into_iter()
+                .map(|item| pb::BatchIssueResult {
+                    request_id: item.request_id,
+                    outcome: Some(pb::batch_issue_result::Outcome::Error(refusal.clone())),
+                })
+                .collect();
+            return Ok(pb::BatchIssuePersonalIdsResponse { results });
         }
         metrics::histogram!("population_registry_batch_message_items")
             .record(msg.items.len() as f64);
