@@ -36,9 +36,9 @@ pub fn generate_files(
     out: &Outputs,
 ) -> anyhow::Result<(Plan, Summary)> {
     let plan = Plan::new(profile, seed, scale)?;
-    plan.write_units_csv(BufWriter::new(std::fs::File::create(&out.units)?))?;
-    plan.write_officials_csv(BufWriter::new(std::fs::File::create(&out.officials)?))?;
-    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&out.traffic)?);
+    plan.write_units_csv(BufWriter::new(crate::files::create(&out.units)?))?;
+    plan.write_officials_csv(BufWriter::new(crate::files::create(&out.officials)?))?;
+    let mut w = BufWriter::with_capacity(1 << 20, crate::files::create(&out.traffic)?);
     let summary = plan.generate(|line| {
         serde_json::to_writer(&mut w, &line)?;
         w.write_all(b"\n")?;

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod catalog;
 pub mod client;
 pub mod cores;
+pub mod files;
 pub mod generate;
 pub mod pilot;
 pub mod profile;

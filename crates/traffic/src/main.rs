@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use traffic::args;
 use traffic::client::{ClientTls, Tokens, connect_channels};
+use traffic::files;
 use traffic::generate::{Outputs, generate_files};
 use traffic::pilot::{self, PilotOptions};
 use traffic::profile::ProfileName;
@@ -94,6 +95,10 @@ enum Command {
         /// Only the first N lines were replayed.
         #[arg(long)]
         limit: Option<u64>,
+        /// How long to wait for PENDING registrations to get their numbers before
+        /// reporting them (longer where the deployment still has a backlog to relay).
+        #[arg(long, default_value_t = 60.0, value_parser = args::seconds_or_zero)]
+        settle_seconds: f64,
         #[command(flatten)]
         tls: ClientTls,
     },
@@ -212,18 +217,23 @@ async fn main() -> anyhow::Result<()> {
             results,
             tls,
         } => {
+            // Every file is opened before the first request: a wrong name must not cost
+            // a replay, nor its outcomes once it has run.
+            files::open(&file)?;
+            let mut results = results
+                .map(|path| files::create(&path).map(std::io::BufWriter::new))
+                .transpose()?;
             let tokens = Arc::new(Tokens::read_csv(&tokens)?);
             let channels = connect_channels(&target, &tls, load.channels).await?;
             let report = replay::replay(&file, channels, tokens, &load.options()).await?;
             report.print();
             println!("RESULT {}", serde_json::to_string(&report)?);
-            if let Some(path) = results {
-                let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            if let Some(w) = &mut results {
                 for o in &report.outcomes {
-                    serde_json::to_writer(&mut w, o)?;
-                    std::io::Write::write_all(&mut w, b"\n")?;
+                    serde_json::to_writer(&mut *w, o)?;
+                    std::io::Write::write_all(w, b"\n")?;
                 }
-                std::io::Write::flush(&mut w)?;
+                std::io::Write::flush(w)?;
             }
             if report.failed > 0 {
                 std::process::exit(1);
@@ -237,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
             units,
             results,
             limit,
+            settle_seconds,
             tls,
         } => {
             let units = units.unwrap_or_else(|| next_to(&file, "units.csv"));
@@ -247,8 +258,12 @@ async fn main() -> anyhow::Result<()> {
                     let text = std::fs::read_to_string(&p)
                         .with_context(|| format!("reading {}", p.display()))?;
                     let mut v = Vec::new();
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        v.push(serde_json::from_str(line)?);
+                    for (i, line) in text.lines().enumerate() {
+                        if !line.trim().is_empty() {
+                            v.push(serde_json::from_str(line).with_context(|| {
+                                format!("{} line {}: not an outcome", p.display(), i + 1)
+                            })?);
+                        }
                     }
                     Some(v)
                 }
@@ -264,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
                 &targets,
                 &expect,
                 outcomes.as_deref(),
-                Duration::from_secs(60),
+                Duration::from_secs_f64(settle_seconds),
             )
             .await?;
             println!(

@@ -198,7 +198,7 @@ enum Event {
 
 /// Counts the lines of a traffic file (for the progress bar).
 pub fn count_lines(path: &Path) -> anyhow::Result<u64> {
-    let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut r = std::io::BufReader::with_capacity(1 << 20, crate::files::open(path)?);
     let mut n = 0;
     loop {
         let buf = r.fill_buf()?;
@@ -235,7 +235,7 @@ pub async fn replay(
     let path = file.to_owned();
     let limit = opts.limit;
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        let r = std::io::BufReader::with_capacity(1 << 20, crate::files::open(&path)?);
         for (i, line) in r.lines().enumerate() {
             if limit.is_some_and(|l| i as u64 >= l) {
                 break;

@@ -232,7 +232,7 @@ impl Expectation {
             unit_provinces: unit_provinces.clone(),
             ..Self::default()
         };
-        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
+        let r = std::io::BufReader::with_capacity(1 << 20, crate::files::open(file)?);
         for (i, line) in r.lines().enumerate() {
             if limit.is_some_and(|l| i as u64 >= l) {
                 break;
