@@ -1827,7 +1827,34 @@ both_backends!(
     pending_numbers_survive_a_restart_of_the_civil_registry,
     a_register_from_before_the_lighter_commits_migration_keeps_its_chain_and_unique_numbers,
     registrations_are_counted_by_status,
+    a_stored_record_that_cannot_be_read_is_reported_without_quoting_it,
 );
+
+/// The error of an unreadable record reaches the logs (as the cause of an INTERNAL
+/// answer), so it must not quote the stored value: serde_json's own message would.
+async fn a_stored_record_that_cannot_be_read_is_reported_without_quoting_it(backend: Backend) {
+    // Arrange: a record whose kind is text about a person, as a damaged row might hold.
+    let app = TestApp::start(backend).await;
+    let r = register(&app, "reg_c001", birth("unreadable")).await.unwrap();
+    app.sql(&format!(
+        "UPDATE registrations SET record = '{{\"kind\": \"Nguyễn Văn Bí\"}}' WHERE id = '{}'",
+        r.id
+    ))
+    .await;
+
+    // Act
+    let error = app
+        .store
+        .registration(r.id.parse().unwrap())
+        .await
+        .expect_err("the record cannot be read");
+
+    // Assert
+    let shown = format!("{error:#} {error:?}");
+    assert!(shown.contains("stored record unreadable"), "{shown}");
+    assert!(!shown.contains("Nguyễn"), "{shown}");
+    app.stop().await;
+}
 
 /// SQLite before migration 5 kept a counter row per register book; the numbers go on from
 /// the highest stored, gapless, once the counters are gone.

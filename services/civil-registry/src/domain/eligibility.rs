@@ -118,29 +118,7 @@ mod tests {
     use crate::domain::model::*;
 
     fn record(kind: RegistrationKind, sex: Sex, dob: NaiveDate, nationality: &str) -> BirthRecord {
-        let today = NaiveDate::from_ymd_opt(2030, 1, 1).unwrap();
-        BirthRecord {
-            kind,
-            has_foreign_element: false,
-            child: Child {
-                full_name: PersonName::parse("An").unwrap(),
-                sex,
-                date_of_birth: BirthDate::parse(dob, today).unwrap(),
-                place_of_birth: PlaceOfBirth {
-                    description: PlaceText::parse("Ha Noi").unwrap(),
-                    province_code: None,
-                },
-                home_town: PlaceText::parse("Nam Dinh").unwrap(),
-                ethnicity: Ethnicity::parse("Kinh").unwrap(),
-                nationality: Nationality::parse(nationality).unwrap(),
-            },
-            father: None,
-            mother: None,
-            requester: Requester {
-                full_name: PersonName::parse("Binh").unwrap(),
-                relationship: Relationship::Father,
-            },
-        }
+        sample_record(kind, sex, dob, nationality)
     }
 
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {

@@ -398,7 +398,7 @@ pub struct Child {
 }
 
 /// A parent; every field but the name may be unknown.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Parent {
     /// Full name.
     pub full_name: PersonName,
@@ -412,6 +412,12 @@ pub struct Parent {
     pub residence: Option<Residence>,
     /// The parent's own number, when known.
     pub personal_id: Option<KnownPersonalId>,
+}
+
+impl std::fmt::Debug for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parent(<redacted>)")
+    }
 }
 
 impl Parent {
@@ -672,7 +678,7 @@ pub struct Caller {
 }
 
 /// A stored registration.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Registration {
     /// Id (UUID v7).
     pub id: uuid::Uuid,
@@ -726,7 +732,7 @@ pub fn book_number(registration_number: i64, year: i32) -> String {
 }
 
 /// How a registration's request to the population registry ended (what the relay wrote).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settlement {
     /// ISSUED or REJECTED.
     pub status: PersonalIdStatus,
@@ -736,6 +742,27 @@ pub struct Settlement {
     pub rejection_reason: Option<String>,
     /// When it was written, ms since the epoch.
     pub at_ms: i64,
+}
+
+/// Ids and state only: the record, the number and the refusal's text are personal data.
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("unit_code", &self.unit_code)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Without the number.
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("status", &self.status)
+            .field("at_ms", &self.at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registration {
@@ -759,6 +786,39 @@ impl Registration {
         }
         self.rejection_reason = settlement.rejection_reason;
         self.updated_at_ms = settlement.at_ms;
+    }
+}
+
+/// A record of a child named An, for tests.
+#[cfg(test)]
+pub(crate) fn sample_record(
+    kind: RegistrationKind,
+    sex: Sex,
+    dob: NaiveDate,
+    nationality: &str,
+) -> BirthRecord {
+    let today = NaiveDate::from_ymd_opt(2030, 1, 1).unwrap();
+    BirthRecord {
+        kind,
+        has_foreign_element: false,
+        child: Child {
+            full_name: PersonName::parse("An").unwrap(),
+            sex,
+            date_of_birth: BirthDate::parse(dob, today).unwrap(),
+            place_of_birth: PlaceOfBirth {
+                description: PlaceText::parse("Ha Noi").unwrap(),
+                province_code: None,
+            },
+            home_town: PlaceText::parse("Nam Dinh").unwrap(),
+            ethnicity: Ethnicity::parse("Kinh").unwrap(),
+            nationality: Nationality::parse(nationality).unwrap(),
+        },
+        father: None,
+        mother: None,
+        requester: Requester {
+            full_name: PersonName::parse("Binh").unwrap(),
+            relationship: Relationship::Father,
+        },
     }
 }
 
@@ -812,5 +872,51 @@ mod tests {
             assert_eq!(stored.as_str(), unassigned);
         }
         assert!(serde_json::from_str::<Nationality>("\"uk\"").is_err());
+    }
+
+    #[test]
+    fn a_registration_shows_its_ids_and_state_in_debug_never_the_person() {
+        let mut record = sample_record(
+            RegistrationKind::FirstTime,
+            Sex::Female,
+            NaiveDate::from_ymd_opt(2016, 2, 29).unwrap(),
+            "VN",
+        );
+        record.mother = Some(Parent {
+            full_name: PersonName::parse("Trần Thị Mai").unwrap(),
+            year_of_birth: Some(1990),
+            ethnicity: None,
+            nationality: Some(Nationality::parse("VN").unwrap()),
+            residence: None,
+            personal_id: None,
+        });
+        let registration = Registration {
+            id: uuid::Uuid::nil(),
+            request_id: "req-1".into(),
+            unit_code: UnitCode::parse("C001").unwrap(),
+            register_unit_code: UnitCode::parse("C001").unwrap(),
+            official_id: "off-1".into(),
+            registration_number: 1,
+            book_number: "01/2016".into(),
+            registered_on: NaiveDate::from_ymd_opt(2016, 3, 1).unwrap(),
+            record,
+            status: PersonalIdStatus::Issued,
+            personal_id: Some("001316000042".into()),
+            reasons: Vec::new(),
+            rule_version: "2016.1".into(),
+            rejection_reason: None,
+            cancelled_personal_ids: vec!["001316000041".into()],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            issued_at_ms: None,
+        };
+        let shown = format!("{registration:?} {:?}", registration.record);
+        assert!(
+            shown.contains("C001") && shown.contains("Issued"),
+            "{shown}"
+        );
+        for personal in ["An", "Mai", "1990", "2016-02-29", "00131600004"] {
+            assert!(!shown.contains(personal), "{personal} in {shown}");
+        }
     }
 }

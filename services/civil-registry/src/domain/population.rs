@@ -33,7 +33,7 @@ impl OutboundKind {
 }
 
 /// One request as stored in the outbox.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Outbound {
     /// The idempotency key sent (the registration id for a first issue).
     pub key: String,
@@ -48,7 +48,7 @@ pub struct Outbound {
 }
 
 /// The answer for one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The number.
     Issued {
@@ -73,7 +73,7 @@ pub enum Outcome {
 }
 
 /// One issuance as the population registry lists it, for reconciliation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteIssuance {
     /// The number.
     pub personal_id: String,
@@ -85,6 +85,47 @@ pub struct RemoteIssuance {
     pub unit_code: String,
     /// Register entry number.
     pub registration_number: i64,
+}
+
+/// Without the payload, which holds the record.
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("key", &self.key)
+            .field("registration_id", &self.registration_id)
+            .field("kind", &self.kind)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Without the number, and without an official's reason (it may quote the record).
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Issued { .. } => f.debug_struct("Issued").finish_non_exhaustive(),
+            Self::Rejected { code, .. } => f
+                .debug_struct("Rejected")
+                .field("code", code)
+                .finish_non_exhaustive(),
+            Self::Retry { code, cause } => f
+                .debug_struct("Retry")
+                .field("code", code)
+                .field("cause", cause)
+                .finish(),
+        }
+    }
+}
+
+/// Without the number.
+impl std::fmt::Debug for RemoteIssuance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteIssuance")
+            .field("request_id", &self.request_id)
+            .field("active", &self.active)
+            .field("unit_code", &self.unit_code)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The population registry as the civil registry needs it.

@@ -8,7 +8,7 @@ use super::error::RegistryError;
 use super::model::{BirthRecord, Correction, PersonalIdStatus, Registration, Unit};
 
 /// What a correction asks of the population registry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum CorrectionAction {
     /// Nothing: the number (if any) stays.
     None,
@@ -24,6 +24,20 @@ pub enum CorrectionAction {
         /// The active number to cancel.
         old_personal_id: String,
     },
+}
+
+/// Without the number to cancel.
+impl std::fmt::Debug for CorrectionAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Issue { key } => f.debug_struct("Issue").field("key", key).finish(),
+            Self::Reissue { key, .. } => f
+                .debug_struct("Reissue")
+                .field("key", key)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The corrected registration and what to ask for.

@@ -14,7 +14,7 @@ use crate::domain::model::{PersonalIdStatus, Settlement};
 use crate::domain::population::{Outbound, OutboundKind};
 
 /// How a leased row ended.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Completion {
     /// The number arrived.
     Issued {
@@ -39,6 +39,33 @@ pub enum Completion {
         /// Last error: its code and cause (no personal data).
         error: String,
     },
+}
+
+/// Without the number.
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Issued { item, .. } => f
+                .debug_struct("Issued")
+                .field("item", item)
+                .finish_non_exhaustive(),
+            Self::Rejected { item, reason } => f
+                .debug_struct("Rejected")
+                .field("item", item)
+                .field("reason", reason)
+                .finish(),
+            Self::Retry {
+                item,
+                next_attempt_ms,
+                error,
+            } => f
+                .debug_struct("Retry")
+                .field("item", item)
+                .field("next_attempt_ms", next_attempt_ms)
+                .field("error", error)
+                .finish(),
+        }
+    }
 }
 
 impl Store {

@@ -23,7 +23,7 @@ use crate::domain::service::{CorrectionAction, plan_correction};
 use crate::relay::encode;
 
 /// One registration to insert.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NewRow {
     /// Id chosen for it (used only if the request is new).
     pub id: Uuid,
@@ -40,6 +40,17 @@ pub struct NewRow {
     pub content_hash: String,
     /// The record as stored (JSON), computed likewise.
     pub record_json: String,
+}
+
+/// Ids only: the rest is the record.
+impl std::fmt::Debug for NewRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRow")
+            .field("id", &self.id)
+            .field("unit", &self.unit.code)
+            .field("official_id", &self.official_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NewRow {
@@ -98,7 +109,15 @@ fn registration_from_row(row: &AnyRow) -> Result<Registration, sqlx::Error> {
         registration_number: row.try_get("registration_number")?,
         book_number: row.try_get("book_number")?,
         registered_on: NaiveDate::parse_from_str(&registered_on, "%Y-%m-%d").map_err(decode_err)?,
-        record: serde_json::from_str::<BirthRecord>(&record).map_err(decode_err)?,
+        record: serde_json::from_str::<BirthRecord>(&record).map_err(|e| {
+            // serde_json quotes the offending value, which here is personal data.
+            decode_err(format_args!(
+                "stored record unreadable ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?,
         status: PersonalIdStatus::from_str_opt(&status)
             .ok_or_else(|| decode_err("unknown status"))?,
         personal_id: row.try_get("personal_id")?,

@@ -265,7 +265,7 @@ impl fmt::Debug for Parent {
 }
 
 /// The raw parent fields, before parsing.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ParentInput<'a> {
     /// Raw full name.
     pub full_name: &'a str,
@@ -279,6 +279,12 @@ pub struct ParentInput<'a> {
     pub residence: &'a str,
     /// Raw number.
     pub personal_id: &'a str,
+}
+
+impl fmt::Debug for ParentInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ParentInput(<redacted>)")
+    }
 }
 
 impl Parent {
@@ -371,7 +377,7 @@ pub fn register_entry_key(unit_code: &str, book_number: &str, registration_numbe
 }
 
 /// The raw birth fields, before parsing (the gRPC layer fills it from proto).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BirthInput<'a> {
     /// Raw full name.
     pub full_name: &'a str,
@@ -395,6 +401,12 @@ pub struct BirthInput<'a> {
     pub mother: Option<ParentInput<'a>>,
     /// Registration: unit, number, book, date (outer `None` = message missing).
     pub registration: Option<RegistrationInput<'a>>,
+}
+
+impl fmt::Debug for BirthInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BirthInput(<redacted>)")
+    }
 }
 
 /// The raw register entry.

@@ -10,7 +10,7 @@ use sqlx::{AnyPool, Row as _};
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit entry before it is chained.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Entry {
     pub seq: i64,
     pub at_micros: i64,
@@ -19,6 +19,17 @@ pub(crate) struct Entry {
     pub related_id: Option<i64>,
     pub request_id: String,
     pub detail: String,
+}
+
+/// Without the numbers and the detail (a correction's reason).
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("seq", &self.seq)
+            .field("action", &self.action)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An entry's chained fields, borrowed from a new entry or from a stored row.

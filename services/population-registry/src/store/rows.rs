@@ -96,7 +96,15 @@ pub(crate) fn parent_json(p: &Option<Parent>) -> Option<String> {
 
 fn parent(json: Option<String>) -> Result<Option<Parent>, StoreError> {
     let Some(json) = json else { return Ok(None) };
-    let row: ParentRow = serde_json::from_str(&json).map_err(corrupt)?;
+    let row: ParentRow = serde_json::from_str(&json).map_err(|e| {
+        // serde_json quotes the offending value, which here is personal data.
+        corrupt(format_args!(
+            "parent unreadable ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     Ok(Some(Parent {
         full_name: PersonName::parse(&row.full_name).map_err(corrupt)?,
         year_of_birth: (row.year_of_birth != 0).then_some(row.year_of_birth),
