@@ -1835,7 +1835,9 @@ both_backends!(
 async fn a_stored_record_that_cannot_be_read_is_reported_without_quoting_it(backend: Backend) {
     // Arrange: a record whose kind is text about a person, as a damaged row might hold.
     let app = TestApp::start(backend).await;
-    let r = register(&app, "reg_c001", birth("unreadable")).await.unwrap();
+    let r = register(&app, "reg_c001", birth("unreadable"))
+        .await
+        .unwrap();
     app.sql(&format!(
         "UPDATE registrations SET record = '{{\"kind\": \"Nguyễn Văn Bí\"}}' WHERE id = '{}'",
         r.id

@@ -40,6 +40,14 @@ impl BucketPolicy {
         issued as f64 / f64::from(self.capacity)
     }
 
+    /// Whether a bucket holding `issued` numbers is exported as a metric: from 1 % of its
+    /// capacity (10,000 numbers at full size). A series appearing for a nearly empty
+    /// bucket would tell when one person of that province, birth year and sex was
+    /// numbered; a bucket that full is far from its warning line anyway.
+    pub fn is_exported(self, issued: u64) -> bool {
+        issued * 100 >= u64::from(self.capacity)
+    }
+
     /// True when moving from `before` to `after` numbers crosses the warning line.
     pub fn crosses_warning(self, before: u64, after: u64) -> bool {
         self.fill(before) <= self.warn_ratio && self.fill(after) > self.warn_ratio
@@ -123,5 +131,15 @@ mod tests {
         assert!(!policy.crosses_warning(9, 10));
         assert!(BucketPolicy::new(0, 80).is_err());
         assert!(BucketPolicy::new(1_000_001, 80).is_err());
+    }
+
+    #[test]
+    fn a_bucket_is_exported_from_one_percent_full() {
+        let full_size = BucketPolicy::new(1_000_000, 80).unwrap();
+        assert!(!full_size.is_exported(1));
+        assert!(!full_size.is_exported(9_999));
+        assert!(full_size.is_exported(10_000));
+        let tiny = BucketPolicy::new(10, 80).unwrap();
+        assert!(tiny.is_exported(1));
     }
 }

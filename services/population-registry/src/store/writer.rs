@@ -816,6 +816,9 @@ async fn finish<T: WriteTx>(mut tx: Tx<T>) -> Result<Vec<(BucketKey, u64, u64)>,
 /// Exports the fill of touched buckets and logs those crossing the line.
 fn report_buckets(policy: BucketPolicy, touched: &[(BucketKey, u64, u64)]) {
     for &(b, before, after) in touched {
+        if !policy.is_exported(after) {
+            continue;
+        }
         let fill = policy.fill(after);
         metrics::gauge!(
             "population_registry_bucket_fill_ratio",
