@@ -169,8 +169,6 @@ mod tests {
             personal_id: personal_id.into(),
             request_id: request_id.into(),
             active,
-            unit_code: "C001".into(),
-            registration_number: 1,
         }
     }
 

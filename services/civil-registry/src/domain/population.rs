@@ -81,10 +81,6 @@ pub struct RemoteIssuance {
     pub request_id: String,
     /// Whether it is still active.
     pub active: bool,
-    /// Registering unit of the reference.
-    pub unit_code: String,
-    /// Register entry number.
-    pub registration_number: i64,
 }
 
 /// Without the payload, which holds the record.
@@ -123,7 +119,6 @@ impl std::fmt::Debug for RemoteIssuance {
         f.debug_struct("RemoteIssuance")
             .field("request_id", &self.request_id)
             .field("active", &self.active)
-            .field("unit_code", &self.unit_code)
             .finish_non_exhaustive()
     }
 }

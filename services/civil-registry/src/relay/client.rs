@@ -297,17 +297,11 @@ pub fn classify(status: &tonic::Status) -> Outcome {
     }
 }
 
-fn issuance(
-    citizen_or_issuance: (String, String, bool, Option<pop::RegistrationReference>),
-) -> RemoteIssuance {
-    let (personal_id, request_id, active, reference) = citizen_or_issuance;
-    let reference = reference.unwrap_or_default();
+fn issuance(personal_id: String, request_id: String, status: i32) -> RemoteIssuance {
     RemoteIssuance {
         personal_id,
         request_id,
-        active,
-        unit_code: reference.unit_code,
-        registration_number: reference.registration_number,
+        active: status == pop::CitizenStatus::Active as i32,
     }
 }
 
@@ -358,10 +352,12 @@ impl PopulationRegistry for GrpcPopulationRegistry {
                 .await
                 .context("ListIssuances")?
                 .into_inner();
-            out.extend(response.issuances.into_iter().map(|i| {
-                let active = i.status == pop::CitizenStatus::Active as i32;
-                issuance((i.personal_id, i.request_id, active, i.registration))
-            }));
+            out.extend(
+                response
+                    .issuances
+                    .into_iter()
+                    .map(|i| issuance(i.personal_id, i.request_id, i.status)),
+            );
             if response.next_page_token.is_empty() {
                 return Ok(out);
             }
@@ -385,15 +381,7 @@ impl PopulationRegistry for GrpcPopulationRegistry {
                 .into_inner()
                 .citizens
                 .into_iter()
-                .map(|c| {
-                    let active = c.status == pop::CitizenStatus::Active as i32;
-                    issuance((
-                        c.personal_id,
-                        c.request_id,
-                        active,
-                        c.birth.and_then(|b| b.registration),
-                    ))
-                })
+                .map(|c| issuance(c.personal_id, c.request_id, c.status))
                 .collect()),
             Err(status) if status.code() == Code::NotFound => Ok(Vec::new()),
             Err(status) => Err(anyhow::anyhow!(

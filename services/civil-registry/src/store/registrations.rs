@@ -193,10 +193,6 @@ pub struct ReconcileRow {
     pub personal_id: Option<String>,
     /// Whether an outbox row is waiting for it.
     pub queued: bool,
-    /// Unit.
-    pub unit_code: String,
-    /// Register entry number.
-    pub registration_number: i64,
 }
 
 impl Store {
@@ -544,9 +540,9 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<ReconcileRow>, sqlx::Error> {
-        let rows: Vec<(String, String, Option<String>, i64, String, i64)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
             "SELECT r.id, r.status, r.personal_id, \
-             (SELECT COUNT(*) FROM outbox o WHERE o.registration_id = r.id) AS queued, r.unit_code, r.registration_number \
+             (SELECT COUNT(*) FROM outbox o WHERE o.registration_id = r.id) AS queued \
              FROM registrations r WHERE r.registered_on >= $1 AND r.registered_on <= $2 AND r.status <> 'NOT_ELIGIBLE' \
              ORDER BY r.id",
         )
@@ -555,19 +551,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(
-                |(id, status, personal_id, queued, unit_code, registration_number)| {
-                    Ok(ReconcileRow {
-                        id: Uuid::parse_str(&id).map_err(decode_err)?,
-                        status: PersonalIdStatus::from_str_opt(&status)
-                            .ok_or_else(|| decode_err("unknown status"))?,
-                        personal_id,
-                        queued: queued > 0,
-                        unit_code,
-                        registration_number,
-                    })
-                },
-            )
+            .map(|(id, status, personal_id, queued)| {
+                Ok(ReconcileRow {
+                    id: Uuid::parse_str(&id).map_err(decode_err)?,
+                    status: PersonalIdStatus::from_str_opt(&status)
+                        .ok_or_else(|| decode_err("unknown status"))?,
+                    personal_id,
+                    queued: queued > 0,
+                })
+            })
             .collect()
     }
 
