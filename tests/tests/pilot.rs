@@ -46,4 +46,11 @@ async fn a_small_pilot_is_fully_numbered_and_reconciles_across_both_services() {
     assert_eq!(run.verify.total.not_eligible_re_registration, 11);
     assert_eq!(run.verify.total.not_eligible_foreign_nationality, 3);
     assert_eq!(run.result.violations, 0);
+    // Reported, not judged: memory targets are the benchmarks' business.
+    for (service, peak) in [
+        ("civil-registry", run.result.civil_max_rss_mib),
+        ("population-registry", run.result.population_max_rss_mib),
+    ] {
+        assert!(peak.is_some_and(|mib| mib > 0.0), "{service}: {peak:?}");
+    }
 }

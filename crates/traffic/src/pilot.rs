@@ -3,6 +3,7 @@
 //! officials, replays, verifies, prints the table in the shape of the published one and a
 //! `RESULT {json}` line, and stops both services.
 
+use crate::bench::proc::Sampler;
 use crate::client::connect_channels;
 use crate::generate::{Outputs, generate_files};
 use crate::profile::{Plan, ProfileName, Summary};
@@ -48,6 +49,12 @@ pub struct PilotResult {
     /// Share of the machine's core time busy during the replay (absent off Linux).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cores_busy: Option<f64>,
+    /// Each service's peak resident memory (`VmHWM`) from start to stop, sampled every
+    /// 200 ms (absent off Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub civil_max_rss_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub population_max_rss_mib: Option<f64>,
 }
 
 /// Everything a pilot run measured.
@@ -85,6 +92,7 @@ pub async fn run(opts: &PilotOptions) -> anyhow::Result<PilotRun> {
             tokio::task::spawn_blocking(move || locate_binaries(build)).await??
         }
     };
+    let sampler = Sampler::start(Duration::from_millis(200));
     let (stack, tokens) = Stack::start(&opts.data_dir, bins, &plan).await?;
     eprintln!(
         "population-registry on {}, civil-registry on {} (data in {})",
@@ -94,6 +102,12 @@ pub async fn run(opts: &PilotOptions) -> anyhow::Result<PilotRun> {
     );
     let measured = measure(opts, &stack, tokens, &outputs, &plan).await;
     let stopped = stack.stop().await;
+    let peaks = sampler.finish().await;
+    let peak_mib = |service: &str| {
+        peaks
+            .get(service)
+            .map(|s| (s.hwm_mib() * 10.0).round() / 10.0)
+    };
     let (replay, verify) = measured?;
     stopped.context("stopping the services")?;
     let result = PilotResult {
@@ -108,6 +122,8 @@ pub async fn run(opts: &PilotOptions) -> anyhow::Result<PilotRun> {
         number_p99_ms: replay.time_to_number_ms.p99,
         failed: replay.failed,
         cores_busy: replay.cores_busy.map(|b| (b * 1000.0).round() / 1000.0),
+        civil_max_rss_mib: peak_mib("civil-registry"),
+        population_max_rss_mib: peak_mib("population-registry"),
     };
     Ok(PilotRun {
         plan,
@@ -245,6 +261,14 @@ impl PilotRun {
             "population registry: {} active numbers for the period",
             self.verify.population_active
         );
+        if let (Some(civil), Some(population)) = (
+            self.result.civil_max_rss_mib,
+            self.result.population_max_rss_mib,
+        ) {
+            println!(
+                "peak resident memory: civil-registry {civil:.1} MiB, population-registry {population:.1} MiB"
+            );
+        }
         if self.verify.violations.is_empty() {
             println!("verify: 0 violations");
         } else {

@@ -13,7 +13,7 @@ mod e2e;
 mod echo;
 mod load;
 mod mint;
-mod proc;
+pub(crate) mod proc;
 mod records;
 mod sqlite;
 

@@ -244,6 +244,7 @@ impl Nationality {
         &self.0
     }
 }
+
 /// Loading a stored record checks the shape only: registrations stored before the list
 /// was checked (any two upper-case letters) must keep loading.
 impl TryFrom<String> for Nationality {
@@ -691,7 +692,7 @@ pub struct Registration {
     pub register_unit_code: UnitCode,
     /// Registering official.
     pub official_id: String,
-    /// Number in the unit's register for the year.
+    /// Number in the register of `register_unit_code` for the year.
     pub registration_number: i64,
     /// Book as printed, `NN/YYYY`.
     pub book_number: String,
