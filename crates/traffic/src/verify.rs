@@ -362,6 +362,8 @@ pub async fn verify(
     let mut report = VerifyReport::default();
     let mut v = Vec::new();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Both registries must answer before the wait for numbers to settle, not after it.
+    issuance_statistics(&mut population, from, to).await?;
 
     // 1. Every registration in the range, once nothing is PENDING any more.
     let deadline = tokio::time::Instant::now() + settle_timeout;
@@ -746,15 +748,7 @@ pub async fn verify(
             format!("total: got {:?}, replayed {want_total:?}", report.total),
         );
     }
-    let pstats = population
-        .get_issuance_statistics(pop::GetIssuanceStatisticsRequest {
-            registered_from: Some(pb_date(from)),
-            registered_to: Some(pb_date(to)),
-            province_codes: Vec::new(),
-        })
-        .await
-        .context("GetIssuanceStatistics")?
-        .into_inner();
+    let pstats = issuance_statistics(&mut population, from, to).await?;
     for p in &pstats.provinces {
         let want = expect
             .by_province
@@ -878,6 +872,35 @@ async fn list_all(
     }
 }
 
+async fn issuance_statistics(
+    population: &mut PopulationRegistryServiceClient<Channel>,
+    from: DateJson,
+    to: DateJson,
+) -> anyhow::Result<pop::GetIssuanceStatisticsResponse> {
+    Ok(population
+        .get_issuance_statistics(pop::GetIssuanceStatisticsRequest {
+            registered_from: Some(pb_date(from)),
+            registered_to: Some(pb_date(to)),
+            province_codes: Vec::new(),
+        })
+        .await
+        .map_err(|s| population_refused("GetIssuanceStatistics", s))?
+        .into_inner())
+}
+
+/// A failed call to the population registry, with what to do when it refused the
+/// client certificate (the usual first-run mistake).
+fn population_refused(call: &str, status: tonic::Status) -> anyhow::Error {
+    let hint = match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            ": put the identity of the client certificate (--cert) on the population \
+             registry's auth.read_allowed"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{call}: {status}{hint}")
+}
+
 async fn list_issuances(
     population: &mut PopulationRegistryServiceClient<Channel>,
     from: DateJson,
@@ -896,7 +919,7 @@ async fn list_issuances(
         let page = population
             .list_issuances(req)
             .await
-            .context("ListIssuances")?
+            .map_err(|s| population_refused("ListIssuances", s))?
             .into_inner();
         out.extend(page.issuances);
         if page.next_page_token.is_empty() {

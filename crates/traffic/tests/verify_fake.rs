@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use contracts::moj::civilstatus::v1 as cs;
@@ -20,8 +22,11 @@ use traffic::generate::{Outputs, generate_files};
 use traffic::profile::ProfileName;
 use traffic::verify::{Expectation, Targets, verify};
 
-/// Two ISSUED registrations showing one number and one register entry.
-struct Civil;
+/// Two ISSUED registrations showing one number and one register entry; counts the
+/// listings it serves.
+struct Civil {
+    listings: Arc<AtomicUsize>,
+}
 
 #[tonic::async_trait]
 impl BirthRegistrationService for Civil {
@@ -43,6 +48,7 @@ impl BirthRegistrationService for Civil {
         &self,
         _: Request<cs::ListBirthRegistrationsRequest>,
     ) -> Result<Response<cs::ListBirthRegistrationsResponse>, Status> {
+        self.listings.fetch_add(1, Ordering::SeqCst);
         let issued = |id: &str| cs::BirthRegistration {
             name: format!("birthRegistrations/{id}"),
             id: id.into(),
@@ -76,8 +82,11 @@ impl BirthRegistrationService for Civil {
     }
 }
 
-/// One number minted for two requests, and one request holding two active numbers.
-struct Population;
+/// One number minted for two requests, and one request holding two active numbers; or,
+/// when `refuses_reads`, a registry that does not have the caller on its read allow-list.
+struct Population {
+    refuses_reads: bool,
+}
 
 type Answers = Pin<
     Box<dyn tokio_stream::Stream<Item = Result<pop::BatchIssuePersonalIdsResponse, Status>> + Send>,
@@ -133,6 +142,9 @@ impl PopulationRegistryService for Population {
         &self,
         _: Request<pop::GetIssuanceStatisticsRequest>,
     ) -> Result<Response<pop::GetIssuanceStatisticsResponse>, Status> {
+        if self.refuses_reads {
+            return Err(Status::permission_denied("caller not allowed"));
+        }
         Ok(Response::new(pop::GetIssuanceStatisticsResponse::default()))
     }
 
@@ -166,9 +178,11 @@ async fn serve(router: tonic::transport::server::Router) -> String {
     addr.to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twice_is_reported() {
-    // Arrange: the registries' answers above, checked against a small generated pilot.
+/// The fake registries above, what a small generated pilot expects of them, and the
+/// count of the civil registry's listings.
+async fn arranged(
+    population: Population,
+) -> (tempfile::TempDir, Expectation, Targets, Arc<AtomicUsize>) {
     let dir = tempfile::tempdir().unwrap();
     let outputs = Outputs::next_to(&dir.path().join("t.ndjson"));
     let (plan, _) = generate_files(ProfileName::Pilot2016, 4, 0.001, &outputs).unwrap();
@@ -182,13 +196,16 @@ async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twic
         insecure: true,
         ..ClientTls::default()
     };
-    let civil = serve(
-        tonic::transport::Server::builder().add_service(BirthRegistrationServiceServer::new(Civil)),
-    )
+    let listings = Arc::new(AtomicUsize::new(0));
+    let civil = serve(tonic::transport::Server::builder().add_service(
+        BirthRegistrationServiceServer::new(Civil {
+            listings: listings.clone(),
+        }),
+    ))
     .await;
     let population = serve(
         tonic::transport::Server::builder()
-            .add_service(PopulationRegistryServiceServer::new(Population)),
+            .add_service(PopulationRegistryServiceServer::new(population)),
     )
     .await;
     let targets = Targets {
@@ -202,6 +219,16 @@ async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twic
             .unwrap()
             .remove(0),
     };
+    (dir, expect, targets, listings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twice_is_reported() {
+    // Arrange
+    let (_dir, expect, targets, _) = arranged(Population {
+        refuses_reads: false,
+    })
+    .await;
 
     // Act
     let report = verify(&targets, &expect, None, Duration::from_secs(1))
@@ -224,4 +251,29 @@ async fn a_number_shown_twice_minted_twice_or_active_twice_or_an_entry_held_twic
     ] {
         assert_eq!(of_kind(kind), 1, "{kind}: {:#?}", report.violations);
     }
+}
+
+/// A tester's first run often lacks the population registry's read permission: verify
+/// says so first, naming the setting, before listing and waiting for numbers to settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_population_registry_that_refuses_the_reader_is_reported_at_once_with_the_fix() {
+    // Arrange
+    let (_dir, expect, targets, listings) = arranged(Population {
+        refuses_reads: true,
+    })
+    .await;
+
+    // Act
+    let error = verify(&targets, &expect, None, Duration::from_secs(600))
+        .await
+        .expect_err("refused");
+
+    // Assert
+    let message = format!("{error:#}");
+    assert!(message.contains("auth.read_allowed"), "{message}");
+    assert_eq!(
+        listings.load(Ordering::SeqCst),
+        0,
+        "refused before the civil registry was listed and its numbers waited for"
+    );
 }
