@@ -146,9 +146,18 @@ async fn duplicated_retried_and_shuffled_register_births_give_one_registration_a
         .expect("registration");
     let again = fleet
         .civil_client()
-        .register_birth(authorized(request, &auth))
+        .register_birth(authorized(request.clone(), &auth))
         .await
         .expect("a second retry is answered")
+        .into_inner()
+        .registration
+        .expect("registration");
+    let settled = settled(&fleet, &retried.name, &auth).await;
+    let after_settling = fleet
+        .civil_client()
+        .register_birth(authorized(request, &auth))
+        .await
+        .expect("a retry after the number is answered")
         .into_inner()
         .registration
         .expect("registration");
@@ -164,12 +173,51 @@ async fn duplicated_retried_and_shuffled_register_births_give_one_registration_a
     assert_eq!(fleet.registrations().await, before + 1);
     assert_eq!(retried.name, again.name);
     assert_eq!(retried.id, again.id);
-    if retried.personal_id_status == cpb::PersonalIdStatus::Issued as i32 {
-        assert_eq!(retried.personal_id, again.personal_id);
+    // One number for the request, whichever answer carried it first.
+    for answer in [&retried, &again, &after_settling] {
+        if answer.personal_id_status == cpb::PersonalIdStatus::Issued as i32 {
+            assert_eq!(answer.personal_id, settled.personal_id);
+        }
     }
+    assert_eq!(
+        after_settling.personal_id_status,
+        cpb::PersonalIdStatus::Issued as i32
+    );
+    assert_eq!(after_settling.personal_id, settled.personal_id);
     fleet
         .stack
         .stop()
         .await
         .expect("both services stop cleanly");
+}
+
+/// The registration once its number has come back (polling, up to 30 s).
+async fn settled(
+    fleet: &Fleet,
+    name: &str,
+    auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> cpb::BirthRegistration {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let registration = fleet
+            .civil_client()
+            .get_birth_registration(authorized(
+                cpb::GetBirthRegistrationRequest { name: name.into() },
+                auth,
+            ))
+            .await
+            .expect("the registration is readable")
+            .into_inner()
+            .registration
+            .expect("registration");
+        if registration.personal_id_status == cpb::PersonalIdStatus::Issued as i32 {
+            return registration;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no number within 30 s: status {}",
+            registration.personal_id_status
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -414,10 +414,16 @@ async fn intruders_are_refused_with_the_contract_codes_and_every_attempt_is_logg
                 "personal data in a log line: {line}"
             );
         }
-        assert!(
-            !line.contains(&revoked_token),
-            "a token in a log line: {line}"
-        );
+        for credential in [
+            revoked_token.as_str(),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "dXNlcjpwYXNz",
+        ] {
+            assert!(
+                !line.contains(credential),
+                "a credential in a log line: {line}"
+            );
+        }
     }
     assert!(
         civil_security.iter().any(|l| l.contains(&revoked_id)),

@@ -333,36 +333,35 @@ mod tests {
     fn the_expectation_reads_enums_spelt_as_numbers_as_the_replay_sends_them() {
         let undetermined = Expected::NotEligible(Reasons(Reasons::SEX_UNDETERMINED));
         let re_registration = Expected::NotEligible(Reasons(Reasons::RE_REGISTRATION));
-        for (kind, sex, want) in [
+        // The contract's numbers: FIRST_TIME 1, RE_REGISTRATION 2; MALE 1, FEMALE 2,
+        // UNDETERMINED 3.
+        for (kind, sex, wire, want) in [
             (
                 "REGISTRATION_KIND_FIRST_TIME",
                 "SEX_FEMALE",
+                (1, 2),
                 Expected::Eligible,
             ),
-            ("1", "2", Expected::Eligible),
+            ("1", "2", (1, 2), Expected::Eligible),
             (
                 "REGISTRATION_KIND_FIRST_TIME",
                 "SEX_UNDETERMINED",
+                (1, 3),
                 undetermined,
             ),
-            ("1", "3", undetermined),
+            ("1", "3", (1, 3), undetermined),
             (
                 "REGISTRATION_KIND_RE_REGISTRATION",
                 "SEX_MALE",
+                (2, 1),
                 re_registration,
             ),
-            ("2", "1", re_registration),
+            ("2", "1", (2, 1), re_registration),
         ] {
             let r = request(kind, sex);
             let sent = pb::RegisterBirthRequest::try_from(&r).unwrap();
             let child = sent.child.as_ref().unwrap();
-            assert_eq!(
-                (sent.kind, child.sex),
-                (
-                    r.kind_value().unwrap(),
-                    r.child.as_ref().unwrap().sex_value().unwrap()
-                )
-            );
+            assert_eq!((sent.kind, child.sex), wire, "kind {kind} sex {sex}");
             assert_eq!(r.expected().unwrap(), want, "kind {kind} sex {sex}");
         }
     }

@@ -210,9 +210,14 @@ fn the_content_digest_is_that_of_the_record_and_date_pair() {
         assert_eq!(record_json, serde_json::to_string(&new.record).unwrap());
         digests.push(digest);
     }
-    assert_ne!(
-        digests[0], digests[1],
-        "the given date is part of the content"
+    // Pinned: a change of the record's JSON (a field renamed, reordered or added) changes
+    // every digest and would answer retries of stored registrations ALREADY_EXISTS.
+    assert_eq!(
+        digests,
+        [
+            "25c9fd0ee3458a20864c4fea523b5c41edbb4adba857377098483e22d316d1f8",
+            "58b1ad7e1cbeb09d8eb026e7da247129b3e5ab41b2ef508e36581ef9fa361b2b"
+        ]
     );
 }
 
@@ -519,23 +524,23 @@ async fn numbers_arrive_after_the_population_registry_comes_back(backend: Backen
         let token = app.token("reg_c001");
         handles.push(tokio::spawn(async move {
             let mut client = client;
-            let started = std::time::Instant::now();
-            let registration = client
-                .register_birth(auth(birth(&format!("down-{i}")), &token))
+            // The registry stays down until every call has answered: a call waiting for
+            // its number beyond the configured 100 ms would run into this deadline.
+            let mut request = auth(birth(&format!("down-{i}")), &token);
+            request.set_timeout(Duration::from_secs(5));
+            client
+                .register_birth(request)
                 .await
                 .unwrap()
                 .into_inner()
                 .registration
-                .unwrap();
-            (registration, started.elapsed())
+                .unwrap()
         }));
     }
     for h in handles {
-        let (r, took) = h.await.unwrap();
-        // Assert: registered, answered PENDING while the registry is down, after the
-        // configured wait for the number (100 ms; the bound is loose for a loaded machine).
+        let r = h.await.unwrap();
+        // Assert: registered, answered PENDING while the registry is down.
         assert_eq!(r.personal_id_status, PENDING);
-        assert!(took < Duration::from_millis(1_500), "{took:?}");
         names.push(r.name);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

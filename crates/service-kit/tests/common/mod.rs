@@ -44,12 +44,16 @@ impl TestServer {
         config: &ServerConfig,
         arrange: impl FnOnce(GrpcServer) -> GrpcServer,
     ) -> Self {
-        let server = arrange(
+        Self::serve(arrange(
             GrpcServer::bind(config, service_kit::echo::FILE_DESCRIPTOR_SET)
                 .await
                 .expect("bind")
                 .add_service(EchoServer::service()),
-        );
+        ))
+    }
+
+    /// Serves a bound server with its services added.
+    pub fn serve(server: GrpcServer) -> Self {
         let addr = server.local_addr();
         let health_addr = server.health_local_addr();
         let health = server.health_reporter();

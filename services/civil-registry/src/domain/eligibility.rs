@@ -151,7 +151,16 @@ mod tests {
             ),
             d(2015, 6, 1),
         );
-        assert_eq!(decision.reasons, IneligibilityReason::ALL.to_vec());
+        assert_eq!(
+            decision.reasons,
+            vec![
+                IneligibilityReason::ForeignNationality,
+                IneligibilityReason::ReRegistration,
+                IneligibilityReason::SexUndetermined,
+                IneligibilityReason::Age14OrOver,
+                IneligibilityReason::BeforeProgramStart,
+            ]
+        );
     }
 
     #[test]
@@ -180,14 +189,24 @@ mod tests {
     }
 
     #[test]
-    fn reason_masks_round_trip() {
-        let reasons = vec![
-            IneligibilityReason::ForeignNationality,
-            IneligibilityReason::Age14OrOver,
-        ];
+    fn stored_reason_masks_keep_their_bits() {
+        // Rows written by every earlier release hold these masks.
+        use IneligibilityReason::*;
+        let reasons = vec![ForeignNationality, Age14OrOver];
+        assert_eq!(IneligibilityReason::mask(&reasons), 9);
+        assert_eq!(IneligibilityReason::from_mask(9), reasons);
         assert_eq!(
-            IneligibilityReason::from_mask(IneligibilityReason::mask(&reasons)),
-            reasons
+            IneligibilityReason::from_mask(31),
+            vec![
+                ForeignNationality,
+                ReRegistration,
+                SexUndetermined,
+                Age14OrOver,
+                BeforeProgramStart
+            ]
         );
+        assert_eq!(IneligibilityReason::from_mask(2), vec![ReRegistration]);
+        assert_eq!(IneligibilityReason::from_mask(4), vec![SexUndetermined]);
+        assert_eq!(IneligibilityReason::from_mask(16), vec![BeforeProgramStart]);
     }
 }
