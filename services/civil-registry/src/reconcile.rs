@@ -137,7 +137,7 @@ pub async fn reconcile<P: PopulationRegistry>(
                 (
                     DifferenceKind::NumberNotWrittenBack | DifferenceKind::NumberMismatch,
                     Some(t),
-                ) => store.repair_write_back(row.id, &t.personal_id).await?,
+                ) => store.repair_write_back(&row, &t.personal_id).await?,
                 (DifferenceKind::StuckWithoutRequest, None) => store.repair_requeue(row.id).await?,
                 _ => false,
             }

@@ -303,7 +303,6 @@ impl Registry {
             .await
             .is_err()
         {
-            self.waiters.forget(id);
             return Err(stopped());
         }
         // Wait for the number, not for the insert's commit: the writer releases this
@@ -311,63 +310,35 @@ impl Registry {
         // conflict, a failed commit), so one wake-up ends the wait either way. The number
         // comes only after the insert's commit, whose answer is then ready.
         let mut number = None;
-        let mut subscribed = !self.wait_for_number.is_zero();
-        if subscribed {
-            match tokio::time::timeout(self.wait_for_number, &mut settled).await {
-                Ok(Ok(settlement)) => (number, subscribed) = (Some(settlement), false),
-                Ok(Err(_)) => subscribed = false,
-                Err(_) => {}
-            }
+        if !self.wait_for_number.is_zero() {
+            number = settled.within(self.wait_for_number).await;
         }
-        let outcome = match answer.await.map_err(|_| stopped()).and_then(|o| o) {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.waiters.forget(id);
-                return Err(e);
-            }
-        };
+        let outcome = answer.await.map_err(|_| stopped()).and_then(|o| o)?;
         match outcome {
             (InsertOutcome::Created(_), Some(mut registration)) => {
-                if registration.status == PersonalIdStatus::Pending && subscribed {
+                if registration.status == PersonalIdStatus::Pending {
                     // The wait ran out; a number written since is still taken.
-                    number = settled.try_recv().ok();
+                    number = number.or_else(|| settled.ready());
                 }
-                drop(settled);
-                match number {
-                    Some(settlement) => registration.settle(settlement),
-                    None => self.waiters.forget(id),
+                if let Some(settlement) = number {
+                    registration.settle(settlement);
                 }
                 Ok(registration)
             }
             (InsertOutcome::Created(other) | InsertOutcome::Existing(other), _) => {
                 // A retry: wait on the stored registration instead.
                 drop(settled);
-                self.waiters.forget(id);
-                let settled = self.waiters.subscribe(other);
-                let mut registration = match self.load(other).await {
-                    Ok(registration) => registration,
-                    Err(e) => {
-                        self.waiters.forget(other);
-                        return Err(e);
-                    }
-                };
-                if registration.status != PersonalIdStatus::Pending
-                    || self.wait_for_number.is_zero()
+                let mut settled = self.waiters.subscribe(other);
+                let mut registration = self.load(other).await?;
+                if registration.status == PersonalIdStatus::Pending
+                    && !self.wait_for_number.is_zero()
+                    && let Some(settlement) = settled.within(self.wait_for_number).await
                 {
-                    drop(settled);
-                    self.waiters.forget(other);
-                    return Ok(registration);
-                }
-                match tokio::time::timeout(self.wait_for_number, settled).await {
-                    Ok(Ok(settlement)) => registration.settle(settlement),
-                    Ok(Err(_)) | Err(_) => self.waiters.forget(other),
+                    registration.settle(settlement);
                 }
                 Ok(registration)
             }
-            (InsertOutcome::Conflict, _) => {
-                self.waiters.forget(id);
-                Err(RegistryError::IdempotencyKeyReused)
-            }
+            (InsertOutcome::Conflict, _) => Err(RegistryError::IdempotencyKeyReused),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::moj::civilstatus::v1 as pb;
@@ -509,6 +510,83 @@ async fn every_policy_case_is_refused_with_its_reason(backend: Backend) {
         "C001"
     );
     assert_eq!(app.count_registrations().await, 3);
+    app.stop().await;
+}
+
+/// Rows that only the relay's poll finds (here a registration refused while the registry
+/// was down, due for its retry) go out while new registrations keep streaming in through
+/// the in-memory handoff, not only once the stream stops.
+async fn a_retry_goes_out_while_registrations_keep_arriving(backend: Backend) {
+    // Arrange: one batch of 2 in flight at a time, each answered after 50 ms, so that
+    // more registrations than a batch takes are always waiting in the handoff.
+    let app = TestApp::start_with(backend, |cfg| {
+        cfg.registration.wait_for_number_ms = 0;
+        cfg.relay.max_in_flight_batches = 1;
+        cfg.relay.batch_size = 2;
+        cfg.relay.backoff_initial_ms = 50;
+        cfg.relay.backoff_max_ms = 50;
+        cfg.relay.idle_poll_ms = 100;
+    })
+    .await;
+    app.fake.set_down(true);
+    let waiting = register(&app, "reg_c001", birth("poll-retry"))
+        .await
+        .unwrap();
+    while app.fake.refused_while_down() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.fake.set_answer_delay(Duration::from_millis(50));
+    app.fake.set_down(false);
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut streams = Vec::new();
+    for task in 0..4 {
+        let (mut client, token) = (app.client().await, app.token("reg_c001"));
+        let streaming = streaming.clone();
+        streams.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while streaming.load(std::sync::atomic::Ordering::SeqCst) {
+                let request = birth(&format!("stream-{task}-{sent}"));
+                client.register_birth(auth(request, &token)).await.unwrap();
+                sent += 1;
+            }
+            sent
+        }));
+    }
+
+    // Act: wait for the retried registration's number while the stream flows.
+    let mut reader = app.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let numbered = loop {
+        let r = reader
+            .get_birth_registration(auth(
+                pb::GetBirthRegistrationRequest {
+                    name: waiting.name.clone(),
+                },
+                &app.token("reg_c001"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .registration
+            .unwrap();
+        if r.personal_id_status == ISSUED || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let still_streaming = streams.iter().all(|s| !s.is_finished());
+    streaming.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut streamed = 0;
+    for s in streams {
+        streamed += s.await.unwrap();
+    }
+
+    // Assert
+    assert_eq!(
+        numbered.personal_id_status, ISSUED,
+        "numbered while {streamed} registrations streamed in"
+    );
+    assert!(still_streaming && streamed > 0);
     app.stop().await;
 }
 
@@ -1175,6 +1253,54 @@ async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend)
     app.stop().await;
 }
 
+/// A repair acts on the registration as the comparison saw it: a row changed since (a
+/// correction, a write-back) is left for the next run, and a number the repair replaces
+/// is kept among the cancelled ones.
+async fn a_repair_leaves_a_registration_changed_since_the_comparison_alone(backend: Backend) {
+    // Arrange: two numbered registrations, both seen by the comparison.
+    let app = TestApp::start(backend).await;
+    let a = register(&app, "reg_c001", birth("stale-a")).await.unwrap();
+    let b = register(&app, "reg_c001", birth("stale-b")).await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap();
+    let seen = app.store.reconcile_rows(day, day).await.unwrap();
+    let seen_as = |id: &str| {
+        seen.iter()
+            .find(|row| row.id.to_string() == id)
+            .expect("seen")
+            .clone()
+    };
+    let (seen_a, seen_b) = (seen_as(&a.id), seen_as(&b.id));
+    // `a` changes after the comparison read it.
+    app.sql(&format!(
+        "UPDATE registrations SET updated_at_ms = updated_at_ms + 1 WHERE id = '{}'",
+        a.id
+    ))
+    .await;
+
+    // Act: both repaired to a number the listing showed.
+    let stale = app
+        .store
+        .repair_write_back(&seen_a, "001225999991")
+        .await
+        .unwrap();
+    let fresh = app
+        .store
+        .repair_write_back(&seen_b, "001225999992")
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(!stale, "a row changed since it was seen is not repaired");
+    assert!(fresh);
+    let a_now = app.settled("aud_moj", &a.name).await;
+    let b_now = app.settled("aud_moj", &b.name).await;
+    assert_eq!(a_now.personal_id, a.personal_id);
+    assert!(a_now.cancelled_personal_ids.is_empty());
+    assert_eq!(b_now.personal_id, "001225999992");
+    assert_eq!(b_now.cancelled_personal_ids, vec![b.personal_id.clone()]);
+    app.stop().await;
+}
+
 async fn statistics_equal_what_was_registered(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1814,6 +1940,7 @@ both_backends!(
     every_bad_field_is_named_and_nothing_is_written,
     every_policy_case_is_refused_with_its_reason,
     numbers_arrive_after_the_population_registry_comes_back,
+    a_retry_goes_out_while_registrations_keep_arriving,
     a_permanent_refusal_marks_the_registration_rejected,
     a_rejected_registration_is_sent_again_unchanged_once_the_refusal_is_lifted,
     a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged,
@@ -1825,6 +1952,7 @@ both_backends!(
     a_correction_that_would_postdate_the_registration_or_end_eligibility_changes_nothing,
     a_move_to_another_province_reissues_the_number,
     reconciliation_finds_and_repairs_a_planted_difference,
+    a_repair_leaves_a_registration_changed_since_the_comparison_alone,
     statistics_equal_what_was_registered,
     lists_are_paginated_filtered_and_limited_to_the_jurisdiction,
     a_registration_moved_by_a_correction_is_listed_under_its_new_unit,

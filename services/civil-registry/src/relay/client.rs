@@ -244,8 +244,12 @@ fn code_name(code: Code) -> String {
     })
 }
 
+/// ErrorInfo domain of the population registry's reasons.
+const POPULATION_DOMAIN: &str = "population.mps.gov.vn";
+
 /// Refusals of the record itself (malformed, its key reused with other content, nothing to
-/// re-issue, its bucket full) end the row as REJECTED, for an official to correct.
+/// re-issue, its bucket full, no citizen holding the number to re-issue) end the row as
+/// REJECTED, for an official or an operator to resolve.
 /// Everything else is retried with backoff, the circuit breaker and the outbox-age alert
 /// taking over: a refusal of this caller or route (PERMISSION_DENIED from an allow-list
 /// missing the service's new certificate, UNIMPLEMENTED or NOT_FOUND from a misrouted
@@ -253,18 +257,25 @@ fn code_name(code: Code) -> String {
 /// lift it.
 pub fn classify(status: &tonic::Status) -> Outcome {
     let code = code_name(status.code());
-    let reason = status.get_details_error_info().map(|info| info.reason);
+    let info = status.get_details_error_info();
+    let reason = info.as_ref().map(|info| info.reason.clone());
+    let registry_says = |wanted: &str| {
+        info.as_ref()
+            .is_some_and(|info| info.domain == POPULATION_DOMAIN && info.reason == wanted)
+    };
     let permanent = match status.code() {
         Code::InvalidArgument
         | Code::AlreadyExists
         | Code::FailedPrecondition
         | Code::OutOfRange => true,
-        Code::ResourceExhausted => reason.as_deref() == Some("BUCKET_EXHAUSTED"),
+        Code::ResourceExhausted => registry_says("BUCKET_EXHAUSTED"),
+        // The registry itself holds no citizen with the number to re-issue: asking again
+        // will not change that. A NOT_FOUND without its ErrorInfo is a misrouted call.
+        Code::NotFound => registry_says("CITIZEN_NOT_FOUND"),
         Code::Ok
         | Code::Cancelled
         | Code::Unknown
         | Code::DeadlineExceeded
-        | Code::NotFound
         | Code::PermissionDenied
         | Code::Unimplemented
         | Code::Aborted
@@ -397,7 +408,7 @@ mod tests {
     use super::*;
 
     fn with_reason(code: Code, reason: &str) -> tonic::Status {
-        service_kit::status::with_reason(code, "refused", "population.mps.gov.vn", reason)
+        service_kit::status::with_reason(code, "refused", POPULATION_DOMAIN, reason)
     }
 
     #[test]
@@ -410,6 +421,7 @@ mod tests {
             with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED"),
             with_reason(Code::FailedPrecondition, "NOTHING_TO_REISSUE"),
             with_reason(Code::ResourceExhausted, "BUCKET_EXHAUSTED"),
+            with_reason(Code::NotFound, "CITIZEN_NOT_FOUND"),
         ] {
             assert!(
                 matches!(classify(&status), Outcome::Rejected { .. }),
@@ -422,6 +434,12 @@ mod tests {
             tonic::Status::unimplemented("no such route"),
             tonic::Status::not_found("no such route"),
             tonic::Status::resource_exhausted("too many streams"),
+            service_kit::status::with_reason(
+                Code::NotFound,
+                "no such citizen",
+                "proxy.example",
+                "CITIZEN_NOT_FOUND",
+            ),
             tonic::Status::unavailable("draining"),
         ] {
             assert!(

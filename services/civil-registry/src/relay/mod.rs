@@ -29,8 +29,8 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    /// A receiver that fires when `id` settles.
-    pub fn subscribe(&self, id: Uuid) -> oneshot::Receiver<Settlement> {
+    /// A wait that ends when `id` settles.
+    pub fn subscribe(&self, id: Uuid) -> Subscription<'_> {
         let (tx, rx) = oneshot::channel();
         self.map
             .lock()
@@ -38,11 +38,15 @@ impl Waiters {
             .entry(id)
             .or_default()
             .push(tx);
-        rx
+        Subscription {
+            waiters: self,
+            id,
+            settled: Some(rx),
+        }
     }
 
     /// Drops waiters that gave up on `id`.
-    pub fn forget(&self, id: Uuid) {
+    fn forget(&self, id: Uuid) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = map.get_mut(&id) {
             list.retain(|tx| !tx.is_closed());
@@ -72,6 +76,38 @@ impl Waiters {
                 let _ = tx.send(settlement.clone());
             }
         }
+    }
+}
+
+/// One caller's wait for a registration to settle. Dropping it, whether the number came,
+/// the wait ran out or the call was cancelled, removes the entry from [`Waiters`]: a
+/// registration settled by another replica leaves nothing behind in this one.
+#[derive(Debug)]
+pub struct Subscription<'a> {
+    waiters: &'a Waiters,
+    id: Uuid,
+    settled: Option<oneshot::Receiver<Settlement>>,
+}
+
+impl Subscription<'_> {
+    /// The settlement, waiting at most `patience`: `None` when the wait ran out or no
+    /// number is coming (the writer released the wait).
+    pub async fn within(&mut self, patience: Duration) -> Option<Settlement> {
+        let settled = self.settled.as_mut()?;
+        tokio::time::timeout(patience, settled).await.ok()?.ok()
+    }
+
+    /// The settlement if it has already come.
+    pub fn ready(&mut self) -> Option<Settlement> {
+        self.settled.as_mut()?.try_recv().ok()
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        // Closing the receiver first lets `forget` tell this wait from live ones.
+        drop(self.settled.take());
+        self.waiters.forget(self.id);
     }
 }
 
@@ -235,6 +271,7 @@ impl<P: PopulationRegistry> Relay<P> {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let mut next_poll = tokio::time::Instant::now();
+        let mut polled_last = false;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -251,19 +288,28 @@ impl<P: PopulationRegistry> Relay<P> {
                 }
                 continue;
             }
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.changed() => continue,
-                item = next_handed(&mut handed) => match item {
-                    Some(item) => Some(item),
-                    None => {
-                        handed = None;
-                        continue;
-                    }
-                },
-                _ = self.wake.notified() => None,
-                _ = tokio::time::sleep_until(next_poll) => None,
+            // Once due, the poll takes every other turn however busy the handoff is:
+            // retries, expired leases and corrections are found only by the poll and must
+            // not wait for a lull in registrations.
+            let poll_due = !polled_last && tokio::time::Instant::now() >= next_poll;
+            let first = if poll_due {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => continue,
+                    item = next_handed(&mut handed) => match item {
+                        Some(item) => Some(item),
+                        None => {
+                            handed = None;
+                            continue;
+                        }
+                    },
+                    _ = self.wake.notified() => None,
+                    _ = tokio::time::sleep_until(next_poll) => None,
+                }
             };
+            polled_last = first.is_none();
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => continue,
@@ -456,8 +502,8 @@ mod tests {
             at_ms: 1,
         };
         waiters.notify(&[(a, settlement.clone())]);
-        assert_eq!(rx_a.try_recv().ok(), Some(settlement.clone()));
-        assert!(rx_b.try_recv().is_err());
+        assert_eq!(rx_a.ready(), Some(settlement.clone()));
+        assert!(rx_b.ready().is_none());
 
         // Settled in one group, each still gets its own.
         let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
@@ -467,8 +513,26 @@ mod tests {
             ..settlement.clone()
         };
         waiters.notify(&[(c, settlement.clone()), (d, other.clone())]);
-        assert_eq!(rx_c.try_recv().ok(), Some(settlement));
-        assert_eq!(rx_d.try_recv().ok(), Some(other));
+        assert_eq!(rx_c.ready(), Some(settlement));
+        assert_eq!(rx_d.ready(), Some(other));
+    }
+
+    #[test]
+    fn a_wait_given_up_leaves_nothing_behind_and_spares_the_others() {
+        let waiters = Waiters::default();
+        let id = Uuid::new_v4();
+        let staying = waiters.subscribe(id);
+        let leaving = waiters.subscribe(Uuid::new_v4());
+        {
+            let _cancelled = waiters.subscribe(id);
+        }
+        drop(leaving);
+        let map = waiters.map.lock().unwrap();
+        assert_eq!(map.len(), 1, "only the registration still waited on");
+        assert_eq!(map[&id].len(), 1, "only the wait still held");
+        drop(map);
+        drop(staying);
+        assert!(waiters.map.lock().unwrap().is_empty());
     }
 
     #[test]

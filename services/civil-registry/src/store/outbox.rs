@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::audit::Val;
 use super::group::GroupTx;
-use super::{AuditEntry, Backend, Store, now_ms};
+use super::{AuditEntry, Backend, ReconcileRow, Store, now_ms};
 use crate::domain::model::{PersonalIdStatus, Settlement};
 use crate::domain::population::{Outbound, OutboundKind};
 
@@ -92,10 +92,22 @@ impl Store {
         let mut items = rows
             .into_iter()
             .filter_map(|(key, rid, kind, payload, attempts)| {
+                let (Ok(registration_id), Some(kind)) =
+                    (Uuid::parse_str(&rid), OutboundKind::parse(&kind))
+                else {
+                    // Only a hand-edited or damaged row gets here. It stays leased and is
+                    // reported again at every lease, for an operator to repair.
+                    tracing::error!(
+                        target: "civil_registry::relay",
+                        issue_key = %key,
+                        "an outbox row has an unreadable registration id or kind: not sent"
+                    );
+                    return None;
+                };
                 Some(Outbound {
                     key,
-                    registration_id: Uuid::parse_str(&rid).ok()?,
-                    kind: OutboundKind::parse(&kind)?,
+                    registration_id,
+                    kind,
                     payload,
                     attempts,
                 })
@@ -142,24 +154,39 @@ impl Store {
     }
 
     /// Reconciliation repair: a number the population registry holds for a registration
-    /// that does not show it is written back (and any queued request for it dropped).
+    /// that does not show it is written back (and any queued request for it dropped). Only
+    /// while the registration is as `seen` when the comparison began: a correction or a
+    /// write-back since then is newer than the listing, and the next run judges it. A
+    /// number replaced by the repair is kept among the cancelled ones, as a re-issue
+    /// keeps it.
     pub async fn repair_write_back(
         &self,
-        registration_id: Uuid,
+        seen: &ReconcileRow,
         personal_id: &str,
     ) -> Result<bool, sqlx::Error> {
         let mut wtx = self.begin_write().await?;
-        let rid = registration_id.to_string();
-        let done = sqlx::query(
-            "UPDATE registrations SET status = 'ISSUED', personal_id = $1, issue_time_ms = $2, updated_at_ms = $2, \
-             rejection_reason = NULL WHERE id = $3 AND status <> 'NOT_ELIGIBLE'",
-        )
-        .bind(personal_id.to_owned())
-        .bind(now_ms())
-        .bind(rid.clone())
-        .execute(&mut *wtx.tx)
-        .await?
-        .rows_affected();
+        let rid = seen.id.to_string();
+        let now = now_ms();
+        sqlx::query(REPAIR_CANCEL_REPLACED)
+            .bind(now)
+            .bind(rid.clone())
+            .bind(seen.updated_at_ms)
+            .bind(seen.status.as_str().to_owned())
+            .bind(personal_id.to_owned())
+            .execute(&mut *wtx.tx)
+            .await?;
+        let done = sqlx::query(REPAIR_ISSUED)
+            .bind(now)
+            .bind(rid.clone())
+            .bind(seen.updated_at_ms)
+            .bind(seen.status.as_str().to_owned())
+            .bind(personal_id.to_owned())
+            .execute(&mut *wtx.tx)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM outbox WHERE registration_id = $1")
             .bind(rid.clone())
             .execute(&mut *wtx.tx)
@@ -171,7 +198,7 @@ impl Store {
             details: serde_json::json!({}),
         });
         wtx.commit().await?;
-        Ok(done > 0)
+        Ok(true)
     }
 
     /// Reconciliation repair: a registration that should be numbered but has neither a
@@ -241,6 +268,14 @@ fn settle<T: GroupTx>(
     settled.push((item.registration_id, settlement));
 }
 
+/// The repair's two statements bind (now, id, updated_at_ms as seen, status as seen,
+/// number), and act only on a row still as seen.
+const REPAIR_CANCEL_REPLACED: &str = "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) \
+    SELECT personal_id, id, $1 FROM registrations \
+    WHERE id = $2 AND updated_at_ms = $3 AND status = $4 AND personal_id IS NOT NULL AND personal_id <> $5 \
+    ON CONFLICT (personal_id) DO NOTHING";
+const REPAIR_ISSUED: &str = "UPDATE registrations SET status = 'ISSUED', personal_id = $5, issue_time_ms = $1, \
+    updated_at_ms = $1, rejection_reason = NULL WHERE id = $2 AND updated_at_ms = $3 AND status = $4";
 const CANCEL_REPLACED: &str = "INSERT INTO cancelled_personal_ids (personal_id, registration_id, cancelled_at_ms) \
     SELECT personal_id, id, $1 FROM registrations \
     WHERE id = $2 AND issue_key = $3 AND status = 'PENDING' AND personal_id IS NOT NULL AND personal_id <> $4 \

@@ -193,6 +193,8 @@ pub struct ReconcileRow {
     pub personal_id: Option<String>,
     /// Whether an outbox row is waiting for it.
     pub queued: bool,
+    /// When the row last changed, to tell a repair whether it still stands as seen.
+    pub updated_at_ms: i64,
 }
 
 impl Store {
@@ -540,9 +542,9 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<ReconcileRow>, sqlx::Error> {
-        let rows: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
             "SELECT r.id, r.status, r.personal_id, \
-             (SELECT COUNT(*) FROM outbox o WHERE o.registration_id = r.id) AS queued \
+             (SELECT COUNT(*) FROM outbox o WHERE o.registration_id = r.id) AS queued, r.updated_at_ms \
              FROM registrations r WHERE r.registered_on >= $1 AND r.registered_on <= $2 AND r.status <> 'NOT_ELIGIBLE' \
              ORDER BY r.id",
         )
@@ -551,13 +553,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, status, personal_id, queued)| {
+            .map(|(id, status, personal_id, queued, updated_at_ms)| {
                 Ok(ReconcileRow {
                     id: Uuid::parse_str(&id).map_err(decode_err)?,
                     status: PersonalIdStatus::from_str_opt(&status)
                         .ok_or_else(|| decode_err("unknown status"))?,
                     personal_id,
                     queued: queued > 0,
+                    updated_at_ms,
                 })
             })
             .collect()

@@ -26,6 +26,8 @@ pub struct Issued {
 #[derive(Debug, Default)]
 pub struct State {
     pub down: bool,
+    /// How long each batch message waits before it is answered.
+    pub answer_delay: std::time::Duration,
     /// Refuse records whose child's name is this, with this code.
     pub reject_name: Option<(String, Code)>,
     /// Mint for such a record before refusing it: as when the first answer was lost and
@@ -92,6 +94,11 @@ impl FakePopulation {
 
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
+    }
+
+    /// Answers each batch message only after `delay` (a registry under load).
+    pub fn set_answer_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().answer_delay = delay;
     }
 
     pub fn reject_name(&self, name: &str, code: Code) {
@@ -258,6 +265,8 @@ impl PopulationRegistryService for FakePopulation {
         let mut inbound = request.into_inner();
         let out = async_stream_like(move |tx| async move {
             while let Some(Ok(message)) = inbound.next().await {
+                let delay = this.state.lock().unwrap().answer_delay;
+                tokio::time::sleep(delay).await;
                 let results = message
                     .items
                     .iter()
