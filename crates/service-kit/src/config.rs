@@ -184,6 +184,10 @@ pub struct ServerConfig {
     /// Upper bound on a unary call's duration, and on the silence between the messages of
     /// a request stream (a shorter client deadline wins).
     pub request_timeout_ms: u64,
+    /// Age at which a client connection is asked to go away (HTTP/2 GOAWAY; calls in
+    /// flight finish), so that clients connect again and spread over replicas added
+    /// since; 0 = never.
+    pub max_connection_age_ms: u64,
     /// TLS for the server.
     pub tls: ServerTlsConfig,
 }
@@ -197,6 +201,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit_per_connection: 256,
             request_timeout_ms: 30_000,
+            max_connection_age_ms: 0,
             tls: ServerTlsConfig::default(),
         }
     }

@@ -265,7 +265,12 @@ impl GrpcServer {
         );
         // HTTP/2 pings find peers that vanished without closing (a dead NAT entry, a
         // crashed host): their connections are closed instead of held for ever.
-        let router = Server::builder()
+        let mut builder = Server::builder();
+        if config.max_connection_age_ms > 0 {
+            builder =
+                builder.max_connection_age(Duration::from_millis(config.max_connection_age_ms));
+        }
+        let router = builder
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))

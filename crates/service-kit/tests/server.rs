@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestServer, echo_client, plaintext_channel, plaintext_config};
@@ -564,5 +564,54 @@ async fn calls_over_the_per_connection_limit_wait_their_turn_instead_of_failing(
             .expect("a queued call is served in its turn");
     }
     assert_eq!(echo.most.load(Ordering::SeqCst), 3, "calls inside at once");
+    server.stop().await;
+}
+
+/// Forwards TCP connections from a port of its own to `to`, counting them.
+async fn counting_forwarder(to: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_client_connection_past_its_maximum_age_is_replaced_and_calls_go_on() {
+    // Arrange: connections live 300 ms; a client whose connections are counted.
+    let config = service_kit::ServerConfig {
+        max_connection_age_ms: 300,
+        ..plaintext_config()
+    };
+    let server = TestServer::start(&config).await;
+    let (via, connections) = counting_forwarder(server.addr).await;
+    let mut echo = echo_client(via).await;
+
+    // Act: calls before and well after the age.
+    echo.echo(EchoRequest::default())
+        .await
+        .expect("a call on the first connection");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    echo.echo(EchoRequest::default())
+        .await
+        .expect("a call after the server asked the first connection to go away");
+
+    // Assert: the client connected again.
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "connections: {connections:?}"
+    );
     server.stop().await;
 }

@@ -93,6 +93,11 @@ pub struct PopulationRegistryConfig {
     pub connect_timeout_ms: u64,
     /// Deadline of every call.
     pub call_timeout_ms: u64,
+    /// HTTP/2 connections, used in turn. Behind a Kubernetes Service each lands on a
+    /// replica of the kernel's choosing: several let the calls of one civil replica reach
+    /// several population replicas (with the population side's `max_connection_age_ms`
+    /// spreading them again as it scales).
+    pub connections: usize,
 }
 
 impl Default for PopulationRegistryConfig {
@@ -102,6 +107,7 @@ impl Default for PopulationRegistryConfig {
             tls: ClientTlsConfig::default(),
             connect_timeout_ms: 3_000,
             call_timeout_ms: 5_000,
+            connections: 4,
         }
     }
 }

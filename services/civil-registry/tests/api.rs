@@ -87,6 +87,25 @@ async fn the_relay_connects_to_the_population_registry_when_the_service_starts(b
     app.stop().await;
 }
 
+/// A Kubernetes Service balances connections, not calls: the relay's calls go over its
+/// connections in turn, so that one civil replica reaches several population replicas.
+async fn the_relay_sends_over_each_of_its_connections_in_turn(backend: Backend) {
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.population_registry.connections = 3).await;
+
+    // Act: registrations one after another, each answered with its number.
+    for i in 0..6 {
+        let r = register(&app, "reg_c001", birth(&format!("turns-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.personal_id_status, ISSUED);
+    }
+
+    // Assert
+    assert_eq!(app.fake.connections(), 3);
+    app.stop().await;
+}
+
 async fn ineligible_births_are_registered_with_their_reason_and_never_sent(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1934,6 +1953,7 @@ both_backends!(
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,
     the_relay_connects_to_the_population_registry_when_the_service_starts,
+    the_relay_sends_over_each_of_its_connections_in_turn,
     ineligible_births_are_registered_with_their_reason_and_never_sent,
     a_retry_returns_the_same_registration_and_other_content_is_refused,
     callers_with_no_number_coming_are_answered_without_waiting_for_one,

@@ -2,6 +2,8 @@
 //! W3C trace context on every call, a deadline on every call. First issues go out through
 //! `BatchIssuePersonalIds` when more than one is waiting (one stream per batch).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,10 +23,15 @@ use crate::domain::population::{
     Outbound, OutboundKind, Outcome, PopulationRegistry, RemoteIssuance,
 };
 
+type Client = PopulationRegistryServiceClient<InterceptedService<Channel, TraceContextInterceptor>>;
+
 /// The population registry over gRPC.
 #[derive(Clone, Debug)]
 pub struct GrpcPopulationRegistry {
-    client: PopulationRegistryServiceClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    /// One client per connection, taken in turn: behind a Kubernetes Service each
+    /// connection lands on a replica of its own, so the calls spread over several.
+    clients: Arc<[Client]>,
+    turn: Arc<AtomicUsize>,
     health: HealthClient<Channel>,
     call_timeout: Duration,
 }
@@ -32,21 +39,36 @@ pub struct GrpcPopulationRegistry {
 impl GrpcPopulationRegistry {
     /// A lazily connecting client.
     pub fn new(cfg: &PopulationRegistryConfig) -> anyhow::Result<Self> {
-        let channel = service_kit::tls::client_channel(
-            &cfg.uri,
-            &cfg.tls,
-            Duration::from_millis(cfg.connect_timeout_ms),
-        )
-        .map_err(|e| service_kit::ConfigError::new("population_registry", format!("{e:#}")))?;
-        let health = HealthClient::new(channel.clone());
-        let client =
-            PopulationRegistryServiceClient::with_interceptor(channel, TraceContextInterceptor)
-                .max_decoding_message_size(64 * 1024 * 1024);
+        let channels = (0..cfg.connections.max(1))
+            .map(|_| {
+                service_kit::tls::client_channel(
+                    &cfg.uri,
+                    &cfg.tls,
+                    Duration::from_millis(cfg.connect_timeout_ms),
+                )
+            })
+            .collect::<anyhow::Result<Vec<Channel>>>()
+            .map_err(|e| service_kit::ConfigError::new("population_registry", format!("{e:#}")))?;
+        let health = HealthClient::new(channels[0].clone());
+        let clients = channels
+            .into_iter()
+            .map(|channel| {
+                PopulationRegistryServiceClient::with_interceptor(channel, TraceContextInterceptor)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+            })
+            .collect();
         Ok(Self {
-            client,
+            clients,
+            turn: Arc::default(),
             health,
             call_timeout: Duration::from_millis(cfg.call_timeout_ms),
         })
+    }
+
+    /// The client of the next connection in turn.
+    fn client(&self) -> Client {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        self.clients[turn % self.clients.len()].clone()
     }
 
     /// Opens the connection (TCP, mTLS handshake, HTTP/2) at start with a health check, so
@@ -102,7 +124,7 @@ impl GrpcPopulationRegistry {
         let Ok(message) = pop::IssuePersonalIdRequest::decode(item.payload.as_slice()) else {
             return corrupt();
         };
-        let mut client = self.client.clone();
+        let mut client = self.client();
         match tokio::time::timeout(
             self.call_timeout,
             client.issue_personal_id(self.request(message)),
@@ -121,7 +143,7 @@ impl GrpcPopulationRegistry {
         let Ok(message) = pop::ReissuePersonalIdRequest::decode(item.payload.as_slice()) else {
             return corrupt();
         };
-        let mut client = self.client.clone();
+        let mut client = self.client();
         match tokio::time::timeout(
             self.call_timeout,
             client.reissue_personal_id(self.request(message)),
@@ -145,7 +167,7 @@ impl GrpcPopulationRegistry {
             }
         }
         let outbound = tokio_stream::iter([pop::BatchIssuePersonalIdsRequest { items: messages }]);
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let call = async {
             let mut stream = client
                 .batch_issue_personal_ids(self.request(outbound))
@@ -352,7 +374,7 @@ impl PopulationRegistry for GrpcPopulationRegistry {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
-            let mut client = self.client.clone();
+            let mut client = self.client();
             let response = client
                 .list_issuances(self.request(pop::ListIssuancesRequest {
                     registered_from: Some(super::encode::date(from)),
@@ -380,7 +402,7 @@ impl PopulationRegistry for GrpcPopulationRegistry {
         &self,
         registration_id: &str,
     ) -> anyhow::Result<Vec<RemoteIssuance>> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let result = client
             .find_citizen_by_registration(self.request(pop::FindCitizenByRegistrationRequest {
                 request_id: registration_id.to_owned(),
