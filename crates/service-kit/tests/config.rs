@@ -239,7 +239,7 @@ fn keys_lists_every_key_with_its_environment_variable_and_default() {
         Some("POPULATION_REGISTRY_TELEMETRY__OTLP_TLS__CA_FILE".into()),
         "nested tables are listed key by key"
     );
-    assert_eq!(keys.len(), 18, "{keys:?}");
+    assert_eq!(keys.len(), 19, "{keys:?}");
 }
 
 #[test]

@@ -53,12 +53,17 @@ impl PooledSqlite {
     /// SQLite; on PostgreSQL, plans made with each execution's values. A generic plan is
     /// cached per statement after five runs, and one cached while a table was empty (a
     /// fresh deployment, before the first ANALYZE) scans the whole table on every later
-    /// call.
+    /// call. A session left idle inside a transaction for a minute is ended by the server:
+    /// a replica cut off mid-transaction (a half-open connection the server has not yet
+    /// noticed) must not hold the audit head's row lock, and every other replica's writes
+    /// with it, until TCP gives up hours later.
     pub async fn prepare(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         if conn.backend_name().eq_ignore_ascii_case("sqlite") {
             self.apply(conn).await
         } else {
             conn.execute("SET plan_cache_mode = force_custom_plan")
+                .await?;
+            conn.execute("SET idle_in_transaction_session_timeout = '60s'")
                 .await
                 .map(drop)
         }

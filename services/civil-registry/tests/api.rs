@@ -823,6 +823,55 @@ async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_refused_reissue_corrected_back_keeps_its_number(backend: Backend) {
+    // Arrange: a number issued for a boy, then a correction to a girl whose re-issue is
+    // refused: REJECTED, still holding the boy's number.
+    let app = TestApp::start(backend).await;
+    let mut req = birth("reissue-undone");
+    req.child.as_mut().unwrap().full_name = "Undone Reissue".into();
+    let r = register(&app, "reg_c001", req).await.unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, ISSUED);
+    app.fake
+        .reject_name("Undone Reissue", Code::InvalidArgument);
+    let boy = r.child.clone().unwrap();
+    let mut girl = boy.clone();
+    girl.sex = pb::Sex::Female as i32;
+    let mut client = app.client().await;
+    client
+        .correct_birth_registration(auth(
+            correction_of(&r, "to-girl", girl),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap();
+    let refused = app.settled("reg_c001", &r.name).await;
+    assert_eq!(
+        refused.personal_id_status,
+        pb::PersonalIdStatus::Rejected as i32
+    );
+    app.fake.accept_every_name();
+    let sent_before = app.fake.received();
+
+    // Act: the official takes the correction back.
+    let back = client
+        .correct_birth_registration(auth(
+            correction_of(&r, "back-to-boy", boy),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .registration
+        .unwrap();
+
+    // Assert: the number it kept fits the record again; nothing asked of the registry.
+    assert_eq!(back.personal_id_status, ISSUED);
+    assert_eq!(back.personal_id, r.personal_id);
+    assert_eq!(app.fake.received(), sent_before);
+    app.stop().await;
+}
+
 async fn a_key_once_sent_is_not_reused_for_other_content(backend: Backend) {
     // Arrange: sent under the registration id (minted there, the answer a refusal), then
     // corrected to ineligible.
@@ -1966,6 +2015,7 @@ both_backends!(
     a_registration_whose_key_was_refused_as_reused_is_not_sent_again_unchanged,
     a_registration_sent_again_gets_the_number_minted_before_its_refusal,
     a_refused_reissue_is_not_sent_again_unchanged,
+    a_refused_reissue_corrected_back_keeps_its_number,
     a_key_once_sent_is_not_reused_for_other_content,
     a_correction_of_sex_reissues_the_number,
     a_correction_of_the_birth_year_reissues_the_number,

@@ -165,7 +165,7 @@ async fn a_locked_database_fails_each_waiting_group_at_once_not_row_by_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_registrations_go_on_while_lookups_hold_every_pooled_connection() {
+async fn postgres_registrations_and_health_go_on_while_lookups_hold_every_pooled_connection() {
     if std::env::var("TEST_POSTGRES_URL").is_err() {
         service_kit::testing::skip("TEST_POSTGRES_URL not set");
         return;
@@ -175,6 +175,7 @@ async fn postgres_registrations_go_on_while_lookups_hold_every_pooled_connection
     let app = TestApp::start_with(Backend::Postgres, |cfg| {
         cfg.database.max_connections = 2;
         cfg.database.acquire_timeout_ms = 300;
+        cfg.database.health_check_interval_ms = 50;
     })
     .await;
     let token = app.token("reg_c001");
@@ -193,6 +194,9 @@ async fn postgres_registrations_go_on_while_lookups_hold_every_pooled_connection
     let mut request = auth(birth("while-held"), &token);
     request.set_timeout(Duration::from_secs(10));
     let registered = client.register_birth(request).await;
+    // Probes every 50 ms, each of which would give up on the held pool after 300 ms.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let health_while_held = health(&app).await;
     drop(held);
 
     // Assert: committed and numbered through the write connections.
@@ -202,5 +206,60 @@ async fn postgres_registrations_go_on_while_lookups_hold_every_pooled_connection
         registration.personal_id_status,
         pb::PersonalIdStatus::Issued as i32
     );
+    assert_eq!(
+        health_while_held,
+        ServingStatus::Serving as i32,
+        "a busy lookup pool is not an unreachable database"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_starting_during_another_migration_does_not_wait_for_its_lock() {
+    if std::env::var("TEST_POSTGRES_URL").is_err() {
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
+        return;
+    }
+    // Arrange: a migrated database, and the migration lock held by another connection (a
+    // rollout's `migrate` init container in the middle of a long migration).
+    use sqlx::Connection as _;
+    let app = TestApp::start(Backend::Postgres).await;
+    let mut other = sqlx::AnyConnection::connect(&app.db_url)
+        .await
+        .expect("connect");
+    let mut holding = other.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(730500104)")
+        .execute(&mut *holding)
+        .await
+        .expect("lock");
+
+    // Act: what `serve` does at start.
+    let migrated = tokio::time::timeout(Duration::from_secs(10), app.store.migrate()).await;
+    holding.rollback().await.expect("release");
+
+    // Assert
+    migrated
+        .expect("nothing pending: no wait for the lock")
+        .expect("migrate");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_session_left_idle_in_a_transaction_is_ended_by_the_server() {
+    if std::env::var("TEST_POSTGRES_URL").is_err() {
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
+        return;
+    }
+    // Arrange
+    let app = TestApp::start(Backend::Postgres).await;
+
+    // Act
+    let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(app.store.pool())
+        .await
+        .expect("show");
+
+    // Assert: a replica cut off mid-transaction releases its locks within a minute.
+    assert_eq!(timeout, "1min");
     app.stop().await;
 }

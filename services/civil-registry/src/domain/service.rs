@@ -5,7 +5,7 @@ use chrono::Datelike;
 
 use super::eligibility::{Decision, decide};
 use super::error::RegistryError;
-use super::model::{BirthRecord, Correction, PersonalIdStatus, Registration, Unit};
+use super::model::{BirthRecord, Correction, PersonalIdStatus, Registration, Sex, Unit};
 
 /// What a correction asks of the population registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,6 +70,25 @@ fn may_be_sent_again_unchanged(registration: &Registration) -> bool {
             .is_some_and(|reason| reason.starts_with("INVALID_ARGUMENT"))
 }
 
+/// Whether `number`'s first six digits encode this province, sex and year of birth
+/// (personal-id.md: the century and sex digit is 0/1 for a man/woman born 1900–1999, 2/3
+/// for 2000–2099, and so on to 8/9 for 2300–2399).
+fn encodes(number: &str, province_code: &str, sex: Sex, year: i32) -> bool {
+    let woman = match sex {
+        Sex::Male => 0,
+        Sex::Female => 1,
+        Sex::Undetermined => return false,
+    };
+    let century = year.div_euclid(100) - 19;
+    (0..=4).contains(&century)
+        && number.len() == 12
+        && number.starts_with(&format!(
+            "{province_code}{}{:02}",
+            century * 2 + woman,
+            year.rem_euclid(100)
+        ))
+}
+
 /// Plans a correction of `registration` (currently in `current_unit`). `generation` counts
 /// the keys minted for the registration so far (the first key is the registration id);
 /// `last_key` is the key it was last sent under, if any.
@@ -113,10 +132,18 @@ pub fn plan_correction(
                 ));
             }
             let before = &registration.record.child;
+            let year = record.child.date_of_birth.date().year();
             let encoded_changed = before.sex != record.child.sex
-                || before.date_of_birth.date().year() != record.child.date_of_birth.date().year()
+                || before.date_of_birth.date().year() != year
                 || target.province_code != current_unit.province_code;
-            if encoded_changed || registration.status == PersonalIdStatus::Rejected {
+            // A re-issue was refused and the correction takes the record back to what the
+            // number it kept encodes: that number stands, and asking to re-issue it for
+            // the same encoding would only be refused as NOTHING_TO_REISSUE.
+            let number_fits_again = registration.status == PersonalIdStatus::Rejected
+                && encodes(&old, target.province_code.as_str(), record.child.sex, year);
+            if number_fits_again {
+                (PersonalIdStatus::Issued, CorrectionAction::None)
+            } else if encoded_changed || registration.status == PersonalIdStatus::Rejected {
                 (
                     PersonalIdStatus::Pending,
                     CorrectionAction::Reissue {
@@ -149,4 +176,23 @@ pub fn plan_correction(
         decision,
         action,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_encodes_its_province_century_sex_and_year() {
+        assert!(encodes("001216000001", "001", Sex::Male, 2016));
+        assert!(encodes("079316000001", "079", Sex::Female, 2016));
+        assert!(encodes("001095000001", "001", Sex::Male, 1995));
+        assert!(encodes("001199000001", "001", Sex::Female, 1999));
+        assert!(!encodes("001216000001", "001", Sex::Female, 2016));
+        assert!(!encodes("001216000001", "001", Sex::Male, 2017));
+        assert!(!encodes("001216000001", "079", Sex::Male, 2016));
+        assert!(!encodes("001216000001", "001", Sex::Male, 1916));
+        assert!(!encodes("001216000001", "001", Sex::Undetermined, 2016));
+        assert!(!encodes("00121600000", "001", Sex::Male, 2016));
+    }
 }

@@ -50,6 +50,10 @@ pub struct Store {
     /// lists, a slow statistics query) never hold registrations back; writers queue on the
     /// audit head's row lock anyway. SQLite: the same pool, whose writes take the turn.
     writes: AnyPool,
+    /// One connection for the health probe alone: a burst of lookups holding every pooled
+    /// connection must not read as an unreachable database (every replica NOT_SERVING at
+    /// once, the ingress left without endpoints).
+    health: AnyPool,
     backend: Backend,
     /// SQLite: this process's write transactions take turns here before asking for the
     /// file's write lock. SQLite's busy handler does not queue: a writer that finds the
@@ -268,9 +272,13 @@ impl Store {
                     .context("database.url: cannot connect (write connections)")?
             }
         };
+        let health = sqlite_direct::connect_pool(pool_options(cfg, 1), &url)
+            .await
+            .context("database.url: cannot connect (health probe)")?;
         Ok(Self {
             pool,
             writes,
+            health,
             backend,
             write_turn: Arc::new(Mutex::new(())),
             checkpointed: sqlite_direct::CheckpointSignal::new(),
@@ -293,21 +301,37 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS,
             Backend::Postgres => POSTGRES_MIGRATIONS,
         };
-        {
+        let known: Vec<i64> = migrations.iter().map(|(version, _)| *version).collect();
+        let applied_versions = || {
+            sqlx::query_scalar::<_, i64>("SELECT version FROM schema_migrations")
+                .fetch_all(&self.pool)
+        };
+        // A schema with every migration applied takes no lock: a replica starting while
+        // another version's migration holds it (the `migrate` init container of a rollout)
+        // starts at once instead of waiting past its startup probe.
+        let up_to_date = applied_versions()
+            .await
+            .ok()
+            .filter(|applied| known.iter().all(|version| applied.contains(version)));
+        if up_to_date.is_none() {
             let (mut tx, _turn) = self.begin_migration_step().await?;
             tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
                 .await
                 .context("creating schema_migrations")?;
             tx.commit().await?;
         }
-        let known: Vec<i64> = migrations.iter().map(|(version, _)| *version).collect();
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
-            .fetch_all(&self.pool)
-            .await
-            .context("reading the applied migrations")?;
+        let applied = match up_to_date {
+            Some(applied) => applied,
+            None => applied_versions()
+                .await
+                .context("reading the applied migrations")?,
+        };
         let standing = sqlite_direct::schema_standing(&applied, &known)
             .map_err(|why| ConfigError::new("database.url", why))?;
-        for (version, sql) in migrations {
+        let pending = migrations
+            .iter()
+            .filter(|(version, _)| !applied.contains(version));
+        for (version, sql) in pending {
             let (mut tx, _turn) = self.begin_migration_step().await?;
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
@@ -356,7 +380,7 @@ impl Store {
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query_scalar::<_, i64>("SELECT 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.health)
             .await
             .is_ok()
     }
@@ -378,6 +402,7 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
         self.writes.close().await;
+        self.health.close().await;
     }
 
     /// A transaction that holds SQLite's write lock from its first statement, so that it
