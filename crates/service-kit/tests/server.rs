@@ -224,7 +224,13 @@ async fn shutdown_drains_calls_in_flight_but_no_longer_than_the_drain_timeout() 
         drain_timeout_ms: 1_500,
         ..plaintext_config()
     };
-    let mut server = TestServer::start(&config).await;
+    let echo = CountingEcho::default();
+    let mut server = TestServer::serve(
+        service_kit::GrpcServer::bind(&config, service_kit::echo::FILE_DESCRIPTOR_SET)
+            .await
+            .expect("bind")
+            .add_service(EchoServiceServer::new(echo.clone())),
+    );
     let call_taking = |delay_ms| {
         let addr = server.addr;
         tokio::spawn(async move {
@@ -239,7 +245,13 @@ async fn shutdown_drains_calls_in_flight_but_no_longer_than_the_drain_timeout() 
     };
     let short = call_taking(400);
     let stuck = call_taking(10_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while echo.inside.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both calls in the handler");
 
     // Act
     server.trigger_shutdown();

@@ -542,8 +542,9 @@ async fn a_retry_goes_out_while_registrations_keep_arriving(backend: Backend) {
         cfg.registration.wait_for_number_ms = 0;
         cfg.relay.max_in_flight_batches = 1;
         cfg.relay.batch_size = 2;
-        cfg.relay.backoff_initial_ms = 50;
-        cfg.relay.backoff_max_ms = 50;
+        // Due half a second after its refusal: by then the stream fills the handoff.
+        cfg.relay.backoff_initial_ms = 500;
+        cfg.relay.backoff_max_ms = 500;
         cfg.relay.idle_poll_ms = 100;
     })
     .await;
@@ -869,6 +870,67 @@ async fn a_refused_reissue_corrected_back_keeps_its_number(backend: Backend) {
     assert_eq!(back.personal_id_status, ISSUED);
     assert_eq!(back.personal_id, r.personal_id);
     assert_eq!(app.fake.received(), sent_before);
+    app.stop().await;
+}
+
+/// A re-issue refused because the registry holds no citizen with the number leaves
+/// nothing to keep: taking the correction back sends the re-issue again, and it stays
+/// REJECTED for an operator instead of showing a number nobody holds as ISSUED.
+async fn a_reissue_refused_for_a_lost_citizen_is_not_issued_by_taking_the_correction_back(
+    backend: Backend,
+) {
+    // Arrange: a boy's number the registry has since lost; a correction to a girl,
+    // refused as CITIZEN_NOT_FOUND.
+    let app = TestApp::start(backend).await;
+    let r = register(&app, "reg_c001", birth("reissue-lost"))
+        .await
+        .unwrap();
+    let r = app.settled("reg_c001", &r.name).await;
+    assert_eq!(r.personal_id_status, ISSUED);
+    app.fake.lose_citizen(&r.personal_id);
+    let boy = r.child.clone().unwrap();
+    let mut girl = boy.clone();
+    girl.sex = pb::Sex::Female as i32;
+    let mut client = app.client().await;
+    client
+        .correct_birth_registration(auth(
+            correction_of(&r, "lost-to-girl", girl),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap();
+    let refused = app.settled("reg_c001", &r.name).await;
+    assert_eq!(
+        refused.personal_id_status,
+        pb::PersonalIdStatus::Rejected as i32
+    );
+    assert!(
+        refused.rejection_reason.contains("CITIZEN_NOT_FOUND"),
+        "{}",
+        refused.rejection_reason
+    );
+    let sent_before = app.fake.received();
+
+    // Act
+    client
+        .correct_birth_registration(auth(
+            correction_of(&r, "lost-back-to-boy", boy),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap();
+    let after = app.settled("reg_c001", &r.name).await;
+
+    // Assert
+    assert_eq!(
+        after.personal_id_status,
+        pb::PersonalIdStatus::Rejected as i32
+    );
+    assert_eq!(
+        app.fake.received(),
+        sent_before + 1,
+        "the re-issue went out again"
+    );
     app.stop().await;
 }
 
@@ -1329,6 +1391,8 @@ async fn a_repair_leaves_a_registration_changed_since_the_comparison_alone(backe
     let app = TestApp::start(backend).await;
     let a = register(&app, "reg_c001", birth("stale-a")).await.unwrap();
     let b = register(&app, "reg_c001", birth("stale-b")).await.unwrap();
+    let a = app.settled("reg_c001", &a.name).await;
+    let b = app.settled("reg_c001", &b.name).await;
     let day = chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap();
     let seen = app.store.reconcile_rows(day, day).await.unwrap();
     let seen_as = |id: &str| {
@@ -2016,6 +2080,7 @@ both_backends!(
     a_registration_sent_again_gets_the_number_minted_before_its_refusal,
     a_refused_reissue_is_not_sent_again_unchanged,
     a_refused_reissue_corrected_back_keeps_its_number,
+    a_reissue_refused_for_a_lost_citizen_is_not_issued_by_taking_the_correction_back,
     a_key_once_sent_is_not_reused_for_other_content,
     a_correction_of_sex_reissues_the_number,
     a_correction_of_the_birth_year_reissues_the_number,

@@ -70,6 +70,24 @@ fn may_be_sent_again_unchanged(registration: &Registration) -> bool {
             .is_some_and(|reason| reason.starts_with("INVALID_ARGUMENT"))
 }
 
+/// Whether a refused re-issue was refused for what it asked (invalid content, its bucket
+/// full, nothing to re-issue), so that the number it meant to replace is still active.
+/// Not when the registry holds no such citizen or the number is already cancelled.
+fn refused_for_its_content(registration: &Registration) -> bool {
+    registration
+        .rejection_reason
+        .as_deref()
+        .is_some_and(|reason| {
+            [
+                "INVALID_ARGUMENT",
+                "RESOURCE_EXHAUSTED BUCKET_EXHAUSTED",
+                "FAILED_PRECONDITION NOTHING_TO_REISSUE",
+            ]
+            .iter()
+            .any(|prefix| reason.starts_with(prefix))
+        })
+}
+
 /// Whether `number`'s first six digits encode this province, sex and year of birth
 /// (personal-id.md: the century and sex digit is 0/1 for a man/woman born 1900–1999, 2/3
 /// for 2000–2099, and so on to 8/9 for 2300–2399).
@@ -136,10 +154,12 @@ pub fn plan_correction(
             let encoded_changed = before.sex != record.child.sex
                 || before.date_of_birth.date().year() != year
                 || target.province_code != current_unit.province_code;
-            // A re-issue was refused and the correction takes the record back to what the
-            // number it kept encodes: that number stands, and asking to re-issue it for
-            // the same encoding would only be refused as NOTHING_TO_REISSUE.
+            // A re-issue was refused for its new content, and the correction takes the
+            // record back to what the number it kept encodes: that number stands, and
+            // asking to re-issue it for the same encoding would only be refused as
+            // NOTHING_TO_REISSUE.
             let number_fits_again = registration.status == PersonalIdStatus::Rejected
+                && refused_for_its_content(registration)
                 && encodes(&old, target.province_code.as_str(), record.child.sex, year);
             if number_fits_again {
                 (PersonalIdStatus::Issued, CorrectionAction::None)

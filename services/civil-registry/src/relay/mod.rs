@@ -94,7 +94,10 @@ impl Subscription<'_> {
     /// number is coming (the writer released the wait).
     pub async fn within(&mut self, patience: Duration) -> Option<Settlement> {
         let settled = self.settled.as_mut()?;
-        tokio::time::timeout(patience, settled).await.ok()?.ok()
+        let answer = tokio::time::timeout(patience, settled).await.ok()?;
+        // Answered (or released): a receiver must not be polled again.
+        self.settled = None;
+        answer.ok()
     }
 
     /// The settlement if it has already come.

@@ -119,6 +119,15 @@ impl FakePopulation {
         state.mint_before_refusing = false;
     }
 
+    /// Forgets the citizen holding `personal_id`, as a registry restored from an older
+    /// backup would.
+    pub fn lose_citizen(&self, personal_id: &str) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .by_key
+            .retain(|_, issued| issued.personal_id != personal_id);
+    }
+
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
@@ -362,14 +371,27 @@ impl PopulationRegistryService for FakePopulation {
                 ..Default::default()
             }));
         }
-        let Some(old_key) = state
+        let Some((old_key, active)) = state
             .by_key
             .iter()
-            .find(|(_, i)| i.personal_id == req.personal_id && i.active)
-            .map(|(k, _)| k.clone())
+            .find(|(_, i)| i.personal_id == req.personal_id)
+            .map(|(k, i)| (k.clone(), i.active))
         else {
-            return Err(Status::failed_precondition("not active"));
+            return Err(service_kit::status::with_reason(
+                Code::NotFound,
+                "no citizen holds this number",
+                "population.mps.gov.vn",
+                "CITIZEN_NOT_FOUND",
+            ));
         };
+        if !active {
+            return Err(service_kit::status::with_reason(
+                Code::FailedPrecondition,
+                "the number is no longer active",
+                "population.mps.gov.vn",
+                "PERSONAL_ID_CANCELLED",
+            ));
+        }
         let record = req.corrected_birth.clone().unwrap_or_default();
         let personal_id = number(&mut state, &record);
         if let Some(old) = state.by_key.get_mut(&old_key) {
