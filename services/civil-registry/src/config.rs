@@ -164,6 +164,10 @@ pub struct RegistrationConfig {
     pub writer_batch_max: usize,
     /// Queue of registrations waiting for the writer.
     pub writer_queue: usize,
+    /// Longest RegisterBirth (and the relay's write-back) waits for its commit before
+    /// UNAVAILABLE: a database that stopped answering, or a lock another session holds.
+    /// The commit may still land; a retry with the same request_id then returns it.
+    pub commit_timeout_ms: u64,
 }
 
 impl Default for RegistrationConfig {
@@ -172,6 +176,7 @@ impl Default for RegistrationConfig {
             wait_for_number_ms: 2_000,
             writer_batch_max: 512,
             writer_queue: 8_192,
+            commit_timeout_ms: 10_000,
         }
     }
 }

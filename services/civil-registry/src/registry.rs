@@ -74,19 +74,42 @@ pub struct Handoff {
 
 /// The relay's way to write outcomes back through the writer's group commit.
 #[derive(Clone, Debug)]
-pub struct WriteBack(mpsc::Sender<WriteJobBox>);
+pub struct WriteBack {
+    writer: mpsc::Sender<WriteJobBox>,
+    commit_timeout: Duration,
+}
 
 impl WriteBack {
     /// Writes relay outcomes back in the writer's next group commit; returns once durable
-    /// (the waiters of settled registrations are woken by then).
+    /// (the waiters of settled registrations are woken by then). Past the commit timeout
+    /// the relay moves on: the rows stay leased, and once the lease ends they are sent
+    /// again and answered with the same numbers.
     pub async fn complete(&self, completions: Vec<Completion>) -> Result<(), RegistryError> {
-        let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
         let (reply, answer) = oneshot::channel();
-        self.0
+        self.writer
             .send(Box::new(WriteJob::Complete { completions, reply }))
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| writer_stopped())?;
+        committed_within(self.commit_timeout, answer).await?
+    }
+}
+
+fn writer_stopped() -> RegistryError {
+    RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"))
+}
+
+/// The writer's answer, or UNAVAILABLE when it does not come within `patience` (a
+/// database that stopped answering, a lock another session holds).
+async fn committed_within<T>(
+    patience: Duration,
+    answer: oneshot::Receiver<T>,
+) -> Result<T, RegistryError> {
+    match tokio::time::timeout(patience, answer).await {
+        Ok(answer) => answer.map_err(|_| writer_stopped()),
+        Err(_) => Err(RegistryError::Unavailable(anyhow::anyhow!(
+            "the commit did not complete within registration.commit_timeout_ms ({} ms)",
+            patience.as_millis()
+        ))),
     }
 }
 
@@ -171,6 +194,7 @@ pub struct Registry {
     waiters: Arc<Waiters>,
     wake: Arc<Notify>,
     wait_for_number: Duration,
+    commit_timeout: Duration,
     tokens: Arc<TokenCache>,
 }
 
@@ -226,6 +250,7 @@ impl Registry {
             waiters,
             wake,
             wait_for_number: Duration::from_millis(cfg.wait_for_number_ms),
+            commit_timeout: Duration::from_millis(cfg.commit_timeout_ms.max(1)),
             tokens: Arc::new(TokenCache::new(Duration::from_millis(auth.token_cache_ms))),
         };
         Ok((registry, writer))
@@ -233,7 +258,10 @@ impl Registry {
 
     /// The relay's path into the writer's group commits.
     pub fn write_back(&self) -> WriteBack {
-        WriteBack(self.writer.clone())
+        WriteBack {
+            writer: self.writer.clone(),
+            commit_timeout: self.commit_timeout,
+        }
     }
 
     /// The caller behind a bearer token.
@@ -296,14 +324,13 @@ impl Registry {
         // task runs again, and the notification must not be missed.
         let mut settled = self.waiters.subscribe(id);
         let (reply, answer) = oneshot::channel();
-        let stopped = || RegistryError::Unavailable(anyhow::anyhow!("the writer has stopped"));
         if self
             .writer
             .send(Box::new(WriteJob::Register { row, reply }))
             .await
             .is_err()
         {
-            return Err(stopped());
+            return Err(writer_stopped());
         }
         // Wait for the number, not for the insert's commit: the writer releases this
         // subscription as soon as it knows no number is coming (not eligible, a retry, a
@@ -313,7 +340,8 @@ impl Registry {
         if !self.wait_for_number.is_zero() {
             number = settled.within(self.wait_for_number).await;
         }
-        let outcome = answer.await.map_err(|_| stopped()).and_then(|o| o)?;
+        // Bounded from here, after any wait for the number.
+        let outcome = committed_within(self.commit_timeout, answer).await??;
         match outcome {
             (InsertOutcome::Created(_), Some(mut registration)) => {
                 if registration.status == PersonalIdStatus::Pending {

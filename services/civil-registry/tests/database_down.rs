@@ -263,3 +263,49 @@ async fn postgres_a_session_left_idle_in_a_transaction_is_ended_by_the_server() 
     assert_eq!(timeout, "1min");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_held_up_by_another_session_is_answered_unavailable_and_lands_later() {
+    if std::env::var("TEST_POSTGRES_URL").is_err() {
+        service_kit::testing::skip("TEST_POSTGRES_URL not set");
+        return;
+    }
+    // Arrange: the audit head's row locked by another session (a replica stuck
+    // mid-transaction), a commit timeout of 300 ms.
+    use sqlx::Connection as _;
+    let app = TestApp::start_with(Backend::Postgres, |cfg| {
+        cfg.registration.commit_timeout_ms = 300;
+        cfg.registration.wait_for_number_ms = 0;
+    })
+    .await;
+    let token = app.token("reg_c001");
+    let before = app.count_registrations().await;
+    let mut other = sqlx::AnyConnection::connect(&app.db_url)
+        .await
+        .expect("connect");
+    let mut holding = other.begin().await.expect("begin");
+    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holding)
+        .await
+        .expect("lock");
+
+    // Act
+    let mut request = auth(birth("held-up"), &token);
+    request.set_timeout(Duration::from_secs(10));
+    let held_up = app.client().await.register_birth(request).await;
+    holding.rollback().await.expect("release");
+    let retried = app
+        .client()
+        .await
+        .register_birth(auth(birth("held-up"), &token))
+        .await;
+
+    // Assert: UNAVAILABLE within the call's deadline, then one registration for the key.
+    assert_eq!(
+        held_up.expect_err("held up").code(),
+        tonic::Code::Unavailable
+    );
+    retried.expect("the retry returns the registration");
+    assert_eq!(app.count_registrations().await, before + 1);
+    app.stop().await;
+}
