@@ -72,7 +72,8 @@ pub struct MintArgs {
     #[arg(long, default_value_t = 2, value_parser = crate::args::at_least_one)]
     pub streams: usize,
     /// Request messages in flight per stream before waiting for an answer. Two streams of
-    /// 16 keep the registry's largest group (32,768 items) nearly full.
+    /// 16 keep two of the registry's largest groups (16,384 items) in flight: one commits
+    /// while the next is validated.
     #[arg(long, default_value_t = 16, value_parser = crate::args::at_least_one)]
     pub window: usize,
     /// Skip the unary and Echo phases (batch only).
