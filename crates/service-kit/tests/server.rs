@@ -224,13 +224,7 @@ async fn shutdown_drains_calls_in_flight_but_no_longer_than_the_drain_timeout() 
         drain_timeout_ms: 1_500,
         ..plaintext_config()
     };
-    let echo = CountingEcho::default();
-    let mut server = TestServer::serve(
-        service_kit::GrpcServer::bind(&config, service_kit::echo::FILE_DESCRIPTOR_SET)
-            .await
-            .expect("bind")
-            .add_service(EchoServiceServer::new(echo.clone())),
-    );
+    let (mut server, echo) = CountingEcho::serve(&config).await;
     let call_taking = |delay_ms| {
         let addr = server.addr;
         tokio::spawn(async move {
@@ -524,6 +518,20 @@ struct CountingEcho {
     most: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl CountingEcho {
+    /// A server with `config` whose Echo is a counting one.
+    async fn serve(config: &service_kit::ServerConfig) -> (TestServer, Self) {
+        let echo = Self::default();
+        let server = TestServer::serve(
+            service_kit::GrpcServer::bind(config, service_kit::echo::FILE_DESCRIPTOR_SET)
+                .await
+                .expect("bind")
+                .add_service(EchoServiceServer::new(echo.clone())),
+        );
+        (server, echo)
+    }
+}
+
 #[tonic::async_trait]
 impl EchoService for CountingEcho {
     async fn echo(
@@ -545,13 +553,7 @@ async fn calls_over_the_per_connection_limit_wait_their_turn_instead_of_failing(
         concurrency_limit_per_connection: 3,
         ..plaintext_config()
     };
-    let echo = CountingEcho::default();
-    let server = TestServer::serve(
-        service_kit::GrpcServer::bind(&config, service_kit::echo::FILE_DESCRIPTOR_SET)
-            .await
-            .expect("bind")
-            .add_service(EchoServiceServer::new(echo.clone())),
-    );
+    let (server, echo) = CountingEcho::serve(&config).await;
     let client = EchoServiceClient::new(plaintext_channel(server.addr).await);
 
     // Act

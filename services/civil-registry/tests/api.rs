@@ -778,22 +778,37 @@ async fn a_registration_sent_again_gets_the_number_minted_before_its_refusal(bac
     app.stop().await;
 }
 
-async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
-    // Arrange: a number issued, then a correction of sex whose re-issue is refused.
-    let app = TestApp::start(backend).await;
-    let mut req = birth("reissue-refused");
-    req.child.as_mut().unwrap().full_name = "Refused Reissue".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
+/// Why the population registry refuses a re-issue in the tests below.
+enum ReissueRefusal {
+    /// The corrected record itself (INVALID_ARGUMENT); the number stays active.
+    OfItsContent,
+    /// No citizen holds the number any more (CITIZEN_NOT_FOUND).
+    CitizenLost,
+}
+
+/// A boy's registration numbered, then corrected to a girl and the re-issue refused:
+/// returns it as numbered (the boy's record and number) and as refused (REJECTED, still
+/// holding the number). The registry refuses nothing by name afterwards.
+async fn with_a_refused_reissue(
+    app: &TestApp,
+    request_id: &str,
+    refusal: ReissueRefusal,
+) -> (pb::BirthRegistration, pb::BirthRegistration) {
+    let mut req = birth(request_id);
+    req.child.as_mut().unwrap().full_name = format!("Reissue {request_id}");
+    let r = register(app, "reg_c001", req.clone()).await.unwrap();
     let r = app.settled("reg_c001", &r.name).await;
     assert_eq!(r.personal_id_status, ISSUED);
-    app.fake
-        .reject_name("Refused Reissue", Code::InvalidArgument);
-    let mut child = r.child.clone().unwrap();
-    child.sex = pb::Sex::Female as i32;
-    let mut client = app.client().await;
-    client
+    match refusal {
+        ReissueRefusal::OfItsContent => app
+            .fake
+            .reject_name(&req.child.unwrap().full_name, Code::InvalidArgument),
+        ReissueRefusal::CitizenLost => app.fake.lose_citizen(&r.personal_id),
+    }
+    app.client()
+        .await
         .correct_birth_registration(auth(
-            correction_of(&r, "fix-sex", child.clone()),
+            correction_of(&r, &format!("{request_id}-to-girl"), girl(&r)),
             &app.token("reg_c001"),
         ))
         .await
@@ -804,12 +819,30 @@ async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
         pb::PersonalIdStatus::Rejected as i32
     );
     app.fake.accept_every_name();
+    (r, refused)
+}
+
+/// The registration's child as a girl.
+fn girl(r: &pb::BirthRegistration) -> pb::Child {
+    pb::Child {
+        sex: pb::Sex::Female as i32,
+        ..r.child.clone().unwrap()
+    }
+}
+
+async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
+    // Arrange
+    let app = TestApp::start(backend).await;
+    let (r, _) =
+        with_a_refused_reissue(&app, "reissue-refused", ReissueRefusal::OfItsContent).await;
     let sent_before = app.fake.received();
 
-    // Act
-    let again = client
+    // Act: the same correction again.
+    let again = app
+        .client()
+        .await
         .correct_birth_registration(auth(
-            correction_of(&r, "again", child),
+            correction_of(&r, "again", girl(&r)),
             &app.token("reg_c001"),
         ))
         .await
@@ -825,39 +858,17 @@ async fn a_refused_reissue_is_not_sent_again_unchanged(backend: Backend) {
 }
 
 async fn a_refused_reissue_corrected_back_keeps_its_number(backend: Backend) {
-    // Arrange: a number issued for a boy, then a correction to a girl whose re-issue is
-    // refused: REJECTED, still holding the boy's number.
+    // Arrange
     let app = TestApp::start(backend).await;
-    let mut req = birth("reissue-undone");
-    req.child.as_mut().unwrap().full_name = "Undone Reissue".into();
-    let r = register(&app, "reg_c001", req).await.unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, ISSUED);
-    app.fake
-        .reject_name("Undone Reissue", Code::InvalidArgument);
-    let boy = r.child.clone().unwrap();
-    let mut girl = boy.clone();
-    girl.sex = pb::Sex::Female as i32;
-    let mut client = app.client().await;
-    client
-        .correct_birth_registration(auth(
-            correction_of(&r, "to-girl", girl),
-            &app.token("reg_c001"),
-        ))
-        .await
-        .unwrap();
-    let refused = app.settled("reg_c001", &r.name).await;
-    assert_eq!(
-        refused.personal_id_status,
-        pb::PersonalIdStatus::Rejected as i32
-    );
-    app.fake.accept_every_name();
+    let (r, _) = with_a_refused_reissue(&app, "reissue-undone", ReissueRefusal::OfItsContent).await;
     let sent_before = app.fake.received();
 
     // Act: the official takes the correction back.
-    let back = client
+    let back = app
+        .client()
+        .await
         .correct_birth_registration(auth(
-            correction_of(&r, "back-to-boy", boy),
+            correction_of(&r, "back-to-boy", r.child.clone().unwrap()),
             &app.token("reg_c001"),
         ))
         .await
@@ -879,31 +890,10 @@ async fn a_refused_reissue_corrected_back_keeps_its_number(backend: Backend) {
 async fn a_reissue_refused_for_a_lost_citizen_is_not_issued_by_taking_the_correction_back(
     backend: Backend,
 ) {
-    // Arrange: a boy's number the registry has since lost; a correction to a girl,
-    // refused as CITIZEN_NOT_FOUND.
+    // Arrange
     let app = TestApp::start(backend).await;
-    let r = register(&app, "reg_c001", birth("reissue-lost"))
-        .await
-        .unwrap();
-    let r = app.settled("reg_c001", &r.name).await;
-    assert_eq!(r.personal_id_status, ISSUED);
-    app.fake.lose_citizen(&r.personal_id);
-    let boy = r.child.clone().unwrap();
-    let mut girl = boy.clone();
-    girl.sex = pb::Sex::Female as i32;
-    let mut client = app.client().await;
-    client
-        .correct_birth_registration(auth(
-            correction_of(&r, "lost-to-girl", girl),
-            &app.token("reg_c001"),
-        ))
-        .await
-        .unwrap();
-    let refused = app.settled("reg_c001", &r.name).await;
-    assert_eq!(
-        refused.personal_id_status,
-        pb::PersonalIdStatus::Rejected as i32
-    );
+    let (r, refused) =
+        with_a_refused_reissue(&app, "reissue-lost", ReissueRefusal::CitizenLost).await;
     assert!(
         refused.rejection_reason.contains("CITIZEN_NOT_FOUND"),
         "{}",
@@ -912,9 +902,10 @@ async fn a_reissue_refused_for_a_lost_citizen_is_not_issued_by_taking_the_correc
     let sent_before = app.fake.received();
 
     // Act
-    client
+    app.client()
+        .await
         .correct_birth_registration(auth(
-            correction_of(&r, "lost-back-to-boy", boy),
+            correction_of(&r, "lost-back-to-boy", r.child.clone().unwrap()),
             &app.token("reg_c001"),
         ))
         .await

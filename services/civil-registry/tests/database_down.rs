@@ -29,6 +29,29 @@ async fn health(app: &TestApp) -> i32 {
         .status
 }
 
+/// A session of its own in a transaction that has run `lock` and holds what it took until
+/// [`release`].
+async fn another_session_holding(app: &TestApp, lock: &'static str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    let mut session = sqlx::AnyConnection::connect(&app.db_url)
+        .await
+        .expect("connect");
+    for statement in ["BEGIN", lock] {
+        sqlx::query(statement)
+            .execute(&mut session)
+            .await
+            .expect(statement);
+    }
+    session
+}
+
+async fn release(mut session: sqlx::AnyConnection) {
+    sqlx::query("ROLLBACK")
+        .execute(&mut session)
+        .await
+        .expect("release");
+}
+
 async fn wait_for(app: &TestApp, status: ServingStatus) {
     for _ in 0..100 {
         if health(app).await == status as i32 {
@@ -222,20 +245,12 @@ async fn postgres_a_replica_starting_during_another_migration_does_not_wait_for_
     }
     // Arrange: a migrated database, and the migration lock held by another connection (a
     // rollout's `migrate` init container in the middle of a long migration).
-    use sqlx::Connection as _;
     let app = TestApp::start(Backend::Postgres).await;
-    let mut other = sqlx::AnyConnection::connect(&app.db_url)
-        .await
-        .expect("connect");
-    let mut holding = other.begin().await.expect("begin");
-    sqlx::query("SELECT pg_advisory_xact_lock(730500104)")
-        .execute(&mut *holding)
-        .await
-        .expect("lock");
+    let holding = another_session_holding(&app, "SELECT pg_advisory_xact_lock(730500104)").await;
 
     // Act: what `serve` does at start.
     let migrated = tokio::time::timeout(Duration::from_secs(10), app.store.migrate()).await;
-    holding.rollback().await.expect("release");
+    release(holding).await;
 
     // Assert
     migrated
@@ -272,7 +287,6 @@ async fn postgres_a_commit_held_up_by_another_session_is_answered_unavailable_an
     }
     // Arrange: the audit head's row locked by another session (a replica stuck
     // mid-transaction), a commit timeout of 300 ms.
-    use sqlx::Connection as _;
     let app = TestApp::start_with(Backend::Postgres, |cfg| {
         cfg.registration.commit_timeout_ms = 300;
         cfg.registration.wait_for_number_ms = 0;
@@ -280,20 +294,14 @@ async fn postgres_a_commit_held_up_by_another_session_is_answered_unavailable_an
     .await;
     let token = app.token("reg_c001");
     let before = app.count_registrations().await;
-    let mut other = sqlx::AnyConnection::connect(&app.db_url)
-        .await
-        .expect("connect");
-    let mut holding = other.begin().await.expect("begin");
-    sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-        .execute(&mut *holding)
-        .await
-        .expect("lock");
+    let holding =
+        another_session_holding(&app, "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE").await;
 
     // Act
     let mut request = auth(birth("held-up"), &token);
     request.set_timeout(Duration::from_secs(10));
     let held_up = app.client().await.register_birth(request).await;
-    holding.rollback().await.expect("release");
+    release(holding).await;
     let retried = app
         .client()
         .await

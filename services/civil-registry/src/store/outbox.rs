@@ -167,20 +167,18 @@ impl Store {
         let mut wtx = self.begin_write().await?;
         let rid = seen.id.to_string();
         let now = now_ms();
-        sqlx::query(REPAIR_CANCEL_REPLACED)
-            .bind(now)
-            .bind(rid.clone())
-            .bind(seen.updated_at_ms)
-            .bind(seen.status.as_str().to_owned())
-            .bind(personal_id.to_owned())
+        let as_seen = |sql| {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(rid.clone())
+                .bind(seen.updated_at_ms)
+                .bind(seen.status.as_str().to_owned())
+                .bind(personal_id.to_owned())
+        };
+        as_seen(REPAIR_CANCEL_REPLACED)
             .execute(&mut *wtx.tx)
             .await?;
-        let done = sqlx::query(REPAIR_ISSUED)
-            .bind(now)
-            .bind(rid.clone())
-            .bind(seen.updated_at_ms)
-            .bind(seen.status.as_str().to_owned())
-            .bind(personal_id.to_owned())
+        let done = as_seen(REPAIR_ISSUED)
             .execute(&mut *wtx.tx)
             .await?
             .rows_affected();
