@@ -703,6 +703,25 @@ fn correction_of(
     }
 }
 
+/// `r` corrected by its registrar with `child` under `request_id`, once the outcome of
+/// the correction (a number, a refusal, or nothing to ask) has settled.
+async fn corrected(
+    app: &TestApp,
+    r: &pb::BirthRegistration,
+    request_id: &str,
+    child: pb::Child,
+) -> pb::BirthRegistration {
+    app.client()
+        .await
+        .correct_birth_registration(auth(
+            correction_of(r, request_id, child),
+            &app.token("reg_c001"),
+        ))
+        .await
+        .unwrap();
+    app.settled("reg_c001", &r.name).await
+}
+
 /// `request` sent by the commune's registrar (`reg_c001`).
 async fn correct(
     app: &TestApp,
@@ -805,15 +824,7 @@ async fn with_a_refused_reissue(
             .reject_name(&req.child.unwrap().full_name, Code::InvalidArgument),
         ReissueRefusal::CitizenLost => app.fake.lose_citizen(&r.personal_id),
     }
-    app.client()
-        .await
-        .correct_birth_registration(auth(
-            correction_of(&r, &format!("{request_id}-to-girl"), girl(&r)),
-            &app.token("reg_c001"),
-        ))
-        .await
-        .unwrap();
-    let refused = app.settled("reg_c001", &r.name).await;
+    let refused = corrected(app, &r, &format!("{request_id}-to-girl"), girl(&r)).await;
     assert_eq!(
         refused.personal_id_status,
         pb::PersonalIdStatus::Rejected as i32
@@ -902,15 +913,7 @@ async fn a_reissue_refused_for_a_lost_citizen_is_not_issued_by_taking_the_correc
     let sent_before = app.fake.received();
 
     // Act
-    app.client()
-        .await
-        .correct_birth_registration(auth(
-            correction_of(&r, "lost-back-to-boy", r.child.clone().unwrap()),
-            &app.token("reg_c001"),
-        ))
-        .await
-        .unwrap();
-    let after = app.settled("reg_c001", &r.name).await;
+    let after = corrected(&app, &r, "lost-back-to-boy", r.child.clone().unwrap()).await;
 
     // Assert
     assert_eq!(
@@ -947,14 +950,7 @@ async fn a_key_once_sent_is_not_reused_for_other_content(backend: Backend) {
     // Act: corrected back to eligible, with another name.
     let mut renamed = r.child.clone().unwrap();
     renamed.full_name = "Second Content".into();
-    client
-        .correct_birth_registration(auth(
-            correction_of(&r, "renamed", renamed),
-            &app.token("reg_c001"),
-        ))
-        .await
-        .unwrap();
-    let after = app.settled("reg_c001", &r.name).await;
+    let after = corrected(&app, &r, "renamed", renamed).await;
 
     // Assert: a key of its own, so no refusal as a reused key.
     assert_eq!(
