@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contracts::moj::civilstatus::v1::birth_registration_service_server::BirthRegistrationServiceServer;
 use service_kit::GrpcServer;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::Config;
-use crate::grpc::BirthRegistrationApi;
 use crate::registry::{Handoff, Registry};
 use crate::relay::client::GrpcPopulationRegistry;
 use crate::relay::{Relay, Waiters};
@@ -87,8 +85,7 @@ impl App {
             (Some(relay), Some(rx)) => Some(relay.with_handoff(rx, registry.write_back())),
             (relay, _) => relay,
         };
-        let api = BirthRegistrationServiceServer::new(BirthRegistrationApi::new(registry.clone()))
-            .max_decoding_message_size(server.max_message_bytes());
+        let api = crate::grpc::service(registry.clone(), server.max_message_bytes());
         // NOT_SERVING while the database does not answer (the population registry's state
         // does not matter: registrations go on and numbers arrive later).
         let every = Duration::from_millis(cfg.database.health_check_interval_ms.max(10));

@@ -354,10 +354,20 @@ impl Registry {
                 Ok(registration)
             }
             (InsertOutcome::Created(other) | InsertOutcome::Existing(other), _) => {
-                // A retry: wait on the stored registration instead.
+                // A retry: wait on the stored registration instead. A correction may have
+                // moved it out of the registering unit's reach since: the retry then shows
+                // it no more than GetBirthRegistration would.
                 drop(settled);
                 let mut settled = self.waiters.subscribe(other);
-                let mut registration = self.load(other).await?;
+                let (mut registration, unit) = self
+                    .store
+                    .registration(other)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or(RegistryError::NotFound)?;
+                if !policy::within_jurisdiction(caller, &unit) {
+                    return Err(Self::deny(caller, "register", Denied::OutsideJurisdiction));
+                }
                 if registration.status == PersonalIdStatus::Pending
                     && !self.wait_for_number.is_zero()
                     && let Some(settlement) = settled.within(self.wait_for_number).await

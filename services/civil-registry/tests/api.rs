@@ -355,6 +355,45 @@ async fn every_bad_field_is_named_and_nothing_is_written(backend: Backend) {
     app.stop().await;
 }
 
+/// The public endpoint reads no message for a caller it does not know: a message over the
+/// size limit is refused for its token, not for its size, and a known official's is
+/// refused for its size.
+async fn callers_are_authenticated_before_their_message_is_read(backend: Backend) {
+    // Arrange: a 64 KiB limit and a request over it.
+    let app = TestApp::start_with(backend, |cfg| cfg.server.max_message_bytes = 64 * 1024).await;
+    let mut client = app.client().await;
+    let mut oversized = birth("oversized");
+    oversized.child.as_mut().unwrap().full_name = "N".repeat(100 * 1024);
+
+    // Act
+    let no_token = client
+        .register_birth(tonic::Request::new(oversized.clone()))
+        .await
+        .unwrap_err();
+    let bad_token = client
+        .register_birth(auth(oversized.clone(), "not-a-token"))
+        .await
+        .unwrap_err();
+    let official = client
+        .register_birth(auth(oversized, &app.token("reg_c001")))
+        .await
+        .unwrap_err();
+
+    // Assert
+    let refusal = |s: &tonic::Status| (s.code(), reason_of(s).unwrap_or_default());
+    assert_eq!(
+        refusal(&no_token),
+        (Code::Unauthenticated, "TOKEN_MISSING".into())
+    );
+    assert_eq!(
+        refusal(&bad_token),
+        (Code::Unauthenticated, "TOKEN_INVALID".into())
+    );
+    assert_eq!(official.code(), Code::ResourceExhausted, "{official:?}");
+    assert_eq!(app.count_registrations().await, 0);
+    app.stop().await;
+}
+
 async fn every_policy_case_is_refused_with_its_reason(backend: Backend) {
     // Arrange
     let app = TestApp::start(backend).await;
@@ -1293,6 +1332,15 @@ async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
         ],
         "both numbers reference the one entry; only the province they encode moved"
     );
+    // The commune's registrar sending the original registration again learns no more
+    // about it than reading it would.
+    let retried = register(&app, "reg_c001", birth("moved-province"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (retried.code(), reason_of(&retried).unwrap_or_default()),
+        (Code::PermissionDenied, "OUTSIDE_JURISDICTION".into())
+    );
     app.stop().await;
 }
 
@@ -2059,6 +2107,7 @@ both_backends!(
     callers_with_no_number_coming_are_answered_without_waiting_for_one,
     every_bad_field_is_named_and_nothing_is_written,
     every_policy_case_is_refused_with_its_reason,
+    callers_are_authenticated_before_their_message_is_read,
     numbers_arrive_after_the_population_registry_comes_back,
     a_retry_goes_out_while_registrations_keep_arriving,
     a_permanent_refusal_marks_the_registration_rejected,

@@ -47,6 +47,7 @@ suite!(
     a_batch_message_of_more_than_1000_items_is_refused_item_by_item_and_writes_nothing,
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
+    find_citizen_by_registration_finds_the_issues_made_under_derived_keys,
     citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
     a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_numbers,
     reissue_cancels_the_old_number_links_both_and_never_reuses_it,
@@ -496,6 +497,72 @@ async fn find_citizen_by_registration_finds_by_request_id_and_by_register_entry(
         .await
         .expect_err("nothing given");
     assert_eq!(empty.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+/// A registration whose first issue was refused is issued, once corrected, under a key
+/// derived from its id (the id, a colon, a suffix); looking it up by its id finds that
+/// number and the re-issue linked to it, and nothing of a registration whose id merely
+/// begins the same way.
+async fn find_citizen_by_registration_finds_the_issues_made_under_derived_keys(db: TestDb) {
+    // Arrange: reg-2's number issued under "reg-2:i1", then re-issued under "reg-2:fix-1";
+    // reg-20 and reg-2x are other registrations.
+    let mut app = TestApp::spawn(&db).await;
+    let first = app
+        .client
+        .issue_personal_id(issue("reg-2:i1", birth("Binh", 8)))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    let mut corrected = birth("Binh", 8);
+    corrected.sex = pb::Sex::Female.into();
+    let second = app
+        .client
+        .reissue_personal_id(reissue("reg-2:fix-1", &first, corrected))
+        .await
+        .expect("re-issued")
+        .into_inner()
+        .personal_id;
+    for (other, number) in [("reg-20", 9), ("reg-2x", 10)] {
+        app.client
+            .issue_personal_id(issue(other, birth("Cuong", number)))
+            .await
+            .expect("issued");
+    }
+
+    // Act
+    let found = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("found by the registration id")
+        .into_inner()
+        .citizens;
+
+    // Assert
+    let found: Vec<(String, String, i32)> = found
+        .into_iter()
+        .map(|c| (c.personal_id, c.request_id, c.status))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                first,
+                "reg-2:i1".to_owned(),
+                pb::CitizenStatus::Cancelled as i32
+            ),
+            (
+                second,
+                "reg-2:fix-1".to_owned(),
+                pb::CitizenStatus::Active as i32
+            ),
+        ]
+    );
     app.stop().await;
 }
 

@@ -271,10 +271,15 @@ pub fn new_birth(req: &pb::RegisterBirthRequest) -> Result<NewBirth, RegistryErr
     v.finish(value)
 }
 
-/// `birthRegistrations/{uuid}` -> the id.
+/// `birthRegistrations/{uuid}` -> the id. Only the form the API hands out (lowercase,
+/// hyphenated) names a registration: one resource has one name.
 pub fn registration_id(field: &str, name: &str) -> Result<uuid::Uuid, RegistryError> {
     name.strip_prefix("birthRegistrations/")
-        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        .and_then(|id| {
+            uuid::Uuid::try_parse(id)
+                .ok()
+                .filter(|parsed| parsed.hyphenated().to_string() == id)
+        })
         .ok_or_else(|| {
             RegistryError::invalid(field, "must be birthRegistrations/{id} with a UUID id")
         })
@@ -372,6 +377,11 @@ pub fn list_query(req: &pb::ListBirthRegistrationsRequest) -> Result<ListQuery, 
         .registered_to
         .as_ref()
         .map(|d| v.check("registered_to", date_from(d)));
+    if let (Some(Some(f)), Some(Some(t))) = (from, to)
+        && t < f
+    {
+        v.add("registered_to", "must not be before registered_from");
+    }
     let status = v.check("personal_id_status", status_from(req.personal_id_status));
     let value = (|| {
         Some(ListQuery {
@@ -559,5 +569,58 @@ pub fn stats_row_to(code: String, name: String, row: &StatsRow) -> pb::Registrat
         not_eligible_sex_undetermined: c[9],
         not_eligible_age_14_or_over: c[10],
         not_eligible_before_program_start: c[11],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(error: RegistryError) -> Vec<String> {
+        match error {
+            RegistryError::InvalidArgument(violations) => {
+                violations.into_iter().map(|(field, _)| field).collect()
+            }
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        }
+    }
+
+    fn day(y: i32, m: i32, d: i32) -> Option<Date> {
+        Some(Date {
+            year: y,
+            month: m,
+            day: d,
+        })
+    }
+
+    #[test]
+    fn a_registration_has_one_name_the_one_the_api_hands_out() {
+        let id = uuid::Uuid::now_v7();
+        let canonical = format!("birthRegistrations/{id}");
+        assert_eq!(registration_id("name", &canonical).ok(), Some(id));
+        let upper = id.hyphenated().to_string().to_uppercase();
+        for other in [
+            format!("birthRegistrations/{upper}"),
+            format!("birthRegistrations/{{{id}}}"),
+            format!("birthRegistrations/{}", id.simple()),
+            format!("birthRegistrations/{}", id.urn()),
+            format!("birthregistrations/{id}"),
+            id.to_string(),
+        ] {
+            let refused = registration_id("name", &other).expect_err(&other);
+            assert_eq!(fields(refused), ["name"], "{other}");
+        }
+    }
+
+    #[test]
+    fn a_list_range_that_ends_before_it_starts_is_refused() {
+        let mut req = pb::ListBirthRegistrationsRequest {
+            registered_from: day(2016, 3, 1),
+            registered_to: day(2016, 2, 1),
+            ..Default::default()
+        };
+        assert_eq!(fields(list_query(&req).unwrap_err()), ["registered_to"]);
+        req.registered_to = day(2016, 3, 1);
+        assert!(list_query(&req).is_ok(), "a one-day range");
     }
 }

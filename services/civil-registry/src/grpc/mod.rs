@@ -1,16 +1,34 @@
 //! The `moj.civilstatus.v1.BirthRegistrationService` handlers: authenticate, convert,
 //! one registry call, convert back.
 
+pub mod auth;
 pub mod convert;
 pub mod status;
 
 use contracts::moj::civilstatus::v1 as pb;
-use pb::birth_registration_service_server::BirthRegistrationService;
+use pb::birth_registration_service_server::{
+    BirthRegistrationService, BirthRegistrationServiceServer,
+};
 use tonic::{Request, Response, Status};
 
+use crate::domain::error::{AuthFailure, RegistryError};
 use crate::domain::model::Caller;
 use crate::registry::Registry;
+pub use auth::AuthenticatedOfficialsOnly;
 use status::to_status;
+
+/// The service as the server mounts it: officials authenticated before their messages
+/// are read, messages up to `max_message_bytes`.
+pub fn service(
+    registry: Registry,
+    max_message_bytes: usize,
+) -> AuthenticatedOfficialsOnly<BirthRegistrationServiceServer<BirthRegistrationApi>> {
+    let api = BirthRegistrationServiceServer::new(BirthRegistrationApi {
+        registry: registry.clone(),
+    })
+    .max_decoding_message_size(max_message_bytes);
+    AuthenticatedOfficialsOnly::new(api, registry)
+}
 
 /// The gRPC face of the [`Registry`].
 #[derive(Clone, Debug)]
@@ -18,26 +36,15 @@ pub struct BirthRegistrationApi {
     registry: Registry,
 }
 
-/// The token of an `authorization: Bearer <token>` value. The scheme's name is
-/// case-insensitive (RFC 9110, 11.1): clients send `Bearer`, `bearer` and `BEARER`.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 impl BirthRegistrationApi {
-    /// Wraps the registry.
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
-    }
-
+    /// The official [`AuthenticatedOfficialsOnly`] admitted. A call that did not pass it
+    /// (a wiring mistake) is refused, never served anonymously.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        let caller = self.registry.authenticate(token).await.map_err(to_status)?;
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| to_status(RegistryError::Unauthenticated(AuthFailure::TokenMissing)))?;
         tracing::Span::current().record("official_id", caller.official_id.as_str());
         Ok(caller)
     }
@@ -135,20 +142,5 @@ impl BirthRegistrationService for BirthRegistrationApi {
                 .collect(),
             total: Some(convert::stats_row_to(String::new(), String::new(), &total)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer_token;
-
-    #[test]
-    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_token() {
-        for value in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
-            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
-        }
-        for value in ["", "abc", "Basic abc", "Bearerabc", "Token abc"] {
-            assert_eq!(bearer_token(value), None, "{value:?}");
-        }
     }
 }

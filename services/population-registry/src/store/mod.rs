@@ -7,6 +7,7 @@ mod audit;
 mod rows;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -366,6 +367,10 @@ pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Most numbers FindCitizenByRegistration returns for one registration (its corrections
+/// are made by hand, a few in a lifetime).
+const MAX_CHAIN: usize = 1000;
+
 /// Rows per transaction of `fill_register_keys`.
 const REGISTER_KEY_CHUNK: i64 = 5_000;
 
@@ -623,36 +628,45 @@ impl Store {
         .await
     }
 
-    /// The issue made under `request_id` and every re-issue linked to it.
+    /// The issues made under `request_id` and under the keys derived from it (the
+    /// registration id, a colon, a suffix: an issue after a correction), with every
+    /// re-issue linked to them, oldest first. The derived keys are one range of the
+    /// request_id index: from `{id}:` up to `{id};`, the next character in byte order
+    /// (PostgreSQL keeps the column in byte order for this, migration 3).
     async fn chain_of(&self, request_id: &RequestId) -> Result<Vec<Citizen>, StoreError> {
         let pool = &self.inner.pool;
+        let key = request_id.as_str();
         let sql = format!(
-            "SELECT {} FROM citizens WHERE request_id = $1",
+            "SELECT {} FROM citizens WHERE request_id = $1 OR (request_id > $2 AND request_id < $3) \
+             LIMIT {MAX_CHAIN}",
             rows::CITIZEN_COLUMNS
         );
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(request_id.as_str().to_owned())
-            .fetch_optional(pool)
+        let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key.to_owned())
+            .bind(format!("{key}:"))
+            .bind(format!("{key};"))
+            .fetch_all(pool)
             .await
-            .map_err(classify)?
-        else {
-            return Ok(Vec::new());
-        };
-        let first = rows::citizen(&row)?;
-        let mut chain = vec![first];
-        // Walk back to the first issue, then forward to the active number.
-        while let Some(prev) = chain.first().and_then(|c| c.replaces) {
-            match self.citizen_in(pool, prev).await? {
-                Some(c) if chain.len() < 1000 => chain.insert(0, c),
-                _ => break,
+            .map_err(classify)?;
+        let mut chain: HashMap<PersonalId, Citizen> = HashMap::new();
+        let mut links = Vec::new();
+        for row in &found {
+            let citizen = rows::citizen(row)?;
+            links.extend(citizen.replaces.into_iter().chain(citizen.replaced_by));
+            chain.insert(citizen.personal_id, citizen);
+        }
+        // Each number's predecessor and successor, until the chain is whole.
+        while let Some(id) = links.pop() {
+            if chain.len() >= MAX_CHAIN || chain.contains_key(&id) {
+                continue;
+            }
+            if let Some(c) = self.citizen_in(pool, id).await? {
+                links.extend(c.replaces.into_iter().chain(c.replaced_by));
+                chain.insert(c.personal_id, c);
             }
         }
-        while let Some(next) = chain.last().and_then(|c| c.replaced_by) {
-            match self.citizen_in(pool, next).await? {
-                Some(c) if chain.len() < 1000 => chain.push(c),
-                _ => break,
-            }
-        }
+        let mut chain: Vec<Citizen> = chain.into_values().collect();
+        chain.sort_by_key(|c| (c.issue_time, c.personal_id));
         Ok(chain)
     }
 
