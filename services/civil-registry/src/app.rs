@@ -36,7 +36,9 @@ pub struct App {
 impl App {
     /// Connects and migrates the database, binds the gRPC server and the metrics endpoint.
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&cfg.database).await?;
+        let store = Store::connect(&cfg.database)
+            .await?
+            .with_numbering(cfg.registration.post_merger_rule);
         store.migrate().await?;
         let metrics_addr = service_kit::metrics::install(&cfg.metrics).await?;
         let server = GrpcServer::bind(&cfg.server, contracts::FILE_DESCRIPTOR_SET).await?;

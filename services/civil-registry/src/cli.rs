@@ -179,7 +179,9 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Migrate => {
-            let store = Store::connect(&cfg.database).await?;
+            let store = Store::connect(&cfg.database)
+                .await?
+                .with_numbering(cfg.registration.post_merger_rule);
             store.migrate().await?;
             store.close().await;
             println!("migrations applied");
@@ -190,7 +192,9 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
         } => {
             // Reads only: the daily check, and a check of a restored copy, must not migrate
             // what they inspect.
-            let store = Store::connect(&cfg.database).await?;
+            let store = Store::connect(&cfg.database)
+                .await?
+                .with_numbering(cfg.registration.post_merger_rule);
             let report = store.verify_audit().await?;
             match report.first_broken {
                 None => {
@@ -252,7 +256,9 @@ pub async fn run(cli: Cli, cfg: Config) -> anyhow::Result<i32> {
 }
 
 async fn open(cfg: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&cfg.database).await?;
+    let store = Store::connect(&cfg.database)
+        .await?
+        .with_numbering(cfg.registration.post_merger_rule);
     store.migrate().await?;
     Ok(store)
 }

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use service_kit::{ClientTlsConfig, MetricsConfig, ServerConfig, TelemetryConfig};
 
+use crate::domain::numbering::PostMergerRule;
+
 /// Environment variable prefix of every key.
 pub const ENV_PREFIX: &str = "CIVIL_REGISTRY_";
 
@@ -168,6 +170,11 @@ pub struct RegistrationConfig {
     /// UNAVAILABLE: a database that stopped answering, or a lock another session holds.
     /// The commit may still land; a retry with the same request_id then returns it.
     pub commit_timeout_ms: u64,
+    /// Which province code the number of a birth registered from 2025-07-01 encodes:
+    /// `legacy` (the registering unit's own code) or `merged` (the code of the province
+    /// it became part of). Must equal the population registry's
+    /// `minting.post_merger_rule`, which refuses a code it holds invalid on that date.
+    pub post_merger_rule: PostMergerRule,
 }
 
 impl Default for RegistrationConfig {
@@ -177,6 +184,7 @@ impl Default for RegistrationConfig {
             writer_batch_max: 512,
             writer_queue: 8_192,
             commit_timeout_ms: 10_000,
+            post_merger_rule: PostMergerRule::Legacy,
         }
     }
 }

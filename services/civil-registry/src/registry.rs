@@ -319,6 +319,7 @@ impl Registry {
             caller.unit.clone(),
             caller.official_id.clone(),
             decision,
+            self.store.numbering(),
         );
         // Subscribe before the commit: the relay may write the number back before this
         // task runs again, and the notification must not be missed.

@@ -1344,6 +1344,111 @@ async fn a_move_to_another_province_reissues_the_number(backend: Backend) {
     app.stop().await;
 }
 
+/// Under `post_merger_rule = merged` a birth registered from 2025-07-01 by a unit of Binh
+/// Duong (074), which became part of Ho Chi Minh City, is numbered under 079; one registered
+/// the day before keeps 074. A move to a unit of Ho Chi Minh City then changes nothing the
+/// number encodes, so the number stands.
+async fn merged_numbering_uses_the_merged_province_code_from_the_merger_date(backend: Backend) {
+    use civil_registry::domain::model::{ProvinceCode, Role, UnitCode, UnitLevel};
+    use civil_registry::domain::numbering::PostMergerRule;
+    use civil_registry::registry::{new_token, token_hash};
+    use civil_registry::store::UnitInput;
+
+    // Arrange: a commune of Binh Duong and its registrar.
+    let mut app = TestApp::start_with(backend, |cfg| {
+        cfg.registration.post_merger_rule = PostMergerRule::Merged;
+    })
+    .await;
+    let unit = |code: &str, level: &str, parent: &str| UnitInput {
+        code: UnitCode::parse(code).unwrap(),
+        name: code.to_owned(),
+        level: UnitLevel::parse(level).unwrap(),
+        province_code: ProvinceCode::parse("074").unwrap(),
+        parent_code: Some(UnitCode::parse(parent).unwrap()),
+        active: true,
+    };
+    let units = [
+        unit("P074", "province", "MOJ"),
+        unit("D740", "district", "P074"),
+        unit("C740", "commune", "D740"),
+    ];
+    app.store.import_units(&units, "test").await.unwrap();
+    let token = new_token();
+    app.store
+        .create_officials(
+            &[(
+                "reg_c740".to_owned(),
+                UnitCode::parse("C740").unwrap(),
+                Role::Registrar,
+                token_hash(&token),
+            )],
+            "test",
+        )
+        .await
+        .unwrap();
+    app.tokens.insert("reg_c740", token);
+    let mut before = birth("before-merger");
+    before.child.as_mut().unwrap().date_of_birth = date(2025, 6, 20);
+    before.registered_on = date(2025, 6, 30);
+
+    // Act
+    let after = register(&app, "reg_c740", birth("after-merger"))
+        .await
+        .unwrap();
+    let before = register(&app, "reg_c740", before).await.unwrap();
+    let moved = app
+        .client()
+        .await
+        .correct_birth_registration(auth(
+            pb::CorrectBirthRegistrationRequest {
+                request_id: "to-hcmc".into(),
+                name: after.name.clone(),
+                child: after.child.clone(),
+                father: after.father.clone(),
+                mother: after.mother.clone(),
+                unit_code: "C760".into(),
+                reason: "registered in the wrong commune".into(),
+            },
+            &app.token("reg_moj"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Assert
+    assert_eq!(
+        (after.personal_id_status, before.personal_id_status),
+        (ISSUED, ISSUED)
+    );
+    assert!(
+        after.personal_id.starts_with("079"),
+        "{}",
+        after.personal_id
+    );
+    assert!(
+        before.personal_id.starts_with("074"),
+        "{}",
+        before.personal_id
+    );
+    let sent = |id: &str| {
+        app.fake.state.lock().unwrap().by_key[id]
+            .record
+            .registration_province_code
+            .clone()
+    };
+    assert_eq!(
+        (sent(&after.id), sent(&before.id)),
+        ("079".into(), "074".into())
+    );
+    assert!(!moved.personal_id_reissued);
+    let moved = moved.registration.unwrap();
+    assert_eq!(
+        (moved.unit_code.as_str(), moved.personal_id.as_str()),
+        ("C760", after.personal_id.as_str())
+    );
+    app.stop().await;
+}
+
 async fn reconciliation_finds_and_repairs_a_planted_difference(backend: Backend) {
     // Arrange: a numbered registration loses its number as if the write-back had been
     // lost; another, registered while the population registry is down, loses its queued
@@ -2122,6 +2227,7 @@ both_backends!(
     a_correction_of_the_birth_year_reissues_the_number,
     a_correction_that_would_postdate_the_registration_or_end_eligibility_changes_nothing,
     a_move_to_another_province_reissues_the_number,
+    merged_numbering_uses_the_merged_province_code_from_the_merger_date,
     reconciliation_finds_and_repairs_a_planted_difference,
     a_repair_leaves_a_registration_changed_since_the_comparison_alone,
     statistics_equal_what_was_registered,

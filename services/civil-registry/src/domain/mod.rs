@@ -5,6 +5,7 @@
 pub mod eligibility;
 pub mod error;
 pub mod model;
+pub mod numbering;
 pub mod policy;
 pub mod population;
 pub mod service;

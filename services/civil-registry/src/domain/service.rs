@@ -6,6 +6,7 @@ use chrono::Datelike;
 use super::eligibility::{Decision, decide};
 use super::error::RegistryError;
 use super::model::{BirthRecord, Correction, PersonalIdStatus, Registration, Sex, Unit};
+use super::numbering::PostMergerRule;
 
 /// What a correction asks of the population registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +118,7 @@ pub fn plan_correction(
     new_unit: Option<&Unit>,
     generation: i64,
     last_key: Option<&str>,
+    numbering: PostMergerRule,
 ) -> Result<CorrectionPlan, RegistryError> {
     if registration.status == PersonalIdStatus::Pending {
         // The stored request must go out unchanged until answered; a correction now would
@@ -151,16 +153,18 @@ pub fn plan_correction(
             }
             let before = &registration.record.child;
             let year = record.child.date_of_birth.date().year();
+            let on = registration.registered_on;
+            let province = numbering.number_province(&target.province_code, on);
             let encoded_changed = before.sex != record.child.sex
                 || before.date_of_birth.date().year() != year
-                || target.province_code != current_unit.province_code;
+                || province != numbering.number_province(&current_unit.province_code, on);
             // A re-issue was refused for its new content, and the correction takes the
             // record back to what the number it kept encodes: that number stands, and
             // asking to re-issue it for the same encoding would only be refused as
             // NOTHING_TO_REISSUE.
             let number_fits_again = registration.status == PersonalIdStatus::Rejected
                 && refused_for_its_content(registration)
-                && encodes(&old, target.province_code.as_str(), record.child.sex, year);
+                && encodes(&old, province.as_str(), record.child.sex, year);
             if number_fits_again {
                 (PersonalIdStatus::Issued, CorrectionAction::None)
             } else if encoded_changed || registration.status == PersonalIdStatus::Rejected {

@@ -8,6 +8,7 @@ use contracts::mps::population::v1 as pop;
 use prost::Message;
 
 use crate::domain::model::{Parent, Registration, Sex, Unit};
+use crate::domain::numbering::PostMergerRule;
 
 /// A `google.type.Date`.
 pub fn date(d: NaiveDate) -> Date {
@@ -30,9 +31,14 @@ fn parent(p: &Parent) -> pop::Parent {
 }
 
 /// The record as the population registry receives it; `unit` is the registering unit,
-/// whose province code is what the number encodes. The register entry it references
-/// stays that of the unit that recorded the birth.
-pub fn birth_record(registration: &Registration, unit: &Unit) -> pop::BirthRecord {
+/// whose province code (as `numbering` has it on the registration date) is what the number
+/// encodes. The register entry it references stays that of the unit that recorded the
+/// birth.
+pub fn birth_record(
+    registration: &Registration,
+    unit: &Unit,
+    numbering: PostMergerRule,
+) -> pop::BirthRecord {
     let child = &registration.record.child;
     pop::BirthRecord {
         full_name: child.full_name.as_str().to_owned(),
@@ -52,7 +58,10 @@ pub fn birth_record(registration: &Registration, unit: &Unit) -> pop::BirthRecor
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default(),
         }),
-        registration_province_code: unit.province_code.as_str().to_owned(),
+        registration_province_code: numbering
+            .number_province(&unit.province_code, registration.registered_on)
+            .as_str()
+            .to_owned(),
         home_town: child.home_town.as_str().to_owned(),
         ethnicity: child.ethnicity.as_str().to_owned(),
         nationality: child.nationality.as_str().to_owned(),
@@ -68,10 +77,15 @@ pub fn birth_record(registration: &Registration, unit: &Unit) -> pop::BirthRecor
 }
 
 /// An encoded `IssuePersonalIdRequest`.
-pub fn issue_request(registration: &Registration, unit: &Unit, key: &str) -> Vec<u8> {
+pub fn issue_request(
+    registration: &Registration,
+    unit: &Unit,
+    numbering: PostMergerRule,
+    key: &str,
+) -> Vec<u8> {
     pop::IssuePersonalIdRequest {
         request_id: key.to_owned(),
-        birth: Some(birth_record(registration, unit)),
+        birth: Some(birth_record(registration, unit, numbering)),
     }
     .encode_to_vec()
 }
@@ -80,6 +94,7 @@ pub fn issue_request(registration: &Registration, unit: &Unit, key: &str) -> Vec
 pub fn reissue_request(
     registration: &Registration,
     unit: &Unit,
+    numbering: PostMergerRule,
     key: &str,
     old_personal_id: &str,
     reason: &str,
@@ -87,7 +102,7 @@ pub fn reissue_request(
     pop::ReissuePersonalIdRequest {
         request_id: key.to_owned(),
         personal_id: old_personal_id.to_owned(),
-        corrected_birth: Some(birth_record(registration, unit)),
+        corrected_birth: Some(birth_record(registration, unit, numbering)),
         reason: reason.to_owned(),
     }
     .encode_to_vec()

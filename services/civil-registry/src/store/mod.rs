@@ -31,6 +31,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::DatabaseConfig;
+use crate::domain::numbering::PostMergerRule;
 
 /// Which database is behind the `Any` pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct Store {
     /// SQLite: given after each background checkpoint, for the writer to finish it
     /// (`sqlite_direct::CheckpointSignal`).
     checkpointed: sqlite_direct::CheckpointSignal,
+    /// The province code each number is to encode (`registration.post_merger_rule`).
+    numbering: PostMergerRule,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
@@ -221,6 +224,18 @@ impl Store {
         Self::open(cfg).await
     }
 
+    /// Sets which province code the requests this store queues ask numbers for
+    /// (`registration.post_merger_rule`; legacy until set).
+    pub fn with_numbering(mut self, numbering: PostMergerRule) -> Self {
+        self.numbering = numbering;
+        self
+    }
+
+    /// Which province code the requests this store queues ask numbers for.
+    pub fn numbering(&self) -> PostMergerRule {
+        self.numbering
+    }
+
     async fn open(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
         install_default_drivers();
         let backend = if cfg.url.starts_with("sqlite:") {
@@ -282,6 +297,7 @@ impl Store {
             backend,
             write_turn: Arc::new(Mutex::new(())),
             checkpointed: sqlite_direct::CheckpointSignal::new(),
+            numbering: PostMergerRule::default(),
         })
     }
 

@@ -222,7 +222,8 @@ impl Store {
         let Some(key) = key.filter(|_| queued == 0 && registration.personal_id.is_none()) else {
             return Ok(false);
         };
-        let payload = crate::relay::encode::issue_request(&registration, &unit, &key);
+        let payload =
+            crate::relay::encode::issue_request(&registration, &unit, self.numbering, &key);
         super::registrations::insert_outbox(
             &mut wtx,
             &key,

@@ -18,6 +18,7 @@ use crate::domain::model::{
     BirthRecord, Correction, NewBirth, PersonalIdStatus, Registration, Settlement, Unit, UnitCode,
     book_number,
 };
+use crate::domain::numbering::PostMergerRule;
 use crate::domain::population::{Outbound, OutboundKind};
 use crate::domain::service::{CorrectionAction, plan_correction};
 use crate::relay::encode;
@@ -40,6 +41,8 @@ pub struct NewRow {
     pub content_hash: String,
     /// The record as stored (JSON), computed likewise.
     pub record_json: String,
+    /// The province code its number is to encode, by registration date.
+    pub numbering: PostMergerRule,
 }
 
 /// Ids only: the rest is the record.
@@ -61,6 +64,7 @@ impl NewRow {
         unit: Unit,
         official_id: String,
         decision: Decision,
+        numbering: PostMergerRule,
     ) -> Self {
         let (record_json, content_hash) = birth.record_json_and_content_hash();
         Self {
@@ -71,6 +75,7 @@ impl NewRow {
             decision,
             content_hash,
             record_json,
+            numbering,
         }
     }
 }
@@ -387,6 +392,7 @@ impl Store {
             new_unit,
             generation,
             last_key.as_deref(),
+            self.numbering,
         ) {
             Ok(plan) => plan,
             Err(e) => return Ok(Err(e)),
@@ -429,7 +435,7 @@ impl Store {
         match &plan.action {
             CorrectionAction::None => {}
             CorrectionAction::Issue { key } => {
-                let payload = encode::issue_request(&updated, target_unit, key);
+                let payload = encode::issue_request(&updated, target_unit, self.numbering, key);
                 insert_outbox(&mut wtx, key, &id, OutboundKind::Issue, payload, now).await?;
             }
             CorrectionAction::Reissue {
@@ -439,6 +445,7 @@ impl Store {
                 let payload = encode::reissue_request(
                     &updated,
                     target_unit,
+                    self.numbering,
                     key,
                     old_personal_id,
                     correction.reason.as_str(),
@@ -822,7 +829,7 @@ pub(crate) async fn insert_registrations_tx<T: GroupTx>(
             Val::I(now),
         ]);
         if let Some(key) = issue_key {
-            let payload = encode::issue_request(&registration, &row.unit, &key);
+            let payload = encode::issue_request(&registration, &row.unit, row.numbering, &key);
             outbox_rows.push(outbox_row(
                 &key,
                 &id,

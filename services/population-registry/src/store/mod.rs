@@ -61,6 +61,8 @@ const SQLITE_REGISTER_KEY: &str =
 const POSTGRES_INIT: &str = include_str!("../../migrations/postgres/0001_init.sql");
 const POSTGRES_REGISTER_KEY: &str =
     include_str!("../../migrations/postgres/0002_register_entry_key.sql");
+const POSTGRES_REQUEST_ID_BYTE_ORDER: &str =
+    include_str!("../../migrations/postgres/0003_request_id_byte_order.sql");
 
 fn migrator(backend: Backend) -> Migrator {
     let steps: &[(i64, &str, &'static str)] = match backend {
@@ -73,6 +75,7 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => &[
             (1, "init", POSTGRES_INIT),
             (2, "register entry key", POSTGRES_REGISTER_KEY),
+            (3, "request id byte order", POSTGRES_REQUEST_ID_BYTE_ORDER),
         ],
     };
     Migrator {
