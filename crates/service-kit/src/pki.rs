@@ -39,8 +39,10 @@ impl ThrowawayCa {
     /// Creates the CA (common name `{name} throwaway CA`) and writes `dir/ca.pem`.
     pub fn create(dir: &Path, name: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_to_owner(dir, 0o700)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // It signs the services' and clients' certificates only, never another CA's.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params
             .distinguished_name
             .push(DnType::CommonName, format!("{name} throwaway CA"));
@@ -96,7 +98,7 @@ impl ThrowawayCa {
         let cert_file = self.dir.join(format!("{file_stem}.pem"));
         let key_file = self.dir.join(format!("{file_stem}-key.pem"));
         write(&cert_file, cert.pem())?;
-        write(&key_file, key.serialize_pem())?;
+        write_private(&key_file, key.serialize_pem())?;
         Ok(IssuedCert {
             cert_file,
             key_file,
@@ -153,4 +155,95 @@ fn san(name: &str) -> anyhow::Result<SanType> {
 
 fn write(path: &Path, pem: String) -> anyhow::Result<()> {
     std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a private key readable by its owner alone.
+fn write_private(path: &Path, pem: String) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // A file left by an earlier run keeps its mode through `open`: set it.
+    private_to_owner(path, 0o600)?;
+    std::io::Write::write_all(&mut file, pem.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Restricts `path` to its owner (`mode`, on Unix).
+fn private_to_owner(path: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting {} to its owner", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn private_keys_and_their_directory_are_the_owners_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        let ca = ThrowawayCa::create(&pki, "test").expect("CA");
+        // A key left by an earlier run with a wider mode is narrowed when rewritten.
+        std::fs::write(pki.join("client-key.pem"), "old").expect("old key");
+        std::fs::set_permissions(
+            pki.join("client-key.pem"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("widen");
+
+        let server = ca.server_cert("server", &["localhost"]).expect("server");
+        let client = ca
+            .client_cert("client", "client", &["client"])
+            .expect("client");
+
+        assert_eq!(mode(&pki), 0o700);
+        assert_eq!(mode(&server.key_file), 0o600);
+        assert_eq!(mode(&client.key_file), 0o600);
+        assert!(
+            std::fs::read_to_string(&client.key_file)
+                .expect("key")
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+    }
+
+    #[test]
+    fn the_throwaway_ca_signs_leaf_certificates_only() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ThrowawayCa::create(dir.path(), "test").expect("CA");
+        let der = CertificateDer::from_pem_file(ca.ca_file()).expect("CA certificate");
+        let (_, certificate) = X509Certificate::from_der(&der).expect("parse");
+        let constraints = certificate
+            .basic_constraints()
+            .expect("one basic constraints extension")
+            .expect("basic constraints")
+            .value;
+
+        assert!(constraints.ca);
+        assert_eq!(constraints.path_len_constraint, Some(0));
+    }
 }

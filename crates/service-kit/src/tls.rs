@@ -50,11 +50,15 @@ pub struct ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// True when the common name, a DNS SAN or a URI SAN equals `allowed` exactly.
+    /// True when a DNS or URI subject alternative name equals `allowed` exactly. The
+    /// common name counts only on a certificate without such names (RFC 6125, 6.4.4):
+    /// an issuing CA's name constraints bind the alternative names, never the common
+    /// name, so a common name beside them could claim an identity the CA may not issue.
     pub fn matches(&self, allowed: &str) -> bool {
-        self.common_name.as_deref() == Some(allowed)
-            || self.dns_names.iter().any(|name| name == allowed)
+        let has_alternative_names = !self.dns_names.is_empty() || !self.uris.is_empty();
+        self.dns_names.iter().any(|name| name == allowed)
             || self.uris.iter().any(|uri| uri == allowed)
+            || (!has_alternative_names && self.common_name.as_deref() == Some(allowed))
     }
 
     /// Parses a DER-encoded X.509 certificate.
@@ -456,6 +460,19 @@ pub(crate) struct ServerTlsMaterial {
 impl ServerTlsMaterial {
     /// Reads `tls`, or `None` for plaintext (logged as a warning).
     pub(crate) fn read(tls: &ServerTlsConfig) -> anyhow::Result<Option<Self>> {
+        let material_configured =
+            tls.cert_file.is_some() || tls.key_file.is_some() || tls.client_ca_file.is_some();
+        if tls.insecure_plaintext && material_configured {
+            // A deployment's config names its TLS files; plaintext on top of it is a
+            // switch flipped by mistake (an environment variable set while debugging),
+            // and on the population registry it would also turn caller checks off.
+            return Err(ConfigError::new(
+                "server.tls.insecure_plaintext",
+                "contradicts the TLS files configured in server.tls (cert_file, key_file, \
+                 client_ca_file): unset one or the other",
+            )
+            .into());
+        }
         if tls.insecure_plaintext {
             tracing::warn!("TLS is off: serving plaintext gRPC (server.tls.insecure_plaintext)");
             return Ok(None);
@@ -555,14 +572,15 @@ mod tests {
             uris: vec!["spiffe://gov.vn/ns/moj-civilstatus/sa/civil-registry".into()],
         };
         for allowed in [
-            "civil-registry",
             "civil-registry.moj-civilstatus",
             "spiffe://gov.vn/ns/moj-civilstatus/sa/civil-registry",
         ] {
             assert!(identity.matches(allowed), "{allowed}");
         }
-        // Prefixes, extensions and the subject string are not names it carries.
+        // Prefixes, extensions and the subject string are not names it carries, nor is
+        // the common name beside alternative names.
         for other in [
+            "civil-registry",
             "civil",
             "civil-registry-2",
             "civil-registry.moj",
@@ -573,5 +591,21 @@ mod tests {
         ] {
             assert!(!identity.matches(other), "{other}");
         }
+    }
+
+    #[test]
+    fn the_common_name_is_the_identity_only_of_a_certificate_without_alternative_names() {
+        let mut identity = ClientIdentity {
+            subject: "CN=civil-registry".into(),
+            common_name: Some("civil-registry".into()),
+            dns_names: vec![],
+            uris: vec![],
+        };
+        assert!(identity.matches("civil-registry"));
+        identity.uris = vec!["spiffe://gov.vn/ns/mps-population/sa/other".into()];
+        assert!(!identity.matches("civil-registry"));
+        identity.uris.clear();
+        identity.dns_names = vec!["other.mps-population".into()];
+        assert!(!identity.matches("civil-registry"));
     }
 }

@@ -11,6 +11,7 @@ use common::{TestServer, echo_client, plaintext_channel, plaintext_config};
 use service_kit::echo::{
     EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceServer,
 };
+use service_kit::pki::TempCa as TestCa;
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -329,6 +330,30 @@ async fn a_request_message_over_the_size_limit_is_rejected_with_resource_exhaust
         tonic::Code::ResourceExhausted
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_plaintext_beside_configured_tls_files() {
+    let ca = TestCa::new("trusted").expect("CA");
+    let server = ca.server_cert().expect("server certificate");
+    let config = service_kit::ServerConfig {
+        tls: service_kit::ServerTlsConfig {
+            insecure_plaintext: true,
+            cert_file: Some(server.cert_file),
+            key_file: Some(server.key_file),
+            client_ca_file: Some(ca.ca_file().to_path_buf()),
+        },
+        ..plaintext_config()
+    };
+
+    let error = service_kit::GrpcServer::bind(&config, service_kit::echo::FILE_DESCRIPTOR_SET)
+        .await
+        .expect_err("plaintext and TLS files together");
+
+    assert!(
+        error.to_string().contains("server.tls.insecure_plaintext"),
+        "error names the contradicting key: {error}"
+    );
 }
 
 #[tokio::test]

@@ -311,6 +311,16 @@ pub fn read_units(path: &Path) -> anyhow::Result<Vec<UnitInput>> {
     Ok(units)
 }
 
+/// An official's id: 1 to 64 of `A-Z a-z 0-9 . _ -`. It is written to the audit log and
+/// the security log, so it may hold nothing that could forge or break a line there.
+fn official_id(raw: &str) -> anyhow::Result<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(allowed) {
+        anyhow::bail!("must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'");
+    }
+    Ok(raw.to_owned())
+}
+
 async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
     let store = open(cfg).await?;
     match command {
@@ -325,7 +335,10 @@ async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
             OfficialsCommand::Create { unit, role, id } => {
                 let unit = UnitCode::parse(&unit).map_err(|e| anyhow::anyhow!("--unit {e}"))?;
                 let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role {e}"))?;
-                let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let id = match id {
+                    Some(id) => official_id(&id).map_err(|e| anyhow::anyhow!("--id {e}"))?,
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
                 let token = new_token();
                 store
                     .create_officials(&[(id.clone(), unit, role, token_hash(&token))], ADMIN_ACTOR)
@@ -342,13 +355,15 @@ async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
                     let record = record?;
                     let get = |n: usize| record.get(n).unwrap_or_default().trim().to_owned();
                     let line = i + 2;
+                    let id = official_id(&get(0))
+                        .map_err(|e| anyhow::anyhow!("line {line}: official_id {e}"))?;
                     let unit = UnitCode::parse(&get(1))
                         .map_err(|e| anyhow::anyhow!("line {line}: unit_code {e}"))?;
                     let role = Role::parse(&get(2))
                         .map_err(|e| anyhow::anyhow!("line {line}: role {e}"))?;
                     let token = new_token();
-                    rows.push((get(0), unit.clone(), role, token_hash(&token)));
-                    out.push([get(0), unit.to_string(), role.as_str().to_owned(), token]);
+                    rows.push((id.clone(), unit.clone(), role, token_hash(&token)));
+                    out.push([id, unit.to_string(), role.as_str().to_owned(), token]);
                 }
                 // The tokens are on disk before the accounts exist, and take the file's
                 // name only once they do: a failed write creates no account whose token
@@ -417,4 +432,26 @@ fn write_tokens(path: &Path, rows: &[[String; 4]]) -> anyhow::Result<PathBuf> {
     file.flush()?;
     file.sync_all()?;
     Ok(pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::official_id;
+
+    #[test]
+    fn an_official_id_is_a_short_plain_word() {
+        for good in ["CB000001", "reg_c001", "a.b-c", &"x".repeat(64)] {
+            assert_eq!(official_id(good).ok().as_deref(), Some(good), "{good}");
+        }
+        for bad in [
+            "",
+            "two words",
+            "tab\tin",
+            "new\nline",
+            "Nguyễn",
+            &"x".repeat(65),
+        ] {
+            assert!(official_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

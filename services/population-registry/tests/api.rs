@@ -998,6 +998,24 @@ async fn statistics_and_listing_count_issued_and_cancelled_numbers_page_by_page(
         .await
         .expect_err("bad range");
     assert_eq!(reversed.code(), Code::InvalidArgument);
+    // A filter longer than there are provinces is refused as a whole, not code by code.
+    let endless = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2021, 1, 1),
+            registered_to: date(2021, 12, 31),
+            province_codes: vec!["999".into(); 10_000],
+        })
+        .await
+        .expect_err("too many codes");
+    assert_eq!(endless.code(), Code::InvalidArgument);
+    assert_eq!(
+        field_violations_of(&endless)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect::<Vec<_>>(),
+        ["province_codes"]
+    );
 
     let mut seen = Vec::new();
     let mut token = String::new();

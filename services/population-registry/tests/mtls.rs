@@ -46,7 +46,7 @@ async fn mtls_app(db: &TestDb, ca: &TestCa) -> TestApp {
     cfg.server.tls.cert_file = Some(server.cert_file);
     cfg.server.tls.key_file = Some(server.key_file);
     cfg.server.tls.client_ca_file = Some(ca.ca_file().to_path_buf());
-    cfg.auth.minting_allowed = vec!["civil-registry".into()];
+    cfg.auth.minting_allowed = vec!["spiffe://test/civil-registry".into()];
     cfg.auth.read_allowed = vec!["spiffe://test/auditor".into()];
     TestApp::spawn_with(cfg).await
 }
@@ -206,7 +206,7 @@ async fn callers_without_the_role_are_refused_before_their_message_is_read() {
 fn a_request_without_a_verified_identity_is_unauthenticated() {
     let auth = Authorizer::new(
         &AuthConfig {
-            minting_allowed: vec!["civil-registry".into()],
+            minting_allowed: vec!["spiffe://test/civil-registry".into()],
             read_allowed: vec![],
         },
         true,

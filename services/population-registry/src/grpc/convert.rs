@@ -203,11 +203,22 @@ pub fn date_range(from: Option<&Date>, to: Option<&Date>) -> Result<DateRange, V
     v.finish(value)
 }
 
+/// Most codes a province filter may name (there are 63, and the 34 of the merger among them).
+const MAX_PROVINCE_FILTER: usize = 100;
+
 /// Parses the province filter of GetIssuanceStatistics.
 pub fn province_filter(
     codes: &[String],
     provinces: &ProvinceTable,
 ) -> Result<Vec<ProvinceCode>, Vec<Violation>> {
+    if codes.len() > MAX_PROVINCE_FILTER {
+        // Refused as a whole: a violation per code would make the error as large as the
+        // request.
+        return Err(vec![Violation::new(
+            "province_codes",
+            format!("at most {MAX_PROVINCE_FILTER} codes"),
+        )]);
+    }
     let mut v = Violations::default();
     let parsed: Vec<Option<ProvinceCode>> = codes
         .iter()
