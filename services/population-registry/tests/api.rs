@@ -47,6 +47,7 @@ suite!(
     a_batch_message_of_more_than_1000_items_is_refused_item_by_item_and_writes_nothing,
     get_citizen_returns_the_stored_record_or_not_found,
     find_citizen_by_registration_finds_by_request_id_and_by_register_entry,
+    a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number,
     find_citizen_by_registration_finds_the_issues_made_under_derived_keys,
     citizens_stored_before_the_register_entry_key_are_found_by_entry_after_the_migration,
     a_binary_rolled_back_under_a_newer_schema_still_starts_and_keeps_its_numbers,
@@ -292,6 +293,109 @@ async fn a_batch_message_of_more_than_1000_items_is_refused_item_by_item_and_wri
         found.expect_err("nothing of the refused message").code(),
         Code::NotFound
     );
+    app.stop().await;
+}
+
+/// The post-merger rule is configuration and may change (legacy to merged). A key issued
+/// under the earlier rule keeps its answer, over both calls; content the new rule refuses
+/// gets no new number, whether under a new key or as other content under the old one.
+async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: TestDb) {
+    use population_registry::domain::province::PostMergerRule;
+
+    // Arrange: Ha Giang's legacy code (002) on a date after the merger, issued under the
+    // legacy rule; then the registry restarts under the merged one.
+    let mut record = birth("Hà Văn Giang", 7);
+    record.registration_province_code = "002".into();
+    record.date_of_birth = date(2025, 8, 1);
+    record.registration.as_mut().unwrap().registration_date = date(2025, 9, 1);
+    let mut app = TestApp::spawn(&db).await;
+    let first = app
+        .client
+        .issue_personal_id(issue("reg-merger", record.clone()))
+        .await
+        .expect("issued under the legacy rule")
+        .into_inner();
+    app.stop().await;
+    let mut cfg = config(&db);
+    cfg.minting.post_merger_rule = PostMergerRule::Merged;
+    let mut app = TestApp::spawn_with(cfg).await;
+    let mut other_content = record.clone();
+    other_content.full_name = "Hà Thị Khác".into();
+
+    // Act
+    let retried = app
+        .client
+        .issue_personal_id(issue("reg-merger", record.clone()))
+        .await
+        .expect("the retry's answer")
+        .into_inner();
+    let mut answers = app
+        .client
+        .batch_issue_personal_ids(tokio_stream::iter(vec![pb::BatchIssuePersonalIdsRequest {
+            items: vec![
+                issue("reg-merger", record.clone()),
+                issue("reg-new", record.clone()),
+            ],
+        }]))
+        .await
+        .expect("stream")
+        .into_inner();
+    let batch = answers
+        .message()
+        .await
+        .expect("ok")
+        .expect("answer")
+        .results;
+    let new_key = app
+        .client
+        .issue_personal_id(issue("reg-new", record.clone()))
+        .await
+        .expect_err("the merged rule refuses 002 after the merger");
+    let other = app
+        .client
+        .issue_personal_id(issue("reg-merger", other_content))
+        .await
+        .expect_err("other content under the old key");
+
+    // Assert
+    assert_eq!(
+        (retried.personal_id.as_str(), retried.newly_issued),
+        (first.personal_id.as_str(), false)
+    );
+    match &batch[0].outcome {
+        Some(pb::batch_issue_result::Outcome::Issued(again)) => {
+            assert_eq!(
+                (again.personal_id.as_str(), again.newly_issued),
+                (first.personal_id.as_str(), false)
+            );
+        }
+        other => panic!("the retried item: {other:?}"),
+    }
+    match &batch[1].outcome {
+        Some(pb::batch_issue_result::Outcome::Error(refused)) => {
+            assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+        }
+        other => panic!("the new item: {other:?}"),
+    }
+    for refused in [&new_key, &other] {
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        let fields: Vec<String> = field_violations_of(refused)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect();
+        assert_eq!(fields, ["birth.registration_province_code"]);
+    }
+    let stats = app
+        .client
+        .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
+            registered_from: date(2025, 1, 1),
+            registered_to: date(2025, 12, 31),
+            province_codes: vec![],
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    assert_eq!(stats.total.map(|t| t.issued), Some(1), "one number, ever");
     app.stop().await;
 }
 

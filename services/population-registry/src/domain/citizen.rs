@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::birth::{
-    BirthRecord, BookNumber, ContentHash, Reason, RegistrationRef, RequestId, UnitCode,
+    BirthRecord, BookNumber, ContentHash, Reason, RegistrationRef, RequestId, UnitCode, Violation,
 };
 use super::personal_id::{PersonalId, ProvinceCode};
 
@@ -47,6 +47,10 @@ pub struct IssueRequest {
     pub record: BirthRecord,
     /// Hash of the content, bound to the key.
     pub hash: ContentHash,
+    /// Why the content may not be issued a new number, when only a province code's
+    /// validity period refuses it: under a post-merger rule changed since, the key may
+    /// have been served, and then its number is still the answer.
+    pub refused_if_new: Option<Vec<Violation>>,
 }
 
 impl IssueRequest {
@@ -57,6 +61,7 @@ impl IssueRequest {
             request_id,
             record,
             hash,
+            refused_if_new: None,
         }
     }
 }

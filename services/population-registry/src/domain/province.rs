@@ -41,7 +41,9 @@ struct Entry {
 /// The code table in force under one post-merger rule.
 #[derive(Clone, Debug)]
 pub struct ProvinceTable {
-    entries: Vec<Entry>,
+    entries: std::sync::Arc<[Entry]>,
+    /// False in [`ProvinceTable::without_periods`]'s view.
+    periods_apply: bool,
 }
 
 /// Why a province code cannot be used.
@@ -101,7 +103,20 @@ impl ProvinceTable {
             }
         }
         anyhow::ensure!(!entries.is_empty(), "empty province table");
-        Ok(Self { entries })
+        Ok(Self {
+            entries: entries.into(),
+            periods_apply: true,
+        })
+    }
+
+    /// The same codes, each valid on every date: what a request stored under an earlier
+    /// rule is read with to find its key (the rule may change, an issued key's answer
+    /// does not).
+    pub fn without_periods(&self) -> Self {
+        Self {
+            entries: std::sync::Arc::clone(&self.entries),
+            periods_apply: false,
+        }
     }
 
     /// Checks that `raw` is a code registrations may use on `on`.
@@ -110,8 +125,8 @@ impl ProvinceTable {
         let mut known = false;
         for e in self.entries.iter().filter(|e| e.code == code) {
             known = true;
-            let after_start = e.valid_from.is_none_or(|from| on >= from);
-            let before_end = e.valid_until.is_none_or(|until| on <= until);
+            let after_start = !self.periods_apply || e.valid_from.is_none_or(|from| on >= from);
+            let before_end = !self.periods_apply || e.valid_until.is_none_or(|until| on <= until);
             if after_start && before_end {
                 return Ok(code);
             }

@@ -104,18 +104,28 @@ pub fn issue_request(
 ) -> Result<IssueRequest, Vec<Violation>> {
     let mut v = Violations::default();
     let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+    let mut refused_if_new = None;
     let record = match birth(req.birth.as_ref(), "birth", provinces) {
         Ok(r) => Some(r),
-        Err(inner) => {
-            for x in inner {
-                v.push(&x.field, x.description);
+        // Refused only for a province code's validity period: the record as the key
+        // stored it, should an earlier rule have issued it (the writer decides).
+        Err(inner) => match birth(req.birth.as_ref(), "birth", &provinces.without_periods()) {
+            Ok(r) if request_id.is_some() => {
+                refused_if_new = Some(inner);
+                Some(r)
             }
-            None
-        }
+            _ => {
+                for x in inner {
+                    v.push(&x.field, x.description);
+                }
+                None
+            }
+        },
     };
-    let value = request_id
-        .zip(record)
-        .map(|(id, rec)| IssueRequest::new(id, rec));
+    let value = request_id.zip(record).map(|(id, rec)| IssueRequest {
+        refused_if_new,
+        ..IssueRequest::new(id, rec)
+    });
     v.finish(value)
 }
 

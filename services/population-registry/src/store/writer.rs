@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::birth::{BirthRecord, ContentHash, sex_str};
+use crate::domain::birth::{BirthRecord, ContentHash, Violation, sex_str};
 use crate::domain::citizen::{IssueRequest, Issued, ReissueRequest, Reissued};
 use crate::domain::errors::{IssueError, ReissueError, StoreError};
 use crate::domain::minting::{BucketPolicy, draw, pick_free};
@@ -129,12 +129,15 @@ pub(crate) trait WriteTx {
 /// the writer answers, so they are freed on its task too.
 pub(crate) struct PendingIssue {
     row: RowValues,
+    /// [`IssueRequest::refused_if_new`]: answered from its stored key, or refused.
+    refused_if_new: Option<Box<[Violation]>>,
 }
 
 impl PendingIssue {
     pub(crate) fn new(req: IssueRequest) -> Self {
         Self {
             row: RowValues::new(req.request_id.as_str(), &req.hash, &req.record),
+            refused_if_new: req.refused_if_new.map(Vec::into_boxed_slice),
         }
     }
 }
@@ -488,12 +491,15 @@ impl<D: WriteDb> Writer<D> {
         let mut first_in_group: HashMap<&str, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let rid = item.row.request_id();
-            let plan = if let Some(key) = existing.get(rid) {
-                if key.hash == item.row.hash() {
-                    Plan::Replay(key.personal_id, key.issue_time)
-                } else {
-                    Plan::Done(IssueError::IdempotencyKeyReused)
-                }
+            let plan = if let Some(key) = existing.get(rid)
+                && key.hash == item.row.hash()
+            {
+                Plan::Replay(key.personal_id, key.issue_time)
+            } else if let Some(refused) = &item.refused_if_new {
+                // Not served before with this content: as a new issuance it is invalid.
+                Plan::Done(IssueError::Invalid(refused.to_vec()))
+            } else if existing.contains_key(rid) {
+                Plan::Done(IssueError::IdempotencyKeyReused)
             } else if let Some(&j) = first_in_group.get(rid) {
                 if items[j].row.hash() == item.row.hash() {
                     Plan::SameAs(j)
