@@ -3,7 +3,9 @@
 //! TLS/mTLS per config, per-call tracing and metrics ([`crate::layer`]), limits, and a
 //! bounded graceful shutdown.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -24,7 +26,7 @@ use tonic_health::{
 use crate::{
     config::ServerConfig,
     layer::RpcLayer,
-    tls::{ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT, TlsConnection},
+    tls::{ReloadingTls, ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT, TlsConnection},
 };
 
 /// Health service name that stands for the whole server (what `grpc_health_probe` and
@@ -236,8 +238,12 @@ impl GrpcServer {
             service_names,
             dependency,
         } = self;
+        // Read at bind to fail early; read again here to follow the files from now on.
         let acceptor = tls
-            .map(|tls| tls.acceptor(client_certificate_optional))
+            .map(|_| {
+                crate::tls::reloading_acceptor(&config.tls, client_certificate_optional)
+                    .map(Arc::new)
+            })
             .transpose()?;
 
         let mut health_names: Vec<&'static str> = service_names.clone();
@@ -418,7 +424,7 @@ async fn follow_dependency(
 /// the task is aborted, which closes the listener.
 fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ReloadingTls<TlsAcceptor>>,
 ) -> (
     ReceiverStream<Result<TlsConnection, std::io::Error>>,
     tokio::task::JoinHandle<()>,
@@ -440,7 +446,7 @@ fn tls_incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = acceptor.current();
             let connections = connections.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -4,11 +4,11 @@
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, IoSlice},
-    path::Path,
+    path::{Path, PathBuf},
     pin::Pin,
     sync::{Arc, Mutex, Once, PoisonError},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -276,7 +276,7 @@ fn client_connector(tls: &ClientTlsConfig) -> anyhow::Result<TlsConnector> {
 /// ([`ClientTlsConnection`]).
 #[derive(Clone)]
 pub struct TlsConnector {
-    connector: tokio_rustls::TlsConnector,
+    connector: Arc<ReloadingTls<tokio_rustls::TlsConnector>>,
     server_name: Option<ServerName<'static>>,
 }
 
@@ -291,46 +291,27 @@ impl std::fmt::Debug for TlsConnector {
 impl TlsConnector {
     /// From PEM files: the CA certificates that may sign the server's certificate, the
     /// client's certificate chain and key (mTLS), and the name the server's certificate
-    /// must carry when it is not the URI's host.
+    /// must carry when it is not the URI's host. Connections made after the files change
+    /// use the new ones ([`ReloadingTls`]).
     pub fn from_files(
         ca_file: &Path,
         identity_files: Option<(&Path, &Path)>,
         server_name: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let pem = |path: &Path| {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-        };
-        let ca = pem(ca_file)?;
-        let identity = match identity_files {
-            Some((cert, key)) => Some((cert, pem(cert)?, pem(key)?)),
-            None => None,
-        };
-        install_crypto_provider();
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&ca) {
-            roots
-                .add(cert.context("CA: not a PEM certificate")?)
-                .context("CA: unusable certificate")?;
+        let ca_file = ca_file.to_path_buf();
+        let identity_files =
+            identity_files.map(|(cert, key)| (cert.to_path_buf(), key.to_path_buf()));
+        let mut files = vec![ca_file.clone()];
+        if let Some((cert, key)) = &identity_files {
+            files.extend([cert.clone(), key.clone()]);
         }
-        if roots.is_empty() {
-            bail!("CA: no certificate in the PEM");
-        }
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let mut config = match identity {
-            Some((cert_file, cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(&cert)
-                    .collect::<Result<Vec<_>, _>>()
-                    .context("client certificate: not a PEM certificate chain")?;
-                note_expiry(cert_file, &chain);
-                let key = PrivateKeyDer::from_pem_slice(&key)
-                    .context("client key: not a PEM private key")?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .context("the client key does not match the client certificate")?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = ReloadingTls::new(files, move || {
+            let identity = identity_files
+                .as_ref()
+                .map(|(cert, key)| (cert.as_path(), key.as_path()));
+            client_config(&ca_file, identity)
+                .map(|config| tokio_rustls::TlsConnector::from(Arc::new(config)))
+        })?;
         let server_name = server_name
             .map(|name| {
                 ServerName::try_from(name.to_owned())
@@ -338,10 +319,52 @@ impl TlsConnector {
             })
             .transpose()?;
         Ok(Self {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: Arc::new(connector),
             server_name,
         })
     }
+}
+
+/// The rustls client configuration of [`TlsConnector::from_files`].
+fn client_config(
+    ca_file: &Path,
+    identity_files: Option<(&Path, &Path)>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let pem = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let ca = pem(ca_file)?;
+    let identity = match identity_files {
+        Some((cert, key)) => Some((cert, pem(cert)?, pem(key)?)),
+        None => None,
+    };
+    install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(cert.context("CA: not a PEM certificate")?)
+            .context("CA: unusable certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("CA: no certificate in the PEM");
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert_file, cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .context("client certificate: not a PEM certificate chain")?;
+            note_expiry(cert_file, &chain);
+            let key =
+                PrivateKeyDer::from_pem_slice(&key).context("client key: not a PEM private key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("the client key does not match the client certificate")?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 impl tower::Service<http::Uri> for TlsConnector {
@@ -355,7 +378,7 @@ impl tower::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connector = self.connector.clone();
+        let connector = self.connector.current();
         let server_name = self.server_name.clone();
         Box::pin(async move {
             let invalid = |message: String| std::io::Error::new(ErrorKind::InvalidInput, message);
@@ -388,9 +411,10 @@ pub struct ClientTlsConnection {
 tls_io!(ClientTlsConnection);
 
 /// Gauge: when each certificate the process presents stops being valid (Unix seconds),
-/// labelled by its file. The services read their certificates once, at start, so a pod that
-/// missed the restart after a renewal presents the old certificate until peers refuse it:
-/// this shows what is served, where the Secret's own expiry shows only what was issued.
+/// labelled by its file, set when it is loaded (at start, and when renewed files are
+/// reloaded): a pod that could not use a renewal presents the old certificate until peers
+/// refuse it, and this shows what is served, where the Secret's own expiry shows only what
+/// was issued.
 pub const TLS_CERTIFICATE_EXPIRY: &str = "tls_certificate_expiry_timestamp_seconds";
 
 /// Fewer days of validity than this left at start is logged as a warning (cert-manager
@@ -554,6 +578,115 @@ fn read(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
         .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))
 }
 
+/// How often, at most, the files of a TLS configuration are looked at for a change.
+pub const TLS_FILES_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What identifies a file's contents without reading it: modification time, length and
+/// (on Unix) inode. Kubernetes updates a mounted Secret by swapping a symlink to new
+/// files, so each renewal shows as new inodes.
+type FileStamp = Option<(SystemTime, u64, u64)>;
+
+fn stamps(files: &[PathBuf]) -> Vec<FileStamp> {
+    files
+        .iter()
+        .map(|file| {
+            let meta = std::fs::metadata(file).ok()?;
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+            #[cfg(not(unix))]
+            let inode = 0;
+            Some((meta.modified().ok()?, meta.len(), inode))
+        })
+        .collect()
+}
+
+/// A TLS configuration built from files and built again when they change: cert-manager
+/// rewrites a Secret's files on renewal, and the connections accepted or made after that
+/// use the new certificate, key and CA without a restart (connections already open keep
+/// theirs until they close; `max_connection_age_ms` bounds that). Files that changed but
+/// cannot be used (a key that does not fit its certificate, a half-written file) are
+/// logged once and the loaded configuration is kept until they change again.
+pub(crate) struct ReloadingTls<T> {
+    files: Vec<PathBuf>,
+    build: Box<dyn Fn() -> anyhow::Result<T> + Send + Sync>,
+    state: Mutex<Loaded<T>>,
+}
+
+struct Loaded<T> {
+    value: T,
+    stamps: Vec<FileStamp>,
+    refused: Option<Vec<FileStamp>>,
+    checked: Instant,
+}
+
+impl<T: Clone> ReloadingTls<T> {
+    /// Builds the first configuration; an error here is a configuration error.
+    pub(crate) fn new(
+        files: Vec<PathBuf>,
+        build: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        // Stamped before reading: a change while building is seen at the next check.
+        let stamps = stamps(&files);
+        let value = build()?;
+        Ok(Self {
+            files,
+            build: Box::new(build),
+            state: Mutex::new(Loaded {
+                value,
+                stamps,
+                refused: None,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub(crate) fn current(&self) -> T {
+        let mut loaded = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.checked.elapsed() >= TLS_FILES_CHECK_INTERVAL {
+            loaded.checked = Instant::now();
+            let now = stamps(&self.files);
+            if now != loaded.stamps && loaded.refused.as_ref() != Some(&now) {
+                match (self.build)() {
+                    Ok(value) => {
+                        tracing::info!(files = ?self.files, "TLS files changed: new connections use them");
+                        loaded.value = value;
+                        loaded.stamps = now;
+                        loaded.refused = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            files = ?self.files,
+                            error = %format!("{error:#}"),
+                            "TLS files changed but cannot be used: keeping the ones loaded before"
+                        );
+                        loaded.refused = Some(now);
+                    }
+                }
+            }
+        }
+        loaded.value.clone()
+    }
+}
+
+/// The server's acceptor, built again when its files change ([`ReloadingTls`]).
+pub(crate) fn reloading_acceptor(
+    tls: &ServerTlsConfig,
+    client_certificate_optional: bool,
+) -> anyhow::Result<ReloadingTls<TlsAcceptor>> {
+    let files = [&tls.cert_file, &tls.key_file, &tls.client_ca_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let tls = tls.clone();
+    ReloadingTls::new(files, move || {
+        ServerTlsMaterial::read(&tls)?
+            .context("server TLS is off")?
+            .acceptor(client_certificate_optional)
+    })
+}
+
 /// A configured file that does not hold what its key needs.
 fn invalid(key: &str, what: &str, cause: impl std::fmt::Display) -> ConfigError {
     ConfigError::new(key, format!("{what}: {cause:#}"))
@@ -591,6 +724,45 @@ mod tests {
         ] {
             assert!(!identity.matches(other), "{other}");
         }
+    }
+
+    #[test]
+    fn changed_files_are_used_once_they_build_and_an_unusable_change_is_tried_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tls.crt");
+        let put = |text: &str| {
+            let staged = dir.path().join("staged");
+            std::fs::write(&staged, text).expect("write");
+            std::fs::rename(&staged, &file).expect("swap");
+        };
+        let builds = Arc::new(AtomicUsize::new(0));
+        put("first");
+        let (read, counted) = (file.clone(), Arc::clone(&builds));
+        let tls = ReloadingTls::new(vec![file.clone()], move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let text = std::fs::read_to_string(&read)?;
+            anyhow::ensure!(text != "unusable", "unusable");
+            Ok(text)
+        })
+        .expect("first build");
+        let after_a_check =
+            || std::thread::sleep(TLS_FILES_CHECK_INTERVAL + Duration::from_millis(50));
+
+        put("unusable");
+        after_a_check();
+        let kept = tls.current();
+        after_a_check();
+        let still_kept = tls.current();
+        let builds_after_refusal = builds.load(Ordering::SeqCst);
+        put("second");
+        after_a_check();
+        let renewed = tls.current();
+
+        assert_eq!((kept.as_str(), still_kept.as_str()), ("first", "first"));
+        assert_eq!(builds_after_refusal, 2, "the unusable files are built once");
+        assert_eq!(renewed, "second");
     }
 
     #[test]

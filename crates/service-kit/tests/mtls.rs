@@ -289,3 +289,139 @@ async fn a_peer_that_never_answers_the_handshake_fails_the_call_at_the_connect_t
     }
     assert!(timed_out, "a connect that timed out: {status:?}");
 }
+
+/// Puts `from`'s contents at `to` the way Kubernetes updates a mounted Secret: whole, at
+/// once (a new file renamed over the old).
+fn replace(from: &std::path::Path, to: &std::path::Path) {
+    let staged = to.with_extension("staged");
+    std::fs::copy(from, &staged).expect("stage");
+    std::fs::rename(&staged, to).expect("swap");
+}
+
+/// Calls until `wanted` holds or 5 s pass; the last answer.
+async fn until<F, Fut>(
+    mut attempt: F,
+    wanted: impl Fn(&Result<String, tonic::Status>) -> bool,
+) -> Result<String, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = attempt().await;
+        if wanted(&answer) || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_whose_certificate_and_client_ca_files_are_renewed_uses_them_without_a_restart() {
+    // Arrange: the server's files in a directory of their own, from a first CA.
+    let first = TestCa::new("first").expect("CA");
+    let second = TestCa::new("second").expect("CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, clients) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("ca.crt"),
+    );
+    let first_server = first.server_cert().expect("server certificate");
+    replace(&first_server.cert_file, &cert);
+    replace(&first_server.key_file, &key);
+    replace(first.ca_file(), &clients);
+    let server = TestServer::start(&ServerConfig {
+        tls: ServerTlsConfig {
+            insecure_plaintext: false,
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            client_ca_file: Some(clients.clone()),
+        },
+        ..plaintext_config()
+    })
+    .await;
+    let uri = format!("https://localhost:{}", server.addr.port());
+    let old_client = client_tls(&first, Some(&first.client_cert("old").expect("cert")));
+    let new_client = client_tls(&second, Some(&second.client_cert("new").expect("cert")));
+    let before = call(&uri, &new_client).await;
+    assert!(
+        before.is_err(),
+        "the second CA is not trusted yet: {before:?}"
+    );
+
+    // Act: renewal under the second CA (the files swapped, the server left running).
+    let second_server = second.server_cert().expect("server certificate");
+    replace(&second_server.cert_file, &cert);
+    replace(&second_server.key_file, &key);
+    replace(second.ca_file(), &clients);
+    let after = until(|| call(&uri, &new_client), Result::is_ok).await;
+    let old = call(&uri, &old_client).await;
+
+    // Assert
+    assert_eq!(after.expect("served with the renewed files"), "new");
+    assert!(
+        old.is_err(),
+        "the first CA's certificates are gone: {old:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_whose_client_certificate_files_are_renewed_presents_the_new_certificate() {
+    // Arrange: a server trusting clients of `trusted`; a channel presenting a certificate
+    // of another CA, from files of its own.
+    let trusted = TestCa::new("trusted").expect("CA");
+    let other = TestCa::new("other").expect("CA");
+    let server = TestServer::start(&mtls_server_config(&trusted)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let refused = other.client_cert("civil-registry").expect("cert");
+    replace(&refused.cert_file, &cert);
+    replace(&refused.key_file, &key);
+    let tls = ClientTlsConfig {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        ..client_tls(&trusted, None)
+    };
+    let channel = service_kit::tls::client_channel(
+        &format!("https://localhost:{}", server.addr.port()),
+        &tls,
+        Duration::from_secs(2),
+    )
+    .expect("channel");
+    let client = EchoServiceClient::new(channel);
+    let mut echo = move || {
+        let mut request = tonic::Request::new(EchoRequest {
+            message: "hi".into(),
+            ..EchoRequest::default()
+        });
+        request.set_timeout(Duration::from_secs(2));
+        let mut client = client.clone();
+        async move {
+            client
+                .echo(request)
+                .await
+                .map(|r| r.into_inner().client_identity)
+        }
+    };
+    let before = echo().await;
+    assert!(
+        before.is_err(),
+        "another CA's certificate is refused: {before:?}"
+    );
+
+    // Act: the channel's certificate files renewed, the same channel used again.
+    let renewed = trusted.client_cert("civil-registry").expect("cert");
+    replace(&renewed.cert_file, &cert);
+    replace(&renewed.key_file, &key);
+    let after = until(&mut echo, Result::is_ok).await;
+
+    // Assert
+    assert_eq!(
+        after.expect("the renewed certificate is presented"),
+        "civil-registry"
+    );
+    server.stop().await;
+}
