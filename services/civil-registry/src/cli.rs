@@ -154,6 +154,12 @@ pub enum OfficialsCommand {
         /// Account id.
         id: String,
     },
+    /// Replace an active account's token (the old one is refused from now on); prints
+    /// the new token once. The account, its id and its audit trail stay.
+    Rotate {
+        /// Account id.
+        id: String,
+    },
     /// List accounts (never tokens).
     List,
 }
@@ -390,6 +396,17 @@ async fn admin(command: AdminCommand, cfg: &Config) -> anyhow::Result<i32> {
                     bail!("no official {id}");
                 }
                 println!("revoked {id}");
+            }
+            OfficialsCommand::Rotate { id } => {
+                let token = new_token();
+                if !store
+                    .rotate_official_token(&id, &token_hash(&token), ADMIN_ACTOR)
+                    .await?
+                {
+                    bail!("no active official {id}");
+                }
+                println!("official_id={id}");
+                println!("token={token}");
             }
             OfficialsCommand::List => {
                 println!("official_id,unit_code,role,active");

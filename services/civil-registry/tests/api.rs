@@ -2156,6 +2156,64 @@ async fn a_revoked_token_is_refused_once_its_cache_entry_expires(backend: Backen
     app.stop().await;
 }
 
+/// A rotated token replaces the old one on the same account: the old is refused, the new
+/// registers under the same official id, and a revoked account cannot be given one.
+async fn a_rotated_token_replaces_the_old_one_on_the_same_account(backend: Backend) {
+    use civil_registry::registry::{new_token, token_hash};
+
+    // Arrange
+    let app = TestApp::start_with(backend, |cfg| cfg.auth.token_cache_ms = 0).await;
+    let old_token = app.token("reg_c001");
+    let new = new_token();
+
+    // Act
+    let rotated = app
+        .store
+        .rotate_official_token("reg_c001", &token_hash(&new), "test")
+        .await
+        .unwrap();
+    let revoked_rotated = app
+        .store
+        .rotate_official_token("revoked_c001", &token_hash(&new_token()), "test")
+        .await
+        .unwrap();
+    let old = app
+        .client()
+        .await
+        .register_birth(auth(birth("rotated-1"), &old_token))
+        .await
+        .unwrap_err();
+    let registered = app
+        .client()
+        .await
+        .register_birth(auth(birth("rotated-2"), &new))
+        .await
+        .unwrap()
+        .into_inner()
+        .registration
+        .unwrap();
+
+    // Assert
+    assert!(rotated);
+    assert!(
+        !revoked_rotated,
+        "a revoked account stays without a valid token"
+    );
+    assert_eq!(
+        (old.code(), reason_of(&old).unwrap_or_default()),
+        (Code::Unauthenticated, "TOKEN_INVALID".into())
+    );
+    assert_eq!(registered.official_id, "reg_c001");
+    assert_eq!(
+        app.scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM audit_log WHERE action = 'official.token_rotate'"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
 /// A unit closed (in the 2025 reform, say) takes its officials' accounts with it: they
 /// neither register nor read, though each account itself is still active.
 async fn officials_of_a_deactivated_unit_are_refused(backend: Backend) {
@@ -2202,6 +2260,7 @@ both_backends!(
     a_token_revoked_while_in_use_is_trusted_while_its_entry_is_cached,
     without_the_token_cache_a_revoked_token_is_refused_at_once,
     a_revoked_token_is_refused_once_its_cache_entry_expires,
+    a_rotated_token_replaces_the_old_one_on_the_same_account,
     officials_of_a_deactivated_unit_are_refused,
     two_replicas_relay_together_and_send_every_row_once,
     register_birth_returns_the_number_obtained_from_the_population_registry,

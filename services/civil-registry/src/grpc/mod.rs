@@ -39,11 +39,10 @@ pub struct BirthRegistrationApi {
 impl BirthRegistrationApi {
     /// The official [`AuthenticatedOfficialsOnly`] admitted. A call that did not pass it
     /// (a wiring mistake) is refused, never served anonymously.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    fn caller<T>(&self, request: &mut Request<T>) -> Result<Caller, Status> {
         let caller = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
+            .extensions_mut()
+            .remove::<Caller>()
             .ok_or_else(|| to_status(RegistryError::Unauthenticated(AuthFailure::TokenMissing)))?;
         tracing::Span::current().record("official_id", caller.official_id.as_str());
         Ok(caller)
@@ -55,9 +54,9 @@ impl BirthRegistrationService for BirthRegistrationApi {
     #[tracing::instrument(skip_all, fields(official_id))]
     async fn register_birth(
         &self,
-        request: Request<pb::RegisterBirthRequest>,
+        mut request: Request<pb::RegisterBirthRequest>,
     ) -> Result<Response<pb::RegisterBirthResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&mut request)?;
         let birth = convert::new_birth(request.get_ref()).map_err(to_status)?;
         let registration = self
             .registry
@@ -73,9 +72,9 @@ impl BirthRegistrationService for BirthRegistrationApi {
     #[tracing::instrument(skip_all, fields(official_id))]
     async fn get_birth_registration(
         &self,
-        request: Request<pb::GetBirthRegistrationRequest>,
+        mut request: Request<pb::GetBirthRegistrationRequest>,
     ) -> Result<Response<pb::GetBirthRegistrationResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&mut request)?;
         let id = convert::registration_id("name", &request.get_ref().name).map_err(to_status)?;
         let registration = self.registry.get(&caller, id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetBirthRegistrationResponse {
@@ -86,9 +85,9 @@ impl BirthRegistrationService for BirthRegistrationApi {
     #[tracing::instrument(skip_all, fields(official_id))]
     async fn list_birth_registrations(
         &self,
-        request: Request<pb::ListBirthRegistrationsRequest>,
+        mut request: Request<pb::ListBirthRegistrationsRequest>,
     ) -> Result<Response<pb::ListBirthRegistrationsResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&mut request)?;
         let query = convert::list_query(request.get_ref()).map_err(to_status)?;
         let (registrations, next) = self
             .registry
@@ -107,9 +106,9 @@ impl BirthRegistrationService for BirthRegistrationApi {
     #[tracing::instrument(skip_all, fields(official_id))]
     async fn correct_birth_registration(
         &self,
-        request: Request<pb::CorrectBirthRegistrationRequest>,
+        mut request: Request<pb::CorrectBirthRegistrationRequest>,
     ) -> Result<Response<pb::CorrectBirthRegistrationResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&mut request)?;
         let correction = convert::correction(request.get_ref()).map_err(to_status)?;
         let (registration, reissued) = self
             .registry
@@ -125,9 +124,9 @@ impl BirthRegistrationService for BirthRegistrationApi {
     #[tracing::instrument(skip_all, fields(official_id))]
     async fn get_registration_statistics(
         &self,
-        request: Request<pb::GetRegistrationStatisticsRequest>,
+        mut request: Request<pb::GetRegistrationStatisticsRequest>,
     ) -> Result<Response<pb::GetRegistrationStatisticsResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.caller(&mut request)?;
         let (from, to, grouping, province) =
             convert::statistics_query(request.get_ref()).map_err(to_status)?;
         let (rows, total) = self

@@ -229,6 +229,35 @@ impl Store {
         Ok(true)
     }
 
+    /// Gives an active account a new token (by its hash); the old one is refused from
+    /// now on (within `auth.token_cache_ms` where a replica has it cached). False when no
+    /// active account has the id: a revoked account stays revoked.
+    pub async fn rotate_official_token(
+        &self,
+        id: &str,
+        token_hash: &str,
+        actor: &str,
+    ) -> anyhow::Result<bool> {
+        let mut wtx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE officials SET token_hash = $1 WHERE id = $2 AND active = 1")
+            .bind(token_hash.to_owned())
+            .bind(id.to_owned())
+            .execute(&mut *wtx.tx)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        wtx.audit(AuditEntry {
+            actor: actor.to_owned(),
+            action: "official.token_rotate",
+            entity: format!("official/{id}"),
+            details: serde_json::json!({}),
+        });
+        wtx.commit().await?;
+        Ok(true)
+    }
+
     /// Every account, without secrets.
     pub async fn officials(&self) -> Result<Vec<OfficialRow>, sqlx::Error> {
         let rows: Vec<(String, String, String, i64)> =
