@@ -50,15 +50,13 @@ pub struct ClientIdentity {
 }
 
 impl ClientIdentity {
-    /// True when a DNS or URI subject alternative name equals `allowed` exactly. The
-    /// common name counts only on a certificate without such names (RFC 6125, 6.4.4):
-    /// an issuing CA's name constraints bind the alternative names, never the common
-    /// name, so a common name beside them could claim an identity the CA may not issue.
+    /// True when a DNS or URI subject alternative name equals `allowed` exactly. Never the
+    /// common name: an issuing CA's name constraints bind the alternative names only, so
+    /// a common name (beside them, or on a certificate without any) could claim an
+    /// identity the CA may not issue.
     pub fn matches(&self, allowed: &str) -> bool {
-        let has_alternative_names = !self.dns_names.is_empty() || !self.uris.is_empty();
         self.dns_names.iter().any(|name| name == allowed)
             || self.uris.iter().any(|uri| uri == allowed)
-            || (!has_alternative_names && self.common_name.as_deref() == Some(allowed))
     }
 
     /// Parses a DER-encoded X.509 certificate.
@@ -354,12 +352,14 @@ fn client_config(
             let chain = CertificateDer::pem_slice_iter(&cert)
                 .collect::<Result<Vec<_>, _>>()
                 .context("client certificate: not a PEM certificate chain")?;
-            note_expiry(cert_file, &chain);
             let key =
                 PrivateKeyDer::from_pem_slice(&key).context("client key: not a PEM private key")?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .context("the client key does not match the client certificate")?
+            let config = builder
+                .with_client_auth_cert(chain.clone(), key)
+                .context("the client key does not match the client certificate")?;
+            // Only a certificate that will be presented is reported as presented.
+            note_expiry(cert_file, &chain);
+            config
         }
         None => builder.with_no_client_auth(),
     };
@@ -457,14 +457,14 @@ fn note_expiry(file: &Path, chain: &[CertificateDer<'_>]) {
         tracing::error!(
             target: "security",
             file,
-            "the certificate has expired: peers refuse it until it is renewed and the process restarted"
+            "the certificate has expired: peers refuse it until renewed files are in place"
         );
     } else if days_left < EXPIRY_WARNING_DAYS {
         tracing::warn!(
             target: "security",
             file,
             days_left,
-            "the certificate expires soon: restart the process once it is renewed"
+            "the certificate expires soon: it is replaced when renewed files are in place"
         );
     }
 }
@@ -513,7 +513,6 @@ impl ServerTlsMaterial {
         let cert_chain = CertificateDer::pem_slice_iter(&read(cert, "server.tls.cert_file")?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("server.tls.cert_file", "not a PEM certificate chain", e))?;
-        note_expiry(cert, &cert_chain);
         let key = PrivateKeyDer::from_pem_slice(&read(key, "server.tls.key_file")?)
             .map_err(|e| invalid("server.tls.key_file", "not a PEM private key", e))?;
         let client_roots = match &tls.client_ca_file {
@@ -539,6 +538,8 @@ impl ServerTlsMaterial {
         material
             .acceptor(false)
             .map_err(|e| invalid("server.tls", "the certificate, key and CA do not fit", e))?;
+        // Only a certificate that will be presented is reported as presented.
+        note_expiry(cert, &material.cert_chain);
         Ok(Some(material))
     }
 
@@ -766,18 +767,20 @@ mod tests {
     }
 
     #[test]
-    fn the_common_name_is_the_identity_only_of_a_certificate_without_alternative_names() {
+    fn the_common_name_is_never_the_identity() {
         let mut identity = ClientIdentity {
             subject: "CN=civil-registry".into(),
             common_name: Some("civil-registry".into()),
             dns_names: vec![],
             uris: vec![],
         };
-        assert!(identity.matches("civil-registry"));
+        assert!(
+            !identity.matches("civil-registry"),
+            "without alternative names"
+        );
         identity.uris = vec!["spiffe://gov.vn/ns/mps-population/sa/other".into()];
-        assert!(!identity.matches("civil-registry"));
-        identity.uris.clear();
-        identity.dns_names = vec!["other.mps-population".into()];
-        assert!(!identity.matches("civil-registry"));
+        assert!(!identity.matches("civil-registry"), "beside a URI name");
+        identity.dns_names = vec!["civil-registry".into()];
+        assert!(identity.matches("civil-registry"), "as a DNS name");
     }
 }

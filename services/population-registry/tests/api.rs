@@ -315,6 +315,26 @@ async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: Tes
         .await
         .expect("issued under the legacy rule")
         .into_inner();
+    // And a Ha Noi number re-issued for a move to Ha Giang, on the same dates.
+    let mut in_ha_noi = record.clone();
+    in_ha_noi.full_name = "Hà Văn Chuyển".into();
+    in_ha_noi.registration_province_code = "001".into();
+    let mut moved = in_ha_noi.clone();
+    moved.registration_province_code = "002".into();
+    let before_move = app
+        .client
+        .issue_personal_id(issue("reg-moved", in_ha_noi))
+        .await
+        .expect("issued")
+        .into_inner()
+        .personal_id;
+    let reissue_moved = reissue("reg-moved:r1", &before_move, moved);
+    let reissued = app
+        .client
+        .reissue_personal_id(reissue_moved.clone())
+        .await
+        .expect("re-issued under the legacy rule")
+        .into_inner();
     app.stop().await;
     let mut cfg = config(&db);
     cfg.minting.post_merger_rule = PostMergerRule::Merged;
@@ -356,6 +376,20 @@ async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: Tes
         .issue_personal_id(issue("reg-merger", other_content))
         .await
         .expect_err("other content under the old key");
+    let reissued_again = app
+        .client
+        .reissue_personal_id(reissue_moved.clone())
+        .await
+        .expect("the re-issue's retry")
+        .into_inner();
+    let new_reissue = app
+        .client
+        .reissue_personal_id(pb::ReissuePersonalIdRequest {
+            request_id: "reg-moved:r2".into(),
+            ..reissue_moved
+        })
+        .await
+        .expect_err("a new re-issue the merged rule refuses");
 
     // Assert
     assert_eq!(
@@ -374,6 +408,16 @@ async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: Tes
     match &batch[1].outcome {
         Some(pb::batch_issue_result::Outcome::Error(refused)) => {
             assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+            let status = tonic::Status::with_details(
+                Code::InvalidArgument,
+                refused.message.clone(),
+                prost::Message::encode_to_vec(refused).into(),
+            );
+            let fields: Vec<String> = field_violations_of(&status)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect();
+            assert_eq!(fields, ["items[1].birth.registration_province_code"]);
         }
         other => panic!("the new item: {other:?}"),
     }
@@ -385,6 +429,21 @@ async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: Tes
             .collect();
         assert_eq!(fields, ["birth.registration_province_code"]);
     }
+    assert_eq!(
+        (
+            reissued_again.personal_id.as_str(),
+            reissued_again.newly_issued
+        ),
+        (reissued.personal_id.as_str(), false)
+    );
+    assert_eq!(new_reissue.code(), Code::InvalidArgument, "{new_reissue:?}");
+    assert_eq!(
+        field_violations_of(&new_reissue)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect::<Vec<_>>(),
+        ["corrected_birth.registration_province_code"]
+    );
     let stats = app
         .client
         .get_issuance_statistics(pb::GetIssuanceStatisticsRequest {
@@ -395,7 +454,11 @@ async fn a_key_issued_under_an_earlier_post_merger_rule_keeps_its_number(db: Tes
         .await
         .expect("statistics")
         .into_inner();
-    assert_eq!(stats.total.map(|t| t.issued), Some(1), "one number, ever");
+    assert_eq!(
+        stats.total.map(|t| t.issued),
+        Some(3),
+        "Ha Giang's number, Ha Noi's and its successor: no other, ever"
+    );
     app.stop().await;
 }
 

@@ -201,7 +201,9 @@ impl Store {
 
     /// Reconciliation repair: a registration that should be numbered but has neither a
     /// number nor a queued request is queued again under its current key, from its stored
-    /// content (the same bytes the first attempt would have carried).
+    /// content (the bytes the first attempt carried, unless `registration.post_merger_rule`
+    /// changed since; the population registry holds nothing under the key, or the
+    /// comparison would have found it).
     pub async fn repair_requeue(&self, registration_id: Uuid) -> anyhow::Result<bool> {
         let Some((registration, unit)) = self.registration(registration_id).await? else {
             return Ok(false);

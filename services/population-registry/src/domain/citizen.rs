@@ -92,6 +92,8 @@ pub struct ReissueRequest {
     pub reason: Reason,
     /// Hash of the content, bound to the key.
     pub hash: ContentHash,
+    /// As [`IssueRequest::refused_if_new`]: answered from its stored key, or refused.
+    pub refused_if_new: Option<Vec<Violation>>,
 }
 
 impl ReissueRequest {
@@ -109,6 +111,7 @@ impl ReissueRequest {
             record,
             reason,
             hash,
+            refused_if_new: None,
         }
     }
 }

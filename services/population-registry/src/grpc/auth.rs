@@ -108,7 +108,7 @@ impl Authorizer {
                 dns_names = ?identity.dns_names,
                 uris = ?identity.uris,
                 ?role,
-                "refused: caller not on the allow-list (matched by DNS or URI name; the common name only without them)"
+                "refused: caller not on the allow-list (matched by DNS or URI name, never the common name)"
             );
             Err(AuthError::NotAllowed)
         }

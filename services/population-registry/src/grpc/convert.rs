@@ -104,29 +104,55 @@ pub fn issue_request(
 ) -> Result<IssueRequest, Vec<Violation>> {
     let mut v = Violations::default();
     let request_id = v.check("request_id", RequestId::parse(&req.request_id));
-    let mut refused_if_new = None;
-    let record = match birth(req.birth.as_ref(), "birth", provinces) {
-        Ok(r) => Some(r),
-        // Refused only for a province code's validity period: the record as the key
-        // stored it, should an earlier rule have issued it (the writer decides).
-        Err(inner) => match birth(req.birth.as_ref(), "birth", &provinces.without_periods()) {
-            Ok(r) if request_id.is_some() => {
-                refused_if_new = Some(inner);
-                Some(r)
-            }
-            _ => {
-                for x in inner {
+    let record = record_for_key(&mut v, req.birth.as_ref(), "birth", provinces);
+    let value = match (request_id, record) {
+        (Some(id), Some((rec, refused_if_new))) => Some(IssueRequest {
+            refused_if_new,
+            ..IssueRequest::new(id, rec)
+        }),
+        (_, record) => refuse_whole(&mut v, record),
+    };
+    v.finish(value)
+}
+
+/// The birth record at `path`, with the violations that refuse it as new content when
+/// only a province code's validity period does: the record read as the key stored it,
+/// should an earlier post-merger rule have served the key (the writer decides). Other
+/// violations go to `v`.
+fn record_for_key(
+    v: &mut Violations,
+    b: Option<&pb::BirthRecord>,
+    path: &str,
+    provinces: &ProvinceTable,
+) -> Option<(BirthRecord, Option<Vec<Violation>>)> {
+    match birth(b, path, provinces) {
+        Ok(record) => Some((record, None)),
+        Err(strict) => match birth(b, path, &provinces.without_periods()) {
+            Ok(record) => Some((record, Some(strict))),
+            Err(_) => {
+                for x in strict {
                     v.push(&x.field, x.description);
                 }
                 None
             }
         },
-    };
-    let value = request_id.zip(record).map(|(id, rec)| IssueRequest {
-        refused_if_new,
-        ..IssueRequest::new(id, rec)
-    });
-    v.finish(value)
+    }
+}
+
+/// A request with a bad field besides its record is refused whole: every violation,
+/// the record's validity-period ones included.
+fn refuse_whole<T>(
+    v: &mut Violations,
+    record: Option<(BirthRecord, Option<Vec<Violation>>)>,
+) -> Option<T> {
+    for x in record
+        .and_then(|(_, refused)| refused)
+        .into_iter()
+        .flatten()
+    {
+        v.push(&x.field, x.description);
+    }
+    None
 }
 
 /// Parses a re-issue.
@@ -140,17 +166,20 @@ pub fn reissue_request(
         "personal_id",
         PersonalId::parse(&req.personal_id).map_err(|e| e.to_string()),
     );
-    let record = match birth(req.corrected_birth.as_ref(), "corrected_birth", provinces) {
-        Ok(r) => Some(r),
-        Err(inner) => {
-            for x in inner {
-                v.push(&x.field, x.description);
-            }
-            None
-        }
-    };
+    let record = record_for_key(
+        &mut v,
+        req.corrected_birth.as_ref(),
+        "corrected_birth",
+        provinces,
+    );
     let reason = v.check("reason", Reason::parse(&req.reason));
-    let value = (|| Some(ReissueRequest::new(request_id?, old?, record?, reason?)))();
+    let value = match (request_id, old, record, reason) {
+        (Some(id), Some(old), Some((rec, refused_if_new)), Some(reason)) => Some(ReissueRequest {
+            refused_if_new,
+            ..ReissueRequest::new(id, old, rec, reason)
+        }),
+        (_, _, record, _) => refuse_whole(&mut v, record),
+    };
     v.finish(value)
 }
 

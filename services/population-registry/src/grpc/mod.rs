@@ -79,10 +79,18 @@ impl RegistryService {
         let mut request_ids = Vec::with_capacity(msg.items.len());
         let mut parsed = Vec::with_capacity(msg.items.len());
         for (i, item) in msg.items.into_iter().enumerate() {
-            parsed.push(convert::issue_request(&item, &self.provinces).map_err(|v| {
-                let path = format!("items[{i}]");
+            let path = format!("items[{i}]");
+            let under_item = |v: Vec<crate::domain::birth::Violation>| {
                 v.into_iter().map(|v| v.under(&path)).collect::<Vec<_>>()
-            }));
+            };
+            parsed.push(
+                convert::issue_request(&item, &self.provinces)
+                    .map(|mut req| {
+                        req.refused_if_new = req.refused_if_new.take().map(under_item);
+                        req
+                    })
+                    .map_err(under_item),
+            );
             request_ids.push(item.request_id);
         }
         let mut outcomes: Vec<Option<Result<pb::IssuePersonalIdResponse, Status>>> =

@@ -660,7 +660,14 @@ impl<D: WriteDb> Writer<D> {
         let policy = self.policy;
         let mut tx = self.begin().await?;
         let existing = tx.sql.existing_keys(&[req.request_id.as_str()]).await?;
-        if let Some(key) = existing.get(req.request_id.as_str()) {
+        let stored = existing.get(req.request_id.as_str());
+        if let Some(refused) = &req.refused_if_new
+            && stored.is_none_or(|key| key.hash != req.hash.as_str())
+        {
+            // Not served before with this content: as a new re-issue it is invalid.
+            return Ok(Err(ReissueError::Invalid(refused.clone())));
+        }
+        if let Some(key) = stored {
             if key.hash != req.hash.as_str() {
                 return Ok(Err(ReissueError::IdempotencyKeyReused));
             }
