@@ -643,27 +643,36 @@ impl<T: Clone> ReloadingTls<T> {
 
     /// The configuration for the next connection.
     pub(crate) fn current(&self) -> T {
-        let mut loaded = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if loaded.checked.elapsed() >= TLS_FILES_CHECK_INTERVAL {
+        let changed = {
+            let mut loaded = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if loaded.checked.elapsed() < TLS_FILES_CHECK_INTERVAL {
+                return loaded.value.clone();
+            }
             loaded.checked = Instant::now();
             let now = stamps(&self.files);
-            if now != loaded.stamps && loaded.refused.as_ref() != Some(&now) {
-                match (self.build)() {
-                    Ok(value) => {
-                        tracing::info!(files = ?self.files, "TLS files changed: new connections use them");
-                        loaded.value = value;
-                        loaded.stamps = now;
-                        loaded.refused = None;
-                    }
-                    Err(error) => {
-                        tracing::warn!(
-                            files = ?self.files,
-                            error = %format!("{error:#}"),
-                            "TLS files changed but cannot be used: keeping the ones loaded before"
-                        );
-                        loaded.refused = Some(now);
-                    }
-                }
+            if now == loaded.stamps || loaded.refused.as_ref() == Some(&now) {
+                return loaded.value.clone();
+            }
+            now
+        };
+        // Built without the lock: connections meanwhile take the loaded configuration
+        // (the check time was moved on, so no other caller builds too).
+        let built = (self.build)();
+        let mut loaded = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match built {
+            Ok(value) => {
+                tracing::info!(files = ?self.files, "TLS files changed: new connections use them");
+                loaded.value = value;
+                loaded.stamps = changed;
+                loaded.refused = None;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    files = ?self.files,
+                    error = %format!("{error:#}"),
+                    "TLS files changed but cannot be used: keeping the ones loaded before"
+                );
+                loaded.refused = Some(changed);
             }
         }
         loaded.value.clone()

@@ -709,6 +709,20 @@ async fn find_citizen_by_registration_finds_the_issues_made_under_derived_keys(d
         .expect("found by the registration id")
         .into_inner()
         .citizens;
+    // By the derived key itself, the successor comes by its link alone.
+    let by_derived_key: Vec<String> = app
+        .client
+        .find_citizen_by_registration(pb::FindCitizenByRegistrationRequest {
+            request_id: "reg-2:i1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("found by the derived key")
+        .into_inner()
+        .citizens
+        .into_iter()
+        .map(|c| c.personal_id)
+        .collect();
 
     // Assert
     let found: Vec<(String, String, i32)> = found
@@ -719,17 +733,18 @@ async fn find_citizen_by_registration_finds_the_issues_made_under_derived_keys(d
         found,
         vec![
             (
-                first,
+                first.clone(),
                 "reg-2:i1".to_owned(),
                 pb::CitizenStatus::Cancelled as i32
             ),
             (
-                second,
+                second.clone(),
                 "reg-2:fix-1".to_owned(),
                 pb::CitizenStatus::Active as i32
             ),
         ]
     );
+    assert_eq!(by_derived_key, [first, second]);
     if db.url.starts_with("postgres") {
         // The range holds just the derived keys in byte order, whatever the database's
         // collation (this one's may already be byte order).
