@@ -360,15 +360,7 @@ impl Registry {
                 // it no more than GetBirthRegistration would.
                 drop(settled);
                 let mut settled = self.waiters.subscribe(other);
-                let (mut registration, unit) = self
-                    .store
-                    .registration(other)
-                    .await
-                    .map_err(db_error)?
-                    .ok_or(RegistryError::NotFound)?;
-                if !policy::within_jurisdiction(caller, &unit) {
-                    return Err(Self::deny(caller, "register", Denied::OutsideJurisdiction));
-                }
+                let mut registration = self.load_within(caller, other, "register").await?;
                 if registration.status == PersonalIdStatus::Pending
                     && !self.wait_for_number.is_zero()
                     && let Some(settlement) = settled.within(self.wait_for_number).await
@@ -390,9 +382,13 @@ impl Registry {
             .ok_or(RegistryError::NotFound)
     }
 
-    /// GetBirthRegistration.
-    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Registration, RegistryError> {
-        policy::may_read(caller).map_err(|d| Self::deny(caller, "get", d))?;
+    /// Registration `id`, when its current unit is within the caller's jurisdiction.
+    async fn load_within(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        action: &'static str,
+    ) -> Result<Registration, RegistryError> {
         let (registration, unit) = self
             .store
             .registration(id)
@@ -400,9 +396,15 @@ impl Registry {
             .map_err(db_error)?
             .ok_or(RegistryError::NotFound)?;
         if !policy::within_jurisdiction(caller, &unit) {
-            return Err(Self::deny(caller, "get", Denied::OutsideJurisdiction));
+            return Err(Self::deny(caller, action, Denied::OutsideJurisdiction));
         }
         Ok(registration)
+    }
+
+    /// GetBirthRegistration.
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Registration, RegistryError> {
+        policy::may_read(caller).map_err(|d| Self::deny(caller, "get", d))?;
+        self.load_within(caller, id, "get").await
     }
 
     /// ListBirthRegistrations: one page and the cursor of the next.

@@ -209,24 +209,12 @@ impl Store {
 
     /// Revokes an account; false when it does not exist.
     pub async fn revoke_official(&self, id: &str, actor: &str) -> anyhow::Result<bool> {
-        let mut wtx = self.begin_write().await?;
-        let done = sqlx::query("UPDATE officials SET active = 0, revoked_at_ms = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id.to_owned())
-            .execute(&mut *wtx.tx)
-            .await?
-            .rows_affected();
-        if done == 0 {
-            return Ok(false);
-        }
-        wtx.audit(AuditEntry {
-            actor: actor.to_owned(),
-            action: "official.revoke",
-            entity: format!("official/{id}"),
-            details: serde_json::json!({}),
-        });
-        wtx.commit().await?;
-        Ok(true)
+        let revoke =
+            sqlx::query("UPDATE officials SET active = 0, revoked_at_ms = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(id.to_owned());
+        self.change_official(id, actor, "official.revoke", revoke)
+            .await
     }
 
     /// Gives an active account a new token (by its hash); the old one is refused from
@@ -238,19 +226,30 @@ impl Store {
         token_hash: &str,
         actor: &str,
     ) -> anyhow::Result<bool> {
+        let rotate =
+            sqlx::query("UPDATE officials SET token_hash = $1 WHERE id = $2 AND active = 1")
+                .bind(token_hash.to_owned())
+                .bind(id.to_owned());
+        self.change_official(id, actor, "official.token_rotate", rotate)
+            .await
+    }
+
+    /// Runs `update` on account `id` and, when it changed a row, appends `action` to the
+    /// audit chain in the same transaction; false when nothing matched.
+    async fn change_official<'q>(
+        &self,
+        id: &str,
+        actor: &str,
+        action: &'static str,
+        update: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> anyhow::Result<bool> {
         let mut wtx = self.begin_write().await?;
-        let done = sqlx::query("UPDATE officials SET token_hash = $1 WHERE id = $2 AND active = 1")
-            .bind(token_hash.to_owned())
-            .bind(id.to_owned())
-            .execute(&mut *wtx.tx)
-            .await?
-            .rows_affected();
-        if done == 0 {
+        if update.execute(&mut *wtx.tx).await?.rows_affected() == 0 {
             return Ok(false);
         }
         wtx.audit(AuditEntry {
             actor: actor.to_owned(),
-            action: "official.token_rotate",
+            action,
             entity: format!("official/{id}"),
             details: serde_json::json!({}),
         });
