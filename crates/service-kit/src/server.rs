@@ -26,7 +26,7 @@ use tonic_health::{
 use crate::{
     config::ServerConfig,
     layer::RpcLayer,
-    tls::{ReloadingTls, ServerTlsMaterial, TLS_HANDSHAKE_TIMEOUT, TlsConnection},
+    tls::{ReloadingTls, TLS_HANDSHAKE_TIMEOUT, TlsConnection},
 };
 
 /// Health service name that stands for the whole server (what `grpc_health_probe` and
@@ -51,7 +51,7 @@ pub struct GrpcServer {
     config: ServerConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
-    tls: Option<ServerTlsMaterial>,
+    tls: Option<Arc<ReloadingTls<TlsAcceptor>>>,
     client_certificate_optional: bool,
     /// The plaintext health-only listener and its service, when configured.
     health_probe: Option<(TcpListener, HealthServer<HealthService>)>,
@@ -87,7 +87,8 @@ impl GrpcServer {
         cfg: &ServerConfig,
         file_descriptor_set: &'static [u8],
     ) -> anyhow::Result<Self> {
-        let tls = ServerTlsMaterial::read(&cfg.tls)?;
+        // Read here so that bad TLS files fail the bind.
+        let tls = crate::tls::reloading_acceptor(&cfg.tls, false)?.map(Arc::new);
         let listener = TcpListener::bind(cfg.listen_addr)
             .await
             .with_context(|| format!("server.listen_addr: cannot bind {}", cfg.listen_addr))?;
@@ -238,13 +239,13 @@ impl GrpcServer {
             service_names,
             dependency,
         } = self;
-        // Read at bind to fail early; read again here to follow the files from now on.
-        let acceptor = tls
-            .map(|_| {
-                crate::tls::reloading_acceptor(&config.tls, client_certificate_optional)
-                    .map(Arc::new)
-            })
-            .transpose()?;
+        // Admitting clients without a certificate takes an acceptor of its own.
+        let acceptor = match tls {
+            Some(_) if client_certificate_optional => {
+                crate::tls::reloading_acceptor(&config.tls, true)?.map(Arc::new)
+            }
+            tls => tls,
+        };
 
         let mut health_names: Vec<&'static str> = service_names.clone();
         health_names.push(OVERALL);

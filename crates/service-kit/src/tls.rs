@@ -613,6 +613,14 @@ pub(crate) struct ReloadingTls<T> {
     state: Mutex<Loaded<T>>,
 }
 
+impl<T> std::fmt::Debug for ReloadingTls<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Loaded<T> {
     value: T,
     stamps: Vec<FileStamp>,
@@ -679,11 +687,16 @@ impl<T: Clone> ReloadingTls<T> {
     }
 }
 
-/// The server's acceptor, built again when its files change ([`ReloadingTls`]).
+/// The server's acceptor, built again when its files change ([`ReloadingTls`]); `None`
+/// for plaintext.
 pub(crate) fn reloading_acceptor(
     tls: &ServerTlsConfig,
     client_certificate_optional: bool,
-) -> anyhow::Result<ReloadingTls<TlsAcceptor>> {
+) -> anyhow::Result<Option<ReloadingTls<TlsAcceptor>>> {
+    if tls.insecure_plaintext {
+        // Refuses plaintext beside TLS files, and warns.
+        return ServerTlsMaterial::read(tls).map(|_| None);
+    }
     let files = [&tls.cert_file, &tls.key_file, &tls.client_ca_file]
         .into_iter()
         .flatten()
@@ -695,6 +708,7 @@ pub(crate) fn reloading_acceptor(
             .context("server TLS is off")?
             .acceptor(client_certificate_optional)
     })
+    .map(Some)
 }
 
 /// A configured file that does not hold what its key needs.
